@@ -1,0 +1,1 @@
+"""Pure tensor functions: losses, estimators and reductions. Nothing here imports from `train/`."""

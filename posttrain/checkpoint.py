@@ -1,0 +1,148 @@
+"""Atomic checkpoints, a `latest` pointer, rotation, and exact resume.
+
+Layout of a run directory:
+
+    RUN_DIR/checkpoints/step_000100/    model/ (HF or PEFT layout, safetensors), optimizer.pt, scheduler.pt,
+                                        rng.pt (python, numpy, torch and named generators), trainer_state.json
+    RUN_DIR/checkpoints/latest          text file naming the newest complete step directory
+
+Write protocol (a kill at any instant leaves the previous checkpoint loadable and `latest` pointing at it):
+write everything into `step_N.tmp/`, fsync the files, rename to `step_N/` (atomic on POSIX), fsync the parent,
+replace `latest` atomically, and only then remove checkpoints beyond `keep_last`.
+Nothing is unpickled from outside: tensors are safetensors, the rest loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def save(run_dir: Path, step: int, write: Callable[[Path], None], keep_last: int) -> Path:
+    """Write one checkpoint atomically. `write(directory)` fills the (temporary) step directory."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    replace_dir(root / (final.name + ".tmp"), final, write)
+    _write_atomic(root / LATEST, final.name + "\n")
+    _rotate(root, keep_last, keep=final.name)
+    return final
+
+
+def replace_dir(tmp: Path, final: Path, write: Callable[[Path], None]) -> None:
+    """Fill `tmp` with `write(tmp)`, flush it to disk, then rename it to `final` (replacing an old one)."""
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed mid-write
+    tmp.mkdir(parents=True)
+    write(tmp)
+    _fsync_tree(tmp)
+    if final.exists():  # e.g. the final save of a step that was just saved periodically
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def latest(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    pointer = Path(run_dir) / CHECKPOINTS / LATEST
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What a training checkpoint holds
+# ---------------------------------------------------------------------------------------------------------------------
+
+def write_training_state(directory: Path, *, model, optimizer, scheduler, state: dict,
+                         generators: dict[str, torch.Generator] | None = None) -> None:
+    """Model (save_pretrained: HF layout, or PEFT adapter), optimizer, scheduler, every RNG, loop state."""
+    model.save_pretrained(directory / "model", safe_serialization=True)
+    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    torch.save(scheduler.state_dict(), directory / "scheduler.pt")
+    torch.save(rng_state(generators), directory / "rng.pt")
+    (directory / "trainer_state.json").write_text(json.dumps(state, indent=2))
+
+
+def read_training_state(directory: Path, *, optimizer, scheduler,
+                        generators: dict[str, torch.Generator] | None = None) -> dict:
+    """Restore optimizer, scheduler and RNGs from a checkpoint; return the loop state. (The model is loaded
+    from `directory/model` by the caller, since how depends on full vs LoRA training.)"""
+    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(directory / "rng.pt", weights_only=True), generators)
+    return json.loads((directory / "trainer_state.json").read_text())
+
+
+def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict:
+    version, mt, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "python": [version, list(mt), gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+        "torch": torch.get_rng_state(),
+        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
+    }
+
+
+def set_rng_state(state: dict, generators: dict[str, torch.Generator] | None = None) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    for name, g in (generators or {}).items():
+        g.set_state(state["generators"][name])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _rotate(root: Path, keep_last: int, keep: str) -> None:
+    """Remove checkpoints beyond the newest `keep_last`, and directories torn by an earlier crash."""
+    for torn in root.glob("step_*.tmp"):
+        shutil.rmtree(torn, ignore_errors=True)
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in steps[:-keep_last]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    for sub in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
+        _fsync_dir(sub)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

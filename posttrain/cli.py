@@ -1,0 +1,145 @@
+"""The command line: `posttrain <command> [-c config.yaml] [section.key=value ...] [--section.key value ...]`.
+
+Each command is a config dataclass (config.py) and a function that runs it. `tyro` generates the parser and
+`--help` from the dataclasses (field docstrings become help text); this module only adds the conveniences
+users of other tools expect: a YAML overlay, `key=value` overrides, bare boolean flags, and the rule that a
+user mistake exits with code 2 and one message (`--debug` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+import typing
+
+from posttrain import config as C
+from posttrain.errors import EXIT_USER_ERROR, ConfigError, UserError
+
+# command → (config class, "module:function", one-line description)
+COMMANDS: dict[str, tuple[type, str, str]] = {
+    "demo": (C.DemoConfig, "posttrain.demo:run", "train the tiny model on arithmetic; before/after table"),
+    "pretrain": (C.PretrainConfig, "posttrain.train.sft:run", "train from scratch on a text corpus"),
+    "sft": (C.SFTConfig, "posttrain.train.sft:run", "supervised fine-tuning, full or LoRA"),
+    "export": (C.ExportConfig, "posttrain.export:run", "write a plain HF model directory (LoRA merged)"),
+    "plot": (C.PlotConfig, "posttrain.track:plot_run", "draw PNG curves from RUN_DIR/metrics.jsonl"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command, args = argv[0], argv[1:]
+    try:
+        if command not in COMMANDS:
+            close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"commands: {', '.join(COMMANDS)}"
+            raise ConfigError(f"unknown command '{command}' — {hint}")
+        _quiet_libraries()
+        cls, target, _ = COMMANDS[command]
+        cfg = parse_config(cls, args, prog=f"posttrain {command}")
+        module, function = target.split(":")
+        getattr(importlib.import_module(module), function)(cfg)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"posttrain {command}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Our progress bar and messages are the console output; silence the libraries' own bars and advice."""
+    import os
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def usage() -> str:
+    lines = ["usage: posttrain <command> [-c config.yaml] [key=value ...] [--debug]", "", "commands:"]
+    lines += [f"  {name:<10} {desc}" for name, (_, _, desc) in COMMANDS.items()]
+    lines += ["", "`posttrain <command> --help` lists every option with its default."]
+    return "\n".join(lines)
+
+
+def parse_config(cls: type, args: list[str], prog: str):
+    """Defaults ← YAML (-c) ← overrides, then validated. tyro parses the final argument list."""
+    import tyro
+
+    config_path, args = _pop_option(args, ("-c", "--config"))
+    base = C.load_yaml(config_path, cls) if config_path else None
+    paths = C.field_paths(cls)
+    cfg = tyro.cli(cls, args=_to_tyro_args(args, paths), prog=prog, default=base,
+                   config=(tyro.conf.FlagConversionOff,), use_underscores=True)
+    if isinstance(cfg, C.SFTConfig):
+        C.validate(cfg)
+    return cfg
+
+
+def _pop_option(args: list[str], names: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """Remove `-c FILE` / `--config=FILE` from args; return (FILE or None, the rest)."""
+    rest, value, i = [], None, 0
+    while i < len(args):
+        a = args[i]
+        if a in names:
+            if i + 1 >= len(args):
+                raise ConfigError(f"{a} needs a file: {a} config.yaml")
+            value, i = args[i + 1], i + 2
+            continue
+        if any(a.startswith(n + "=") for n in names):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return value, rest
+
+
+def _to_tyro_args(args: list[str], paths: dict[str, typing.Any]) -> list[str]:
+    """Translate `a.b=v` into `--a.b v`, split comma lists, and let a bare boolean `--flag` mean true."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("-") and "=" in a:
+            key, value = a.split("=", 1)
+            if key not in paths:
+                raise C.unknown_key_error(key, list(paths), "command line")
+            out += ["--" + key, *_values(value, paths[key])]
+        elif a.startswith("--") and "=" not in a and paths.get(a[2:]) is bool:
+            nxt = args[i + 1] if i + 1 < len(args) else "-"
+            is_value = not nxt.startswith("-") and "=" not in nxt
+            out += [a, *(_values(nxt, bool) if is_value else ["True"])]
+            i += is_value
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
+def _values(value: str, ftype: typing.Any) -> list[str]:
+    origin = typing.get_origin(ftype)
+    if ftype is bool and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return ["True" if value.lower() in ("true", "1", "yes") else "False"]
+    if origin is list:
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if origin is dict:
+        pairs = [p.split(":", 1) for p in value.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise ConfigError(f"'{value}' is not a mapping — write it as key:value,key:value")
+        return [s.strip() for p in pairs for s in p]
+    if value.lower() in ("none", "null") and type(None) in typing.get_args(ftype):
+        return ["None"]
+    return [value]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

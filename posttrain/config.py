@@ -1,0 +1,365 @@
+"""Typed configuration: one dataclass per command, built from sections shared by every loop.
+
+A config is resolved in three layers, later wins:
+
+1. the dataclass defaults (each field's docstring is its `--help` text),
+2. a YAML file given with `-c file.yaml` (nested mappings mirror the sections),
+3. command-line overrides, `section.field=value` or `--section.field value`.
+
+Unknown keys are rejected with a did-you-mean suggestion, wrong types name the key, and `validate()`
+checks the values that cannot be expressed as types (positive sizes, ranges). The command line itself is
+generated from these dataclasses by `tyro` (see `cli.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tyro
+import yaml
+
+from posttrain.errors import ConfigError
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sections shared by the training commands
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny"
+    """Hugging Face model directory (or hub id already in the local cache), or 'tiny' for the embedded ~1M-parameter model."""
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    """'scratch' keeps the architecture but re-initializes every weight (pretraining from scratch)."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel passed to transformers: sdpa | eager | flash_attention_2."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more compute."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model directory to run."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 0
+    """LoRA rank. 0 means full fine-tuning; > 0 trains PEFT LoRA adapters and freezes the base."""
+    alpha: float = 16.0
+    """LoRA scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the LoRA branch input."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt, e.g. q_proj,v_proj; 'all-linear' adapts every linear layer but the output head."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arith"
+    """Built-in task used when data.train_path is empty (and for task accuracy at evaluation)."""
+    max_digits: int = 3
+    """arith: each operand has 1..max_digits digits, the digit count drawn uniformly."""
+    ops: str = "+"
+    """arith: operators to draw from, a subset of '+-'."""
+    steps: bool = False
+    """arith: write solutions with one intermediate step per line (scorable by a process reward model)."""
+    format: Literal["chat", "text"] = "chat"
+    """Training rows the task produces: 'chat' (user/assistant messages) or 'text' (a plain corpus)."""
+    num_train: int = 20000
+    """Number of generated training problems."""
+    num_eval: int = 200
+    """Number of generated held-out problems (disjoint from training)."""
+
+
+@dataclass
+class DataConfig:
+    train_path: str | None = None
+    """Training data: .jsonl/.json/.parquet/.csv. Empty: generate the built-in task."""
+    eval_path: str | None = None
+    """Held-out data in the same formats. Empty with a task: the task's eval split; empty otherwise: no eval loss."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Rename columns to the standard schema, e.g. question:prompt,response:completion."""
+    max_length: int = 256
+    """Longest tokenized example; longer ones follow `truncation`."""
+    truncation: Literal["error", "drop", "truncate"] = "error"
+    """Examples longer than max_length: stop with an error, drop them (counted), or cut them."""
+    packing: bool = True
+    """Pack each micro-batch's examples into as few rows as possible (exact: no attention across examples)."""
+    pack_length: int = 0
+    """Row capacity when packing; 0 means max_length."""
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.99
+    """AdamW beta2."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warmup."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 to lr over this many optimizer steps."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of lr (cosine and linear)."""
+    max_steps: int = 0
+    """Optimizer steps to run. 0: derived from epochs."""
+    epochs: float = 1.0
+    """Passes over the training data, used when max_steps is 0."""
+    micro_batch_size: int = 8
+    """Examples per forward/backward pass."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step. Global batch = micro_batch_size × grad_accum examples."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Compute precision: bf16 runs forward/backward under autocast with fp32 master weights."""
+    max_bad_steps: int = 5
+    """Abort after this many consecutive steps with a non-finite loss or gradient (each is skipped)."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    """Evaluate every N optimizer steps; 0: only at the end."""
+    num_samples: int = 200
+    """Held-out problems scored for task accuracy by greedy generation."""
+    max_new_tokens: int = 32
+    """Generation limit when scoring task accuracy."""
+    batch_size: int = 64
+    """Prompts per generation batch at evaluation."""
+    at_start: bool = False
+    """Also evaluate before the first step (the 'before' row of a comparison)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Save a resumable checkpoint every N optimizer steps; 0: only at the end."""
+    keep_last: int = 2
+    """Checkpoints kept on disk; older ones are removed after a newer one is complete."""
+    resume: bool = False
+    """Continue the run in output_dir from its latest checkpoint."""
+
+
+@dataclass
+class LogConfig:
+    every: int = 1
+    """Write metrics every N optimizer steps."""
+    report_to: list[str] = field(default_factory=list)
+    """Extra metric sinks besides metrics.jsonl: tensorboard, wandb."""
+    progress: bool = True
+    """Show a progress bar with ETA on the console."""
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning: masked next-token cross-entropy on assistant tokens (full or LoRA)."""
+
+    output_dir: str = "runs/sft"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
+    overwrite: bool = False
+    """Replace an existing run in output_dir (otherwise it is an error unless checkpoint.resume)."""
+    seed: int = 0
+    """Seeds data order, initialization and every generator."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+@dataclass
+class PretrainConfig(SFTConfig):
+    """Pretraining from scratch: the SFT loop on a plain-text corpus with every token in the loss."""
+
+    output_dir: str = "runs/pretrain"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(init="scratch"))
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(format="text"))
+
+
+@dataclass
+class DemoConfig:
+    """Build the tiny model and the arithmetic task, train it, and print greedy accuracy before and after."""
+
+    output_dir: str = "runs/demo"
+    """Where the demo's runs and plots go."""
+    quick: bool = False
+    """A reduced demo (about a minute) used by the tests."""
+    seed: int = 0
+    """Seed for data, initialization and generation."""
+
+
+@dataclass
+class ExportConfig:
+    """Write a plain Hugging Face model directory from a run (LoRA adapters merged into the base)."""
+
+    run_dir: tyro.conf.Positional[str]
+    """A run directory (its final/ or latest checkpoint is used) or a model/adapter directory."""
+    out: tyro.conf.Positional[str]
+    """Output directory for the merged model and tokenizer."""
+
+
+@dataclass
+class PlotConfig:
+    """Draw PNG curves of a run's metrics.jsonl into RUN_DIR/plots/."""
+
+    run_dir: tyro.conf.Positional[str]
+    """The run directory holding metrics.jsonl."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# YAML overlay, dotted overrides, validation
+# ----------------------------------------------------------------------------------------------------------------------
+
+def field_paths(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Every leaf key of a config class as 'section.field' → its type."""
+    paths = {}
+    for f in dataclasses.fields(cls):
+        ftype = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(ftype):
+            paths.update(field_paths(ftype, prefix + f.name + "."))
+        else:
+            paths[prefix + f.name] = ftype
+    return paths
+
+
+def unknown_key_error(key: str, valid: list[str], source: str) -> ConfigError:
+    """A ConfigError for an unknown key, with the closest valid keys as a suggestion."""
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"valid keys: {', '.join(valid)}"
+    return ConfigError(f"{source}: unknown config key '{key}' — {hint}")
+
+
+def from_dict(cls: type, values: dict, source: str = "config", prefix: str = "", base: Any = None):
+    """Build `cls` from a nested mapping, starting from `base` (or the defaults); unknown keys are errors."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping of keys to values")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {} if base is None else {n: getattr(base, n) for n in names}
+    for key, value in values.items():
+        if key not in names:
+            valid = [prefix + k for k in field_paths(cls)]
+            raise unknown_key_error(prefix + str(key), valid, source)
+        ftype = hints[key]
+        if dataclasses.is_dataclass(ftype):
+            kwargs[key] = from_dict(ftype, value, source, prefix + key + ".", kwargs.get(key))
+        else:
+            kwargs[key] = coerce(value, ftype, f"{source}: {prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field (export/plot) is missing
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_yaml(path: str | Path, cls: type):
+    """Read a YAML config file into `cls`, naming the file in every error."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p} — fix: check the path given to -c")
+    try:
+        values = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    return from_dict(cls, values, source=str(p))
+
+
+def coerce(value: Any, ftype: Any, where: str) -> Any:
+    """Check (and gently convert) a YAML value against a field type; the error names the key."""
+    origin, args = typing.get_origin(ftype), typing.get_args(ftype)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [coerce(v, args[0], where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if ftype is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if ftype is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if ftype is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads "1e-3" as a string
+        except ValueError:
+            pass
+    if ftype in (int, float, str) and not (isinstance(value, ftype) and not isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {ftype.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain nested dicts (what config.yaml stores)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_yaml(cfg: Any, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def validate(cfg: SFTConfig) -> None:
+    """Checks on values that types cannot express. Each error names the key and what to set."""
+    positive = {
+        "train.micro_batch_size": cfg.train.micro_batch_size, "train.grad_accum": cfg.train.grad_accum,
+        "data.max_length": cfg.data.max_length, "eval.batch_size": cfg.eval.batch_size,
+        "checkpoint.keep_last": cfg.checkpoint.keep_last, "log.every": cfg.log.every,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} = {value} must be at least 1")
+    non_negative = {
+        "train.max_steps": cfg.train.max_steps, "train.warmup_steps": cfg.train.warmup_steps,
+        "eval.every": cfg.eval.every, "checkpoint.every": cfg.checkpoint.every, "lora.r": cfg.lora.r,
+        "train.max_grad_norm": cfg.train.max_grad_norm, "data.pack_length": cfg.data.pack_length,
+        "train.weight_decay": cfg.train.weight_decay,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} = {value} must not be negative")
+    if not cfg.train.lr > 0:
+        raise ConfigError(f"train.lr = {cfg.train.lr} must be positive")
+    if cfg.train.max_steps == 0 and not cfg.train.epochs > 0:
+        raise ConfigError("train.epochs must be positive when train.max_steps is 0 — set one of them")
+    if 0 < cfg.data.pack_length < cfg.data.max_length:
+        raise ConfigError(f"data.pack_length = {cfg.data.pack_length} is below data.max_length = "
+                          f"{cfg.data.max_length}: a full-length example would not fit — raise it or set 0")
+    sinks = {"tensorboard", "wandb"}
+    for sink in cfg.log.report_to:
+        if sink not in sinks:
+            raise ConfigError(f"log.report_to: unknown sink '{sink}' — valid: {', '.join(sorted(sinks))}")
+    if cfg.task.ops == "" or set(cfg.task.ops) - set("+-"):
+        raise ConfigError(f"task.ops = {cfg.task.ops!r} must be a non-empty subset of '+-'")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)

@@ -1,0 +1,1 @@
+"""Evaluation: held-out loss and perplexity, task accuracy by greedy generation."""

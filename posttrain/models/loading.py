@@ -1,0 +1,95 @@
+"""Load a causal LM and its tokenizer: the embedded tiny model or any Hugging Face directory, full or LoRA.
+
+Weights are kept in float32 (master weights); bf16 compute is the loop's autocast, not a cast of the model.
+With LoRA the base is frozen and PEFT adapters are trained; the adapter directory names the base it was
+trained on, so `peft.PeftModel.from_pretrained(base, adapter_dir)` restores it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from posttrain.errors import ConfigError, UserError
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """'tiny' → the embedded model's cached directory (built on first use); anything else unchanged."""
+    if name_or_path == "tiny":
+        from posttrain.models.tiny import tiny_path
+        return str(tiny_path())
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a tokenizer from '{name_or_path}' ({_first_line(e)}) — fix: set "
+                        "model.name_or_path to a local Hugging Face model directory, or 'tiny'") from None
+    if tokenizer.pad_token is None:  # GPT-2/Llama-style tokenizers ship without one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | None = None):
+    """Build the trainable model.
+
+    weights_dir: load the (full) weights from here instead of model_cfg.name_or_path — a checkpoint's
+    `model/` when resuming full fine-tuning, or, with LoRA, the adapter directory to continue.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if lora_cfg.r > 0 and model_cfg.init == "scratch":
+        raise ConfigError("lora.r > 0 with model.init=scratch would train adapters on random weights "
+                          "that are never saved — use full training (lora.r=0) or model.init=pretrained")
+    path = resolve_model_path(model_cfg.name_or_path)
+    kwargs = dict(dtype=torch.float32, attn_implementation=model_cfg.attn_implementation,
+                  trust_remote_code=model_cfg.trust_remote_code)
+    full_weights = weights_dir if (weights_dir is not None and lora_cfg.r == 0) else None
+    try:
+        if model_cfg.init == "scratch" and full_weights is None:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = AutoModelForCausalLM.from_config(config, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(full_weights or path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a model from '{model_cfg.name_or_path}' ({_first_line(e)}) — fix: set "
+                        "model.name_or_path to a local Hugging Face model directory, or 'tiny'") from None
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora_cfg.r > 0:
+        model = _add_lora(model, lora_cfg, adapter_dir=weights_dir)
+    return model
+
+
+def _add_lora(model, lora_cfg, adapter_dir=None):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    targets = lora_cfg.target_modules
+    peft_config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                             target_modules=targets[0] if targets == ["all-linear"] else targets,
+                             task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as e:
+        raise ConfigError(f"lora.target_modules={','.join(targets)}: {_first_line(e)}") from None
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

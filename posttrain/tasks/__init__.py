@@ -1,0 +1,48 @@
+"""Built-in verifiable tasks: data generators plus a verifier reward, used when no data is given.
+
+    task = tasks.get("arith", max_digits=2, ops="+-")
+    task.rows("train", 1000)          # [{"prompt": "47+85=", "answer": "132"}, ...]
+    task.score("47+85=", "132")       # 1.0 — the reward contract fn(prompt, completion, **row)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import random
+from typing import Protocol
+
+from posttrain.errors import ConfigError
+from posttrain.tasks.arith import ArithTask
+
+
+class Task(Protocol):
+    """What every built-in task provides (splits are "train" and "eval", disjoint)."""
+
+    def rows(self, split: str, n: int, seed: int = 0) -> list[dict]: ...
+    def sft_rows(self, split: str, n: int, seed: int = 0) -> list[dict]: ...
+    def text_rows(self, split: str, n: int, seed: int = 0) -> list[dict]: ...
+    def problem(self, rng: random.Random) -> tuple: ...
+    def extract_answer(self, completion: str) -> str | None: ...
+    def score(self, prompt: str, completion: str, **row) -> float | None: ...
+
+
+_TASKS: dict[str, type] = {"arith": ArithTask}
+
+
+def names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get(name: str, **options) -> Task:
+    """The task called `name`, built with `options`; a typo gets a did-you-mean."""
+    if name not in _TASKS:
+        close = difflib.get_close_matches(name, names(), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown task '{name}'.{hint} Valid tasks: {', '.join(names())}")
+    cls = _TASKS[name]
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"task '{name}' has no option(s) {unknown}; valid options: {', '.join(valid)}")
+    return cls(**options)

@@ -1,0 +1,209 @@
+"""`arith`: integer addition/subtraction, the built-in verifiable task.
+
+A problem is `(a, op, b)` with non-negative operands; the prompt is compact ("47+85=") and the answer
+is the exact integer ("132"; subtraction may give "-35"). The same generator feeds every stage:
+`text_rows` (pretraining corpus), `sft_rows` (chat messages), `rows` (online RL: prompt + answer), and
+`score` is the verifier reward.
+
+Sampling. Each operand first draws its digit count uniformly from 1..max_digits, then a value uniformly
+among numbers with that many digits (the 1-digit numbers include 0). Uniform *values* would make
+nearly every problem max_digits long and the model would never see the short cases it must learn first;
+uniform digit counts give a curriculum for free, and training improves smoothly.
+
+Splits. A problem belongs to "eval" iff blake2b("a op b") mod 10 == 0, else to "train": a stable hash
+(Python's `hash()` is salted per process), so the splits are disjoint and the same in every run and for
+every max_digits.
+
+Steps format (`steps=True`): one step per line, the columns from the right, then a final `answer:` line,
+so a process reward model can score each line.
+    47+85               52-17                 17-52                  100-1
+    7+5=12 carry 1      12-7=5 borrow 1       17-52=-(52-17)         10-1=9 borrow 1
+    4+8+1=13 carry 1    5-1-1=3               12-7=5 borrow 1        10-0-1=9 borrow 1
+    answer: 132         answer: 35            5-1-1=3                1-0-1=0
+                                              answer: -35            answer: 99
+Addition: "x+y[+1]=s", with " carry 1" when s ≥ 10 (the last carry is the leading digit of the answer).
+Subtraction: "x-y[-1]=d"; when the column would go negative, x is written plus 10 ("12-7") and the line
+ends " borrow 1". A missing digit of the shorter operand is 0. When a < b the first line rewrites
+a-b as -(b-a) and the columns then work out b-a.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+
+from posttrain.errors import ConfigError
+
+Problem = tuple[int, str, int]
+
+_PROBLEM_RE = re.compile(r"(\d+)\s*([+-])\s*(\d+)\s*=")
+_ANSWER_LINE_RE = re.compile(r"answer:\s*(-?\d+)")
+_INTEGER_RE = re.compile(r"-?\d+")
+_EXHAUSTED_AFTER = 10_000  # eval draws in a row with no new problem: the split has run out
+
+
+def split_of(a: int, op: str, b: int) -> str:
+    """"eval" for one problem in ten (stable hash of "a op b"), else "train"."""
+    digest = hashlib.blake2b(f"{a}{op}{b}".encode(), digest_size=8).digest()
+    return "eval" if int.from_bytes(digest, "big") % 10 == 0 else "train"
+
+
+def _evaluate(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b
+
+
+def _digits(n: int, width: int) -> list[int]:
+    """Least-significant digit first, padded with zeros: _digits(47, 3) → [7, 4, 0]."""
+    return [int(c) for c in reversed(str(n).zfill(width))]
+
+
+def addition_steps(a: int, b: int) -> list[str]:
+    """Column additions from the right: 47+85 → ["7+5=12 carry 1", "4+8+1=13 carry 1"]."""
+    width = max(len(str(a)), len(str(b)))
+    lines, carry = [], 0
+    for x, y in zip(_digits(a, width), _digits(b, width)):
+        total = x + y + carry
+        line = f"{x}+{y}" + ("+1" if carry else "") + f"={total}"
+        carry = total // 10
+        lines.append(line + (" carry 1" if carry else ""))
+    return lines
+
+
+def subtraction_steps(a: int, b: int) -> list[str]:
+    """Column subtractions from the right, a ≥ b: 52-17 → ["12-7=5 borrow 1", "5-1-1=3"]."""
+    width = len(str(a))
+    lines, borrow = [], 0
+    for x, y in zip(_digits(a, width), _digits(b, width)):
+        new_borrow = 1 if x - y - borrow < 0 else 0
+        top = x + 10 * new_borrow  # borrow ten from the next column
+        line = f"{top}-{y}" + ("-1" if borrow else "") + f"={top - y - borrow}"
+        lines.append(line + (" borrow 1" if new_borrow else ""))
+        borrow = new_borrow
+    return lines
+
+
+@dataclass
+class ArithTask:
+    """Addition/subtraction problems with a verifier (see the module docstring for formats).
+
+    >>> task = ArithTask(max_digits=2)
+    >>> task.prompt_text(47, "+", 85), task.solution_text(47, "+", 85)
+    ('47+85=', '132')
+    >>> task.score("47+85=", "132")
+    1.0
+    """
+
+    max_digits: int = 3
+    ops: str = "+"
+    steps: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.max_digits, int) or self.max_digits < 1:
+            raise ConfigError(f"arith: max_digits must be an integer ≥ 1, got {self.max_digits!r}")
+        if not self.ops or set(self.ops) - set("+-"):
+            raise ConfigError(f"arith: ops must be a non-empty subset of '+-', got {self.ops!r}")
+
+    # ---- problems and their text ----------------------------------------------------------------
+
+    def operand(self, rng: random.Random) -> int:
+        """Digit count uniform in 1..max_digits, then a value uniform among numbers that long."""
+        n_digits = rng.randint(1, self.max_digits)
+        low = 0 if n_digits == 1 else 10 ** (n_digits - 1)
+        return rng.randint(low, 10**n_digits - 1)
+
+    def problem(self, rng: random.Random) -> Problem:
+        op = rng.choice(self.ops)
+        return self.operand(rng), op, self.operand(rng)
+
+    def prompt_text(self, a: int, op: str, b: int) -> str:
+        return f"{a}{op}{b}="
+
+    def solution_text(self, a: int, op: str, b: int) -> str:
+        """The final answer ("132"), or with steps=True the step lines ending in "answer: 132"."""
+        answer = str(_evaluate(a, op, b))
+        if not self.steps:
+            return answer
+        if op == "+":
+            lines = addition_steps(a, b)
+        elif a >= b:
+            lines = subtraction_steps(a, b)
+        else:
+            lines = [f"{a}-{b}=-({b}-{a})"] + subtraction_steps(b, a)
+        return "\n".join(lines + [f"answer: {answer}"])
+
+    # ---- datasets ---------------------------------------------------------------------------------
+
+    def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        """`n` problems of `split`, deterministic in (split, n, seed, options).
+
+        Train samples with replacement; eval keeps unique problems and returns fewer than `n` when the
+        split runs out (with max_digits=1 there are only about ten eval problems).
+        """
+        if split not in ("train", "eval"):
+            raise ConfigError(f"arith: split must be 'train' or 'eval', got {split!r}")
+        rng = random.Random(f"arith:{seed}:{split}")  # str seeds are hashed stably (sha512)
+        out, seen, misses = [], set(), 0
+        while len(out) < n and misses < _EXHAUSTED_AFTER:
+            problem = self.problem(rng)
+            fresh = split == "train" or problem not in seen
+            if split_of(*problem) == split and fresh:
+                out.append(problem)
+                seen.add(problem)
+                misses = 0
+            else:
+                misses += 1
+        return out
+
+    def rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        """Online-RL rows: [{"prompt": "47+85=", "answer": "132"}, ...]."""
+        return [{"prompt": self.prompt_text(*p), "answer": str(_evaluate(*p))}
+                for p in self.problems(split, n, seed)]
+
+    def sft_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        """Chat rows: {"messages": [user: prompt, assistant: solution], "answer": "132"}."""
+        return [{"messages": [{"role": "user", "content": self.prompt_text(*p)},
+                              {"role": "assistant", "content": self.solution_text(*p)}],
+                 "answer": str(_evaluate(*p))}
+                for p in self.problems(split, n, seed)]
+
+    def text_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        """Plain corpus rows for pretraining: {"text": "47+85=132"}."""
+        return [{"text": self.prompt_text(*p) + self.solution_text(*p)}
+                for p in self.problems(split, n, seed)]
+
+    # ---- verifier ---------------------------------------------------------------------------------
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The integer the completion answers with, or None.
+
+        With steps=True: the number after the first "answer:" (the format's final line; what follows
+        it is ignored). Otherwise: the first integer, sign included ("  -35</s>" → "-35").
+        """
+        pattern = _ANSWER_LINE_RE if self.steps else _INTEGER_RE
+        match = pattern.search(completion)
+        if match is None:
+            return None
+        return match.group(1) if self.steps else match.group(0)
+
+    def score(self, prompt: str, completion: str, answer: str | None = None, **row) -> float | None:
+        """Reward: 1.0 if the extracted answer equals `answer` as integers, else 0.0.
+
+        Without `answer` it is recomputed from the last "a op b=" in the prompt (which may be chat
+        rendered); None only when neither is available.
+        >>> ArithTask().score("Q: 52-17=", "35"), ArithTask().score("52-17=", "-35"), ArithTask().score("hi", "3")
+        (1.0, 0.0, None)
+        """
+        if answer is None:
+            found = _PROBLEM_RE.findall(prompt)
+            if not found:
+                return None
+            a, op, b = found[-1]
+            answer = str(_evaluate(int(a), op, int(b)))
+        try:
+            expected = int(str(answer).strip())
+        except ValueError:
+            return None
+        given = self.extract_answer(completion)
+        return 1.0 if given is not None and int(given) == expected else 0.0

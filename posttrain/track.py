@@ -1,0 +1,137 @@
+"""Metrics: one JSONL line per logged step (always), a console progress bar, TensorBoard / W&B when asked,
+and `posttrain plot RUN_DIR` for PNG curves.
+
+Metric names are stable across commands: `loss`, `lr`, `grad_norm`, `tokens_per_s`, `eval/loss`,
+`eval/ppl`, `eval/accuracy`, … Each line also carries `step` and `time` (seconds since the run started).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+HEADLINE = ("loss", "eval/loss", "eval/accuracy", "lr", "tokens_per_s")
+
+
+class Tracker:
+    """Writes metrics for one run. On resume, lines after the resumed step are dropped first, so the file
+    reads as if the run had never stopped."""
+
+    def __init__(self, run_dir: Path, *, total_steps: int, start_step: int = 0,
+                 report_to: list[str] = (), progress: bool = True, config: dict | None = None):
+        self.path = Path(run_dir) / METRICS_FILE
+        _truncate_after(self.path, start_step)
+        self.file = open(self.path, "a")
+        self.start = time.time()
+        self.bar = _progress_bar(total_steps, start_step) if progress else None
+        self.tb = self.wandb = None
+        if "tensorboard" in report_to:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if "wandb" in report_to:
+            import wandb
+            self.wandb = wandb.init(project="posttrain", dir=str(run_dir), config=config, resume="allow")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, "time": round(time.time() - self.start, 3)}
+        record.update({k: _plain(v) for k, v in metrics.items()})
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, _plain(v), step)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+        if self.bar is not None:
+            shown = {k: f"{_plain(metrics[k]):.4g}" for k in HEADLINE if k in metrics}
+            self.bar.set_postfix(shown, refresh=False)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def write(self, message: str) -> None:
+        """Print a line without breaking the progress bar."""
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        self.file.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_run(cfg) -> list[Path]:
+    """`posttrain plot RUN_DIR`: one PNG per metric (and one overview) in RUN_DIR/plots/."""
+    from posttrain.errors import UserError
+
+    run_dir = Path(cfg.run_dir)
+    if not (run_dir / METRICS_FILE).is_file():
+        raise UserError(f"{run_dir / METRICS_FILE} not found — fix: pass a run directory written by a posttrain command")
+    paths = plot_metrics(read_metrics(run_dir), run_dir / "plots")
+    print(f"wrote {len(paths)} plots to {run_dir / 'plots'}")
+    return paths
+
+
+def plot_metrics(records: list[dict], out_dir: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = sorted({k for r in records for k, v in r.items()
+                    if k not in ("step", "time") and isinstance(v, (int, float))})
+    paths = []
+    for name in names:
+        points = [(r["step"], r[name]) for r in records if name in r and _finite(r[name])]
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o" if len(points) < 30 else None)
+        ax.set_xlabel("step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / (name.replace("/", "_") + ".png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep only lines with step <= `step` (a killed run may have logged past its last checkpoint)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _progress_bar(total: int, initial: int):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=0.5)

@@ -1,0 +1,148 @@
+"""Plumbing every training loop shares: run directory, data order, optimizer and schedule, precision,
+and the non-finite guard. The loops (`sft.py`, later `dpo.py`, `rl.py` …) compose these; the math lives in
+`algos/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from posttrain import checkpoint, config as C
+from posttrain.errors import ConfigError, UserError
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Run directory
+# ---------------------------------------------------------------------------------------------------------------------
+
+def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
+    """Create (or reopen) the run directory. Returns (run_dir, checkpoint to resume from or None).
+
+    Called only after config and data are validated, so a bad input never leaves a half-made run behind.
+    """
+    run_dir = Path(cfg.output_dir)
+    resume_from = checkpoint.latest(run_dir) if cfg.checkpoint.resume else None
+    if cfg.checkpoint.resume and resume_from is None:
+        raise UserError(f"checkpoint.resume is set but {run_dir} has no complete checkpoint — fix: drop "
+                        "checkpoint.resume to start a new run, or point output_dir at the run to continue")
+    has_run = run_dir.exists() and any(run_dir.iterdir())
+    if has_run and resume_from is None:
+        if not cfg.overwrite:
+            raise UserError(f"{run_dir} already holds a run — fix: set checkpoint.resume=true to continue it, "
+                            "overwrite=true to replace it, or choose another output_dir")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    C.save_yaml(cfg, run_dir / "config.yaml")
+    return run_dir, resume_from
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data order: an endless stream of per-epoch permutations
+# ---------------------------------------------------------------------------------------------------------------------
+
+def batch_indices(step: int, global_batch: int, num_examples: int, seed: int) -> list[int]:
+    """Example indices of optimizer step `step` (0-based).
+
+    The stream is permutation(epoch 0) ++ permutation(epoch 1) ++ …, each permutation seeded by (seed, epoch);
+    step s takes positions [s·G, (s+1)·G). The data position is therefore a pure function of the step: resume
+    needs no iterator state, and any micro-batch × accumulation split of G sees the same examples.
+    """
+    out, start = [], step * global_batch
+    for position in range(start, start + global_batch):
+        epoch, offset = divmod(position, num_examples)
+        out.append(_permutation(num_examples, seed, epoch)[offset])
+    return out
+
+
+_perm_cache: dict[tuple[int, int, int], list[int]] = {}
+
+
+def _permutation(n: int, seed: int, epoch: int) -> list[int]:
+    key = (n, seed, epoch)
+    if key not in _perm_cache:
+        if len(_perm_cache) > 4:
+            _perm_cache.clear()
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        _perm_cache[key] = torch.randperm(n, generator=g).tolist()
+    return _perm_cache[key]
+
+
+def total_steps(train_cfg, num_examples: int) -> int:
+    """Optimizer steps of the run; refuses batch arithmetic that gives none."""
+    global_batch = train_cfg.micro_batch_size * train_cfg.grad_accum
+    if train_cfg.max_steps > 0:
+        return train_cfg.max_steps
+    steps = int(train_cfg.epochs * num_examples) // global_batch
+    if steps < 1:
+        raise ConfigError(
+            f"{train_cfg.epochs} epoch(s) of {num_examples} examples at a global batch of {global_batch} "
+            f"(train.micro_batch_size {train_cfg.micro_batch_size} × train.grad_accum {train_cfg.grad_accum}) "
+            "gives zero optimizer steps — lower the batch, raise train.epochs, or set train.max_steps")
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Optimizer, schedule, precision
+# ---------------------------------------------------------------------------------------------------------------------
+
+def build_optimizer(model, train_cfg) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; no weight decay on biases and norm weights (1-D tensors)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": train_cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=train_cfg.lr,
+                             betas=(train_cfg.adam_beta1, train_cfg.adam_beta2))
+
+
+def build_scheduler(optimizer, train_cfg, num_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to lr, then cosine or linear decay to lr·min_lr_ratio (or constant)."""
+    warmup, floor = train_cfg.warmup_steps, train_cfg.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, num_steps - warmup))
+        if train_cfg.schedule == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        if train_cfg.schedule == "linear":
+            return floor + (1 - floor) * (1 - progress)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16: autocast the forward pass, master weights stay fp32. fp32: no-op."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+class NonFiniteGuard:
+    """Skip a step whose loss or gradient is not finite; abort after `limit` in a row.
+
+    Aborting raises before any checkpoint is written, so the last good checkpoint stays intact.
+    """
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.skipped = limit, 0, 0
+
+    def ok(self, *values: torch.Tensor | float) -> bool:
+        if all(math.isfinite(float(v)) for v in values):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.skipped += 1
+        if self.in_a_row >= self.limit:
+            raise RuntimeError(f"{self.in_a_row} consecutive steps had a non-finite loss or gradient; stopping. "
+                               "The last good checkpoint is intact — lower train.lr, use fp32, or check the data.")
+        return False

@@ -1,0 +1,220 @@
+"""Supervised fine-tuning (and pretraining): the loop, top to bottom.
+
+    setup     tokenizer → data (validated before anything is written) → run dir → model → optimizer → resume
+    step      G = micro_batch_size × grad_accum examples; each micro-batch's summed token losses are divided by
+              the number of loss tokens in the WHOLE step, so accumulation is exact (mb 8 × acc 1 = mb 1 × acc 8)
+    log       metrics.jsonl every log.every steps, progress bar
+    eval      held-out loss / perplexity and task accuracy by greedy generation
+    checkpoint atomic, rotated, resumable exactly (the data position is a function of the step)
+
+Pretraining is the same loop on `text` rows, where every token is in the loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from posttrain import checkpoint, tasks
+from posttrain.algos.aggregate import aggregate
+from posttrain.algos.sft import token_cross_entropy
+from posttrain.config import SFTConfig, to_dict
+from posttrain.data import build_sft_examples, collate, load_rows, normalize
+from posttrain.eval.accuracy import greedy_accuracy
+from posttrain.models.loading import count_parameters, load_model, load_tokenizer
+from posttrain.track import Tracker
+from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, build_optimizer, build_scheduler,
+                                    device_of, prepare_run_dir, total_steps)
+
+
+def run(cfg: SFTConfig) -> dict:
+    """Train; return the final metrics (also in RUN_DIR/metrics.jsonl)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    # ---- setup: every check on user input happens before the run directory is touched -----------------------------
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    data = load_sft_data(cfg, tokenizer)
+    num_steps = total_steps(cfg.train, len(data.train))
+    run_dir, resume_from = prepare_run_dir(cfg)
+
+    model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
+                       weights_dir=resume_from / "model" if resume_from else None)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).train()
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, num_steps)
+    start_step = 0
+    if resume_from is not None:
+        start_step = checkpoint.read_training_state(resume_from, optimizer=optimizer, scheduler=scheduler)["step"]
+    else:
+        torch.manual_seed(cfg.seed)
+
+    trainable, total = count_parameters(model)
+    tracker = Tracker(run_dir, total_steps=num_steps, start_step=start_step, report_to=cfg.log.report_to,
+                      progress=cfg.log.progress, config=to_dict(cfg))
+    tracker.write(f"{len(data.train)} training examples{data.report}; {num_steps} steps of "
+                  f"{cfg.train.micro_batch_size}×{cfg.train.grad_accum} examples; "
+                  f"{trainable:,} of {total:,} parameters trainable"
+                  + (f"; resuming at step {start_step}" if start_step else ""))
+    if cfg.eval.at_start and start_step == 0:
+        tracker.log(0, evaluate(model, tokenizer, data, cfg))
+
+    # ---- loop -------------------------------------------------------------------------------------------------------
+    guard = NonFiniteGuard(cfg.train.max_bad_steps)
+    global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum
+    metrics: dict = {}
+    for step in range(start_step, num_steps):
+        t0 = time.perf_counter()
+        indices = batch_indices(step, global_batch, len(data.train), cfg.seed)
+        micro_batches = [collate([data.train[i] for i in indices[j:j + cfg.train.micro_batch_size]],
+                                 pad_id=tokenizer.pad_token_id, packing=cfg.data.packing,
+                                 pack_length=cfg.data.pack_length or cfg.data.max_length)
+                         for j in range(0, global_batch, cfg.train.micro_batch_size)]
+        loss, grad_norm, n_tokens = train_step(model, optimizer, micro_batches, cfg, guard)
+        scheduler.step()
+        done = step + 1
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+                   "tokens_per_s": n_tokens / (time.perf_counter() - t0), "epoch": done * global_batch / len(data.train)}
+        if guard.skipped:
+            metrics["skipped_steps"] = guard.skipped
+        if done == num_steps or (cfg.eval.every and done % cfg.eval.every == 0):
+            metrics.update(evaluate(model, tokenizer, data, cfg))
+        if done % cfg.log.every == 0 or done == num_steps:
+            tracker.log(done, metrics)
+        tracker.advance()
+        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < num_steps:
+            save_checkpoint(run_dir, done, model, optimizer, scheduler, cfg)
+
+    # ---- outputs ----------------------------------------------------------------------------------------------------
+    tracker.close()
+    save_checkpoint(run_dir, num_steps, model, optimizer, scheduler, cfg)
+    save_final(run_dir, model, tokenizer)
+    shown = {k: v for k, v in metrics.items() if k in ("loss",) or k.startswith("eval/")}
+    print(f"done: {format_metrics(shown)} — model in {run_dir / 'final'}", flush=True)
+    return metrics
+
+
+def train_step(model, optimizer, micro_batches: list[dict], cfg: SFTConfig, guard: NonFiniteGuard):
+    """One optimizer step over the micro-batches. Returns (loss, grad_norm, input tokens)."""
+    num_loss_tokens = sum(int((mb["targets"] != -100).sum()) for mb in micro_batches)
+    device = device_of(model)
+    total_loss = torch.zeros((), device=device)
+    for mb in micro_batches:
+        mb = {k: v.to(device) for k, v in mb.items()}
+        with autocast(cfg.train.precision, device):
+            logits = model(input_ids=mb["input_ids"], attention_mask=mb.get("attention_mask"),
+                           position_ids=mb["position_ids"], use_cache=False).logits
+        token_loss, mask = token_cross_entropy(logits, mb["targets"])
+        loss = aggregate(token_loss, mask, "token_mean", num_tokens=num_loss_tokens)
+        loss.backward()
+        total_loss += loss.detach()
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if guard.ok(total_loss, grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    n_tokens = sum(int((mb["seq_index"] >= 0).sum()) for mb in micro_batches)
+    return total_loss.item(), grad_norm.item(), n_tokens
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------------
+
+class SFTData:
+    """Tokenized train/eval examples plus the held-out problems scored for accuracy."""
+
+    def __init__(self, train, eval_examples, problems, score, use_chat_template, report):
+        self.train, self.eval, self.problems, self.score = train, eval_examples, problems, score
+        self.use_chat_template, self.report = use_chat_template, report
+
+
+def load_sft_data(cfg: SFTConfig, tokenizer) -> SFTData:
+    """User files when data.train_path is set, else the built-in task. Raises DataError on bad input."""
+    task, problems = None, []
+    if cfg.data.train_path is None or cfg.data.eval_path is None:
+        task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
+    rows_of = task.text_rows if cfg.task.format == "text" else task.sft_rows if task else None
+
+    if cfg.data.train_path is not None:
+        train_rows = normalize(load_rows(cfg.data.train_path, columns=cfg.data.columns), kind="sft")
+    else:
+        train_rows = normalize(rows_of("train", cfg.task.num_train, cfg.seed), kind="sft")
+    if cfg.data.eval_path is not None:
+        eval_rows = normalize(load_rows(cfg.data.eval_path, columns=cfg.data.columns), kind="sft")
+    elif cfg.data.train_path is None:
+        eval_rows = normalize(rows_of("eval", cfg.task.num_eval, cfg.seed), kind="sft")
+        problems = task.rows("eval", min(cfg.eval.num_samples, cfg.task.num_eval), cfg.seed)
+    else:
+        eval_rows = None
+
+    train, report = build_sft_examples(train_rows, tokenizer, max_length=cfg.data.max_length,
+                                       truncation=cfg.data.truncation)
+    eval_examples = []
+    if eval_rows is not None:
+        eval_examples, _ = build_sft_examples(eval_rows, tokenizer, max_length=cfg.data.max_length,
+                                              truncation=cfg.data.truncation)
+    dropped = f" ({report.summary()})" if report.dropped else ""
+    use_template = cfg.task.format == "chat" and tokenizer.chat_template is not None
+    return SFTData(train, eval_examples, problems, task.score if task else None, use_template, dropped)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation and outputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model, tokenizer, data: SFTData, cfg: SFTConfig) -> dict:
+    """eval/loss and eval/ppl over held-out examples; eval/accuracy by greedy generation when a task scores it.
+
+    Runs under `fork_rng` so evaluating never changes the training random stream (resume stays exact).
+    """
+    out = {}
+    device = device_of(model)
+    with torch.random.fork_rng(devices=[]):
+        model.eval()
+        if data.eval:
+            loss_sum = torch.zeros((), device=device)
+            count = 0
+            for start in range(0, len(data.eval), cfg.eval.batch_size):
+                batch = collate(data.eval[start:start + cfg.eval.batch_size], pad_id=tokenizer.pad_token_id,
+                                packing=cfg.data.packing, pack_length=cfg.data.pack_length or cfg.data.max_length)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast(cfg.train.precision, device):
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                   position_ids=batch["position_ids"], use_cache=False).logits
+                token_loss, mask = token_cross_entropy(logits, batch["targets"])
+                loss_sum += token_loss.sum()
+                count += int(mask.sum())
+            out["eval/loss"] = (loss_sum / max(count, 1)).item()
+            out["eval/ppl"] = math.exp(min(out["eval/loss"], 50.0))
+        if data.problems:
+            out["eval/accuracy"], _ = greedy_accuracy(model, tokenizer, data.problems, data.score,
+                                                      use_chat_template=data.use_chat_template,
+                                                      max_new_tokens=cfg.eval.max_new_tokens,
+                                                      batch_size=cfg.eval.batch_size)
+        model.train()
+    return out
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, cfg: SFTConfig) -> Path:
+    return checkpoint.save(run_dir, step, lambda d: checkpoint.write_training_state(
+        d, model=model, optimizer=optimizer, scheduler=scheduler, state={"step": step}),
+        keep_last=cfg.checkpoint.keep_last)
+
+
+def save_final(run_dir: Path, model, tokenizer) -> Path:
+    """RUN_DIR/final: the model (HF layout, or the PEFT adapter) and tokenizer, written atomically."""
+    final, tmp = run_dir / "final", run_dir / "final.tmp"
+    checkpoint.replace_dir(tmp, final, lambda d: (model.save_pretrained(d, safe_serialization=True),
+                                                   tokenizer.save_pretrained(d)))
+    return final
+
+
+def format_metrics(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
