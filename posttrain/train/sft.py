@@ -100,26 +100,36 @@ def run(cfg: SFTConfig) -> dict:
 
 def train_step(model, optimizer, micro_batches: list[dict], cfg: SFTConfig, guard: NonFiniteGuard):
     """One optimizer step over the micro-batches. Returns (loss, grad_norm, input tokens)."""
+    loss = accumulate_gradients(model, micro_batches, cfg.train.precision)
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if guard.ok(loss, grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    n_tokens = sum(int((mb["seq_index"] >= 0).sum()) for mb in micro_batches)
+    return loss.item(), grad_norm.item(), n_tokens
+
+
+def accumulate_gradients(model, micro_batches: list[dict], precision: str = "fp32") -> torch.Tensor:
+    """Backward over every micro-batch; the gradients equal those of the token-mean loss of the whole step.
+
+    Each micro-batch's summed token losses are divided by the loss-token count of ALL micro-batches, so the
+    sum over micro-batches is the global token mean, whatever the split. Returns that loss (detached).
+    """
     num_loss_tokens = sum(int((mb["targets"] != -100).sum()) for mb in micro_batches)
     device = device_of(model)
     total_loss = torch.zeros((), device=device)
     for mb in micro_batches:
         mb = {k: v.to(device) for k, v in mb.items()}
-        with autocast(cfg.train.precision, device):
+        with autocast(precision, device):
             logits = model(input_ids=mb["input_ids"], attention_mask=mb.get("attention_mask"),
                            position_ids=mb["position_ids"], use_cache=False).logits
         token_loss, mask = token_cross_entropy(logits, mb["targets"])
         loss = aggregate(token_loss, mask, "token_mean", num_tokens=num_loss_tokens)
         loss.backward()
         total_loss += loss.detach()
-    params = [p for p in model.parameters() if p.requires_grad]
-    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    if guard.ok(total_loss, grad_norm):
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    n_tokens = sum(int((mb["seq_index"] >= 0).sum()) for mb in micro_batches)
-    return total_loss.item(), grad_norm.item(), n_tokens
+    return total_loss
 
 
 # ---------------------------------------------------------------------------------------------------------------------
