@@ -90,7 +90,8 @@ class DataConfig:
     packing: bool = True
     """Pack each micro-batch's examples into as few rows as possible (exact: no attention across examples)."""
     pack_length: int = 0
-    """Row capacity when packing; 0 means max_length."""
+    """Row capacity when packing. 0: the micro-batch's longest example, so packed rows are never longer than
+    padded ones (attention cost grows with the square of the row length); larger values pack more per row."""
 
 
 @dataclass

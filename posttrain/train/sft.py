@@ -72,7 +72,7 @@ def run(cfg: SFTConfig) -> dict:
         indices = batch_indices(step, global_batch, len(data.train), cfg.seed)
         micro_batches = [collate([data.train[i] for i in indices[j:j + cfg.train.micro_batch_size]],
                                  pad_id=tokenizer.pad_token_id, packing=cfg.data.packing,
-                                 pack_length=cfg.data.pack_length or cfg.data.max_length)
+                                 pack_length=cfg.data.pack_length or None)
                          for j in range(0, global_batch, cfg.train.micro_batch_size)]
         loss, grad_norm, n_tokens = train_step(model, optimizer, micro_batches, cfg, guard)
         scheduler.step()
@@ -193,7 +193,7 @@ def evaluate(model, tokenizer, data: SFTData, cfg: SFTConfig) -> dict:
             count = 0
             for start in range(0, len(data.eval), cfg.eval.batch_size):
                 batch = collate(data.eval[start:start + cfg.eval.batch_size], pad_id=tokenizer.pad_token_id,
-                                packing=cfg.data.packing, pack_length=cfg.data.pack_length or cfg.data.max_length)
+                                packing=cfg.data.packing, pack_length=cfg.data.pack_length or None)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast(cfg.train.precision, device):
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
