@@ -21,7 +21,8 @@ gradient checkpointing, no evaluation, no saving during the run, no progress bar
                       examples of the other rows) — a different amount of work per step, hence not a like-for-like
                       row; add it with --variants to see it.
 
-Data: the `arith` task's SFT rows (max_digits 3, '+'), written as conversational prompt-completion rows
+Data: the `arith` task's SFT rows (max_digits 3, '+'; by default with written-out steps, as the demo trains, so
+lengths vary from ~20 to ~70 tokens; --solution answer for the bare answers), as conversational prompt-completion rows
     {"prompt": [{"role": "user", ...}], "completion": [{"role": "assistant", ...}]}
 and given unchanged to both: posttrain reads them from a jsonl file (data.train_path, so it has no eval set and
 evaluates nothing), TRL gets the same list as a `datasets.Dataset`. Both train on the completion only and both
@@ -95,6 +96,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=256, help="posttrain data.max_length (= pack row length) "
                                                                 "and TRL max_length")
     p.add_argument("--max-digits", type=int, default=3, help="arith task operand digits")
+    p.add_argument("--solution", choices=["steps", "answer"], default="steps",
+                   help="arith completions: written-out column steps (what the demo trains on; 20-70 tokens, "
+                        "lengths vary) or the bare answer (~18 tokens, nearly uniform)")
     p.add_argument("--rows", type=int, default=0, help="training rows; 0: steps × batch-size (no repeats)")
     p.add_argument("--warmup", type=int, default=5, help="steps of the discarded warmup run of each variant")
     p.add_argument("--rounds", type=int, default=2, help="timed runs of each variant; the best is reported")
@@ -141,7 +145,7 @@ def prepare_model(args, workdir: Path) -> tuple[str, str]:
 def prepare_rows(args) -> list[dict]:
     from posttrain import tasks
 
-    task = tasks.get("arith", max_digits=args.max_digits, ops="+")
+    task = tasks.get("arith", max_digits=args.max_digits, ops="+", steps=args.solution == "steps")
     n = args.rows or args.steps * args.batch_size
     rows = []
     for r in task.sft_rows("train", n, seed=args.seed):

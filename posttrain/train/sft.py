@@ -26,8 +26,8 @@ from posttrain.data import build_sft_examples, collate, load_rows, normalize
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import count_parameters, load_model, load_tokenizer
 from posttrain.track import Tracker
-from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, build_optimizer, build_scheduler,
-                                    device_of, prepare_run_dir, total_steps)
+from posttrain.train.common import (NonFiniteGuard, batch_indices, build_optimizer, build_scheduler, device_of,
+                                    forward_logits, prepare_run_dir, total_steps)
 
 
 def run(cfg: SFTConfig) -> dict:
@@ -121,11 +121,8 @@ def accumulate_gradients(model, micro_batches: list[dict], precision: str = "fp3
     device = device_of(model)
     total_loss = torch.zeros((), device=device)
     for mb in micro_batches:
-        mb = {k: v.to(device) for k, v in mb.items()}
-        with autocast(precision, device):
-            logits = model(input_ids=mb["input_ids"], attention_mask=mb.get("attention_mask"),
-                           position_ids=mb["position_ids"], use_cache=False).logits
-        token_loss, mask = token_cross_entropy(logits, mb["targets"])
+        logits, targets = forward_logits(model, {k: v.to(device) for k, v in mb.items()}, precision)
+        token_loss, mask = token_cross_entropy(logits, targets)
         loss = aggregate(token_loss, mask, "token_mean", num_tokens=num_loss_tokens)
         loss.backward()
         total_loss += loss.detach()
@@ -194,11 +191,9 @@ def evaluate(model, tokenizer, data: SFTData, cfg: SFTConfig) -> dict:
             for start in range(0, len(data.eval), cfg.eval.batch_size):
                 batch = collate(data.eval[start:start + cfg.eval.batch_size], pad_id=tokenizer.pad_token_id,
                                 packing=cfg.data.packing, pack_length=cfg.data.pack_length or None)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with autocast(cfg.train.precision, device):
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                   position_ids=batch["position_ids"], use_cache=False).logits
-                token_loss, mask = token_cross_entropy(logits, batch["targets"])
+                logits, targets = forward_logits(model, {k: v.to(device) for k, v in batch.items()},
+                                                 cfg.train.precision)
+                token_loss, mask = token_cross_entropy(logits, targets)
                 loss_sum += token_loss.sum()
                 count += int(mask.sum())
             out["eval/loss"] = (loss_sum / max(count, 1)).item()
