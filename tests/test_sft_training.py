@@ -162,6 +162,12 @@ def test_pretraining_puts_every_token_in_the_loss(tmp_path):
                            eval=C.EvalConfig(num_samples=4, max_new_tokens=5))
     metrics = sft.run(cfg)
     assert metrics["eval/loss"] > 0 and "eval/accuracy" in metrics
+    from posttrain import tasks
+    from posttrain.models.loading import load_tokenizer
+    rows = normalize(load_rows(tasks.get("arith").text_rows("train", 4, 0)), kind="sft")
+    examples, _ = build_sft_examples(rows, load_tokenizer("tiny"), max_length=64)
+    for e in examples:  # every token but the leading bos is a target
+        assert e["labels"][0] == -100 and e["labels"][1:] == e["input_ids"][1:]
     saved = C.load_yaml(tmp_path / "pre" / "config.yaml", C.PretrainConfig)
     assert saved == cfg
 
@@ -180,3 +186,14 @@ def test_bf16_and_gradient_checkpointing_track_fp32(tmp_path, option):
     tol = 5e-2 if option == "bf16" else 1e-5
     for step in la:
         assert abs(la[step] - lb[step]) <= tol * max(1.0, la[step]), (step, la[step], lb[step])
+
+
+def test_non_finite_steps_are_skipped_then_abort():
+    from posttrain.train.common import NonFiniteGuard
+    guard = NonFiniteGuard(limit=3)
+    assert guard.ok(torch.tensor(1.0), 2.0)
+    assert not guard.ok(torch.tensor(float("nan")), 1.0) and not guard.ok(1.0, float("inf"))
+    assert guard.ok(1.0, 1.0) and guard.skipped == 2 and guard.in_a_row == 0
+    guard.ok(float("nan"), 1.0), guard.ok(float("nan"), 1.0)
+    with pytest.raises(RuntimeError, match="last good checkpoint is intact"):
+        guard.ok(float("nan"), 1.0)
