@@ -2,8 +2,10 @@
 
 Layout of a run directory:
 
-    RUN_DIR/checkpoints/step_000100/    model/ (HF or PEFT layout, safetensors), optimizer.pt, scheduler.pt,
-                                        rng.pt (python, numpy, torch and named generators), trainer_state.json
+    RUN_DIR/checkpoints/step_000100/    model/ (HF or PEFT layout, safetensors, consolidated), optimizer.pt
+                                        (or optimizer/, sharded by torch.distributed.checkpoint under FSDP),
+                                        scheduler.pt, rng.pt / rng_rankN.pt (python, numpy, torch and named
+                                        generators, per process), trainer_state.json
     RUN_DIR/checkpoints/latest          text file naming the newest complete step directory
 
 Write protocol (a kill at any instant leaves the previous checkpoint loadable and `latest` pointing at it):
@@ -24,6 +26,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from posttrain import distributed
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 
@@ -33,26 +37,39 @@ def step_dir_name(step: int) -> str:
 
 
 def save(run_dir: Path, step: int, write: Callable[[Path], None], keep_last: int) -> Path:
-    """Write one checkpoint atomically. `write(directory)` fills the (temporary) step directory."""
+    """Write one checkpoint atomically. `write(directory)` fills the (temporary) step directory.
+
+    With several processes every rank calls this and writes its part; rank 0 alone moves `latest` and rotates.
+    """
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     replace_dir(root / (final.name + ".tmp"), final, write)
-    _write_atomic(root / LATEST, final.name + "\n")
-    _rotate(root, keep_last, keep=final.name)
+    if distributed.rank() == 0:
+        _write_atomic(root / LATEST, final.name + "\n")
+        _rotate(root, keep_last, keep=final.name)
+    distributed.barrier()
     return final
 
 
 def replace_dir(tmp: Path, final: Path, write: Callable[[Path], None]) -> None:
-    """Fill `tmp` with `write(tmp)`, flush it to disk, then rename it to `final` (replacing an old one)."""
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed mid-write
-    tmp.mkdir(parents=True)
+    """Fill `tmp` with `write(tmp)`, flush it to disk, then rename it to `final` (replacing an old one).
+
+    Every rank calls `write` (barriers around it); rank 0 prepares `tmp` and does the rename.
+    """
+    main = distributed.rank() == 0
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed mid-write
+        tmp.mkdir(parents=True)
+    distributed.barrier()
     write(tmp)
-    _fsync_tree(tmp)
-    if final.exists():  # e.g. the final save of a step that was just saved periodically
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    distributed.barrier()
+    if main:
+        _fsync_tree(tmp)
+        if final.exists():  # e.g. the final save of a step that was just saved periodically
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+    distributed.barrier()
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -70,21 +87,42 @@ def latest(run_dir: Path) -> Path | None:
 
 def write_training_state(directory: Path, *, model, optimizer, scheduler, state: dict,
                          generators: dict[str, torch.Generator] | None = None) -> None:
-    """Model (save_pretrained: HF layout, or PEFT adapter), optimizer, scheduler, every RNG, loop state."""
-    model.save_pretrained(directory / "model", safe_serialization=True)
-    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-    torch.save(scheduler.state_dict(), directory / "scheduler.pt")
-    torch.save(rng_state(generators), directory / "rng.pt")
-    (directory / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    """Model (save_pretrained: HF layout, or PEFT adapter), optimizer, scheduler, every RNG, loop state.
+
+    Called on every rank. The model is consolidated (FSDP: gathered) and written by rank 0; a sharded (FSDP)
+    optimizer is written by every rank with torch.distributed.checkpoint; RNG state is per rank.
+    """
+    rank = distributed.rank()
+    distributed.save_pretrained(model, directory / "model")
+    if rank == 0:
+        torch.save(scheduler.state_dict(), directory / "scheduler.pt")
+        state = {**state, "world_size": distributed.world_size()}
+        (directory / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    if distributed.is_fsdp(model):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=directory / "optimizer")
+    elif rank == 0:
+        torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    torch.save(rng_state(generators), directory / _rng_file(rank))
 
 
-def read_training_state(directory: Path, *, optimizer, scheduler,
+def read_training_state(directory: Path, *, optimizer, scheduler, model=None,
                         generators: dict[str, torch.Generator] | None = None) -> dict:
     """Restore optimizer, scheduler and RNGs from a checkpoint; return the loop state. (The model is loaded
     from `directory/model` by the caller, since how depends on full vs LoRA training.)"""
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    if (directory / "optimizer").is_dir():  # sharded (FSDP): every rank reads its part, resharding if needed
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+        target = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(target, checkpoint_id=directory / "optimizer")
+        set_optimizer_state_dict(model, optimizer, target["optimizer"])
+    else:
+        optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(directory / "rng.pt", weights_only=True), generators)
+    rng_file = directory / _rng_file(distributed.rank())
+    if rng_file.is_file():  # absent when resuming on more processes than wrote the checkpoint
+        set_rng_state(torch.load(rng_file, weights_only=True), generators)
     return json.loads((directory / "trainer_state.json").read_text())
 
 
@@ -110,6 +148,10 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator] | None = N
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+
+def _rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng_rank{rank}.pt"
+
 
 def _rotate(root: Path, keep_last: int, keep: str) -> None:
     """Remove checkpoints beyond the newest `keep_last`, and directories torn by an earlier crash."""

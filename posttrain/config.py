@@ -117,7 +117,15 @@ class TrainConfig:
     micro_batch_size: int = 8
     """Examples per forward/backward pass."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step. Global batch = micro_batch_size × grad_accum examples."""
+    """Micro-batches per optimizer step and process. Global batch = micro_batch_size × grad_accum × processes."""
+    global_batch_size: int = 0
+    """Examples per optimizer step over all processes. When set, grad_accum is derived from it
+    (global / (micro_batch_size × processes)), so one config gives the same run on any number of processes."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """With several processes (torchrun): ddp replicates the model; fsdp (FSDP2 fully_shard) shards weights,
+    gradients and optimizer state across processes."""
+    fsdp_cpu_offload: bool = False
+    """fsdp: keep sharded parameters and optimizer state in CPU memory between uses."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -340,7 +348,7 @@ def validate(cfg: SFTConfig) -> None:
         "train.max_steps": cfg.train.max_steps, "train.warmup_steps": cfg.train.warmup_steps,
         "eval.every": cfg.eval.every, "checkpoint.every": cfg.checkpoint.every, "lora.r": cfg.lora.r,
         "train.max_grad_norm": cfg.train.max_grad_norm, "data.pack_length": cfg.data.pack_length,
-        "train.weight_decay": cfg.train.weight_decay,
+        "train.weight_decay": cfg.train.weight_decay, "train.global_batch_size": cfg.train.global_batch_size,
     }
     for key, value in non_negative.items():
         if value < 0:

@@ -21,7 +21,11 @@ class Tracker:
     reads as if the run had never stopped."""
 
     def __init__(self, run_dir: Path, *, total_steps: int, start_step: int = 0,
-                 report_to: list[str] = (), progress: bool = True, config: dict | None = None):
+                 report_to: list[str] = (), progress: bool = True, config: dict | None = None,
+                 active: bool = True):
+        self.active = active  # only rank 0 of a multi-process run writes; the others' tracker does nothing
+        if not active:
+            return
         self.path = Path(run_dir) / METRICS_FILE
         _truncate_after(self.path, start_step)
         self.file = open(self.path, "a")
@@ -36,6 +40,8 @@ class Tracker:
             self.wandb = wandb.init(project="posttrain", dir=str(run_dir), config=config, resume="allow")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
         record = {"step": step, "time": round(time.time() - self.start, 3)}
         record.update({k: _plain(v) for k, v in metrics.items()})
         self.file.write(json.dumps(record) + "\n")
@@ -50,17 +56,23 @@ class Tracker:
             self.bar.set_postfix(shown, refresh=False)
 
     def advance(self, n: int = 1) -> None:
+        if not self.active:
+            return
         if self.bar is not None:
             self.bar.update(n)
 
     def write(self, message: str) -> None:
         """Print a line without breaking the progress bar."""
+        if not self.active:
+            return
         if self.bar is not None:
             self.bar.write(message)
         else:
             print(message, flush=True)
 
     def close(self) -> None:
+        if not self.active:
+            return
         if self.bar is not None:
             self.bar.close()
         if self.tb is not None:

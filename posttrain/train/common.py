@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from posttrain import checkpoint, config as C
+from posttrain import checkpoint, config as C, distributed
 from posttrain.errors import ConfigError, UserError
 
 
@@ -24,7 +24,22 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
     """Create (or reopen) the run directory. Returns (run_dir, checkpoint to resume from or None).
 
     Called only after config and data are validated, so a bad input never leaves a half-made run behind.
+    With several processes rank 0 decides and acts; the others get its answer (or its error).
     """
+    outcome = None
+    if distributed.rank() == 0:
+        try:
+            run_dir, resume_from = _prepare_run_dir(cfg)
+            outcome = ("ok", str(run_dir), str(resume_from) if resume_from else None)
+        except UserError as e:
+            outcome = ("error", str(e), None)
+    kind, value, resume = distributed.broadcast_object(outcome)
+    if kind == "error":
+        raise UserError(value)
+    return Path(value), Path(resume) if resume else None
+
+
+def _prepare_run_dir(cfg) -> tuple[Path, Path | None]:
     run_dir = Path(cfg.output_dir)
     resume_from = checkpoint.latest(run_dir) if cfg.checkpoint.resume else None
     if cfg.checkpoint.resume and resume_from is None:
@@ -72,17 +87,37 @@ def _permutation(n: int, seed: int, epoch: int) -> list[int]:
     return _perm_cache[key]
 
 
-def total_steps(train_cfg, num_examples: int) -> int:
+def batch_plan(train_cfg, world_size: int = 1) -> tuple[int, int, int]:
+    """(micro_batch_size, grad_accum, global_batch) for this many processes; refuses impossible arithmetic.
+
+    global batch = micro_batch_size × grad_accum × world_size. With train.global_batch_size set, grad_accum is
+    derived from it, so the same config gives the same optimizer steps on 1 or N processes.
+    """
+    micro = train_cfg.micro_batch_size
+    if train_cfg.global_batch_size == 0:
+        return micro, train_cfg.grad_accum, micro * train_cfg.grad_accum * world_size
+    per_step = micro * world_size
+    accum, remainder = divmod(train_cfg.global_batch_size, per_step)
+    if accum == 0 or remainder:
+        raise ConfigError(
+            f"train.global_batch_size = {train_cfg.global_batch_size} is not a multiple of train.micro_batch_size "
+            f"({micro}) × processes ({world_size}) = {per_step}" + (" (that would be zero accumulation steps)"
+                                                                     if accum == 0 else "")
+            + f" — set train.global_batch_size to a multiple of {per_step} or change train.micro_batch_size")
+    return micro, accum, train_cfg.global_batch_size
+
+
+def total_steps(train_cfg, num_examples: int, global_batch: int) -> int:
     """Optimizer steps of the run; refuses batch arithmetic that gives none."""
-    global_batch = train_cfg.micro_batch_size * train_cfg.grad_accum
     if train_cfg.max_steps > 0:
         return train_cfg.max_steps
     steps = int(train_cfg.epochs * num_examples) // global_batch
     if steps < 1:
         raise ConfigError(
             f"{train_cfg.epochs} epoch(s) of {num_examples} examples at a global batch of {global_batch} "
-            f"(train.micro_batch_size {train_cfg.micro_batch_size} × train.grad_accum {train_cfg.grad_accum}) "
-            "gives zero optimizer steps — lower the batch, raise train.epochs, or set train.max_steps")
+            f"(train.micro_batch_size {train_cfg.micro_batch_size} × train.grad_accum × processes, or "
+            "train.global_batch_size) gives zero optimizer steps — lower the batch, raise train.epochs, or set "
+            "train.max_steps")
     return steps
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from posttrain import checkpoint, tasks
+from posttrain import checkpoint, distributed, tasks
 from posttrain.algos.aggregate import aggregate
 from posttrain.algos.sft import token_cross_entropy
 from posttrain.config import SFTConfig, to_dict
@@ -26,38 +26,42 @@ from posttrain.data import build_sft_examples, collate, load_rows, normalize
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import count_parameters, load_model, load_tokenizer
 from posttrain.track import Tracker
-from posttrain.train.common import (NonFiniteGuard, batch_indices, build_optimizer, build_scheduler, device_of,
-                                    forward_logits, prepare_run_dir, total_steps)
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, build_optimizer, build_scheduler,
+                                    device_of, forward_logits, prepare_run_dir, total_steps)
 
 
 def run(cfg: SFTConfig) -> dict:
-    """Train; return the final metrics (also in RUN_DIR/metrics.jsonl)."""
+    """Train; return the final metrics (also in RUN_DIR/metrics.jsonl). Under torchrun, every process runs
+    this same function; see posttrain/distributed.py for what each rank does."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    world = distributed.init()
 
     # ---- setup: every check on user input happens before the run directory is touched -----------------------------
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     data = load_sft_data(cfg, tokenizer)
-    num_steps = total_steps(cfg.train, len(data.train))
+    micro, accum, global_batch = batch_plan(cfg.train, world.world_size)
+    num_steps = total_steps(cfg.train, len(data.train), global_batch)
     run_dir, resume_from = prepare_run_dir(cfg)
 
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
                        weights_dir=resume_from / "model" if resume_from else None)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).train()
+    model = distributed.wrap(model.to(world.device).train(), world, cfg.train.strategy,
+                             precision=cfg.train.precision, cpu_offload=cfg.train.fsdp_cpu_offload)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, num_steps)
     start_step = 0
     if resume_from is not None:
-        start_step = checkpoint.read_training_state(resume_from, optimizer=optimizer, scheduler=scheduler)["step"]
+        start_step = checkpoint.read_training_state(resume_from, optimizer=optimizer, scheduler=scheduler,
+                                                    model=model)["step"]
     else:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + world.rank)
 
-    trainable, total = count_parameters(model)
+    trainable, total = count_parameters(distributed.unwrap(model))
     tracker = Tracker(run_dir, total_steps=num_steps, start_step=start_step, report_to=cfg.log.report_to,
-                      progress=cfg.log.progress, config=to_dict(cfg))
-    tracker.write(f"{len(data.train)} training examples{data.report}; {num_steps} steps of "
-                  f"{cfg.train.micro_batch_size}×{cfg.train.grad_accum} examples; "
+                      progress=cfg.log.progress, config=to_dict(cfg), active=world.is_main)
+    tracker.write(f"{len(data.train)} training examples{data.report}; {num_steps} steps of {global_batch} examples "
+                  f"({micro} per micro-batch × {accum} accumulation × {world.world_size} process(es)); "
                   f"{trainable:,} of {total:,} parameters trainable"
                   + (f"; resuming at step {start_step}" if start_step else ""))
     if cfg.eval.at_start and start_step == 0:
@@ -65,15 +69,15 @@ def run(cfg: SFTConfig) -> dict:
 
     # ---- loop -------------------------------------------------------------------------------------------------------
     guard = NonFiniteGuard(cfg.train.max_bad_steps)
-    global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum
+    per_rank = micro * accum
     metrics: dict = {}
     for step in range(start_step, num_steps):
         t0 = time.perf_counter()
         indices = batch_indices(step, global_batch, len(data.train), cfg.seed)
-        micro_batches = [collate([data.train[i] for i in indices[j:j + cfg.train.micro_batch_size]],
-                                 pad_id=tokenizer.pad_token_id, packing=cfg.data.packing,
-                                 pack_length=cfg.data.pack_length or None)
-                         for j in range(0, global_batch, cfg.train.micro_batch_size)]
+        mine = indices[world.rank * per_rank:(world.rank + 1) * per_rank]  # this rank's contiguous block
+        micro_batches = [collate([data.train[i] for i in mine[j:j + micro]], pad_id=tokenizer.pad_token_id,
+                                 packing=cfg.data.packing, pack_length=cfg.data.pack_length or None)
+                         for j in range(0, per_rank, micro)]
         loss, grad_norm, n_tokens = train_step(model, optimizer, micro_batches, cfg, guard)
         scheduler.step()
         done = step + 1
@@ -93,40 +97,46 @@ def run(cfg: SFTConfig) -> dict:
     tracker.close()
     save_checkpoint(run_dir, num_steps, model, optimizer, scheduler, cfg)
     save_final(run_dir, model, tokenizer)
-    shown = {k: v for k, v in metrics.items() if k in ("loss",) or k.startswith("eval/")}
-    print(f"done: {format_metrics(shown)} — model in {run_dir / 'final'}", flush=True)
+    if world.is_main:
+        shown = {k: v for k, v in metrics.items() if k in ("loss",) or k.startswith("eval/")}
+        print(f"done: {format_metrics(shown)} — model in {run_dir / 'final'}", flush=True)
     return metrics
 
 
 def train_step(model, optimizer, micro_batches: list[dict], cfg: SFTConfig, guard: NonFiniteGuard):
-    """One optimizer step over the micro-batches. Returns (loss, grad_norm, input tokens)."""
+    """One optimizer step over this rank's micro-batches. Returns (loss, grad_norm, input tokens), each for
+    the whole step over all ranks."""
     loss = accumulate_gradients(model, micro_batches, cfg.train.precision)
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grad_norm = distributed.local_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
     if guard.ok(loss, grad_norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    n_tokens = sum(int((mb["seq_index"] >= 0).sum()) for mb in micro_batches)
-    return loss.item(), grad_norm.item(), n_tokens
+    n_tokens = distributed.all_reduce_sum(sum(int((mb["seq_index"] >= 0).sum()) for mb in micro_batches))
+    return loss, grad_norm.item(), n_tokens
 
 
-def accumulate_gradients(model, micro_batches: list[dict], precision: str = "fp32") -> torch.Tensor:
+def accumulate_gradients(model, micro_batches: list[dict], precision: str = "fp32") -> float:
     """Backward over every micro-batch; the gradients equal those of the token-mean loss of the whole step.
 
-    Each micro-batch's summed token losses are divided by the loss-token count of ALL micro-batches, so the
-    sum over micro-batches is the global token mean, whatever the split. Returns that loss (detached).
+    Each micro-batch's summed token losses are divided by the loss-token count of ALL micro-batches on ALL
+    ranks, so the sum over micro-batches and ranks is the global token mean, whatever the split. DDP and FSDP
+    average gradients over ranks, hence the × world size. Returns that global loss (a float).
     """
-    num_loss_tokens = sum(int((mb["targets"] != -100).sum()) for mb in micro_batches)
+    local_tokens = sum(int((mb["targets"] != -100).sum()) for mb in micro_batches)
+    num_loss_tokens = distributed.all_reduce_sum(local_tokens)
+    world_size = distributed.world_size()
     device = device_of(model)
-    total_loss = torch.zeros((), device=device)
-    for mb in micro_batches:
-        logits, targets = forward_logits(model, {k: v.to(device) for k, v in mb.items()}, precision)
-        token_loss, mask = token_cross_entropy(logits, targets)
-        loss = aggregate(token_loss, mask, "token_mean", num_tokens=num_loss_tokens)
-        loss.backward()
-        total_loss += loss.detach()
-    return total_loss
+    local_loss = torch.zeros((), device=device)
+    for i, mb in enumerate(micro_batches):
+        with distributed.gradient_sync(model, enabled=i == len(micro_batches) - 1):
+            logits, targets = forward_logits(model, {k: v.to(device) for k, v in mb.items()}, precision)
+            token_loss, mask = token_cross_entropy(logits, targets)
+            loss = aggregate(token_loss, mask, "token_mean", num_tokens=num_loss_tokens)
+            (loss * world_size).backward()
+        local_loss += loss.detach()
+    return distributed.all_reduce_sum(local_loss.item())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -199,7 +209,7 @@ def evaluate(model, tokenizer, data: SFTData, cfg: SFTConfig) -> dict:
             out["eval/loss"] = (loss_sum / max(count, 1)).item()
             out["eval/ppl"] = math.exp(min(out["eval/loss"], 50.0))
         if data.problems:
-            out["eval/accuracy"], _ = greedy_accuracy(model, tokenizer, data.problems, data.score,
+            out["eval/accuracy"], _ = greedy_accuracy(distributed.unwrap(model), tokenizer, data.problems, data.score,
                                                       use_chat_template=data.use_chat_template,
                                                       max_new_tokens=cfg.eval.max_new_tokens,
                                                       batch_size=cfg.eval.batch_size)
@@ -215,10 +225,13 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, cfg: 
 
 def save_final(run_dir: Path, model, tokenizer) -> Path:
     """RUN_DIR/final: the model (HF layout, or the PEFT adapter) and tokenizer, written atomically."""
-    final, tmp = run_dir / "final", run_dir / "final.tmp"
-    checkpoint.replace_dir(tmp, final, lambda d: (model.save_pretrained(d, safe_serialization=True),
-                                                   tokenizer.save_pretrained(d)))
-    return final
+    def write(directory: Path) -> None:
+        distributed.save_pretrained(model, directory)  # every rank (gathering is collective), rank 0 writes
+        if distributed.rank() == 0:
+            tokenizer.save_pretrained(directory)
+
+    checkpoint.replace_dir(run_dir / "final.tmp", run_dir / "final", write)
+    return run_dir / "final"
 
 
 def format_metrics(metrics: dict) -> str:
