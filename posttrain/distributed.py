@@ -102,6 +102,14 @@ def broadcast_object(obj):
 # Wrapping the model
 # ---------------------------------------------------------------------------------------------------------------------
 
+def check_strategy(train_cfg, world: World) -> None:
+    """Refuse, before anything is written, options this world cannot honour."""
+    from posttrain.errors import ConfigError
+    if train_cfg.fsdp_cpu_offload and world.device.type == "cpu":
+        raise ConfigError("train.fsdp_cpu_offload=true moves FSDP shards from GPU to CPU memory, and this run has "
+                          "no GPU (the weights already live in CPU memory) — drop train.fsdp_cpu_offload")
+
+
 def wrap(model, world: World, strategy: str, *, precision: str = "fp32", cpu_offload: bool = False):
     """DDP: replicate, all-reduce gradients. FSDP2: shard parameters, gradients and optimizer state by
     `fully_shard` on every decoder layer and then the root (each layer's weights are gathered only while

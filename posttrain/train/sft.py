@@ -42,6 +42,7 @@ def run(cfg: SFTConfig) -> dict:
     data = load_sft_data(cfg, tokenizer)
     micro, accum, global_batch = batch_plan(cfg.train, world.world_size)
     num_steps = total_steps(cfg.train, len(data.train), global_batch)
+    distributed.check_strategy(cfg.train, world)
     run_dir, resume_from = prepare_run_dir(cfg)
 
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
