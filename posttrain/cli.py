@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "demo": (C.DemoConfig, "posttrain.demo:run", "train the tiny model on arithmetic; before/after table"),
     "pretrain": (C.PretrainConfig, "posttrain.train.sft:run", "train from scratch on a text corpus"),
     "sft": (C.SFTConfig, "posttrain.train.sft:run", "supervised fine-tuning, full or LoRA"),
+    "generate": (C.GenerateConfig, "posttrain.generate:run_generate", "sample completions for a prompt file → JSONL"),
+    "chat": (C.ChatConfig, "posttrain.generate:run_chat", "talk to a model in the terminal"),
     "export": (C.ExportConfig, "posttrain.export:run", "write a plain HF model directory (LoRA merged)"),
     "plot": (C.PlotConfig, "posttrain.track:plot_run", "draw PNG curves from RUN_DIR/metrics.jsonl"),
 }

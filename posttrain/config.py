@@ -213,6 +213,61 @@ class DemoConfig:
 
 
 @dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy decoding."""
+    top_k: int = 0
+    """Keep the k most likely tokens; 0 disables."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens with probability ≥ top_p; 1 disables."""
+    min_p: float = 0.0
+    """Drop tokens less likely than min_p × the most likely one; 0 disables."""
+    repetition_penalty: float = 1.0
+    """Penalize tokens already in the prompt or completion (CTRL); 1 disables."""
+    max_new_tokens: int = 64
+    """Longest completion, in tokens."""
+    n: int = 1
+    """Completions per prompt."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings: a completion ends (and is cut) where one appears."""
+
+
+@dataclass
+class GenerateConfig:
+    """Generate completions for a file of prompts (or the built-in task) and write them as JSONL."""
+
+    model: str = "tiny"
+    """A model directory, a LoRA adapter directory, a run directory (its final/), or 'tiny'."""
+    data_path: str | None = None
+    """Prompts: rows with `prompt` (string or messages) or `messages`. Empty: the task's held-out problems."""
+    output: str = "runs/generate.jsonl"
+    """Where the completions go (one JSON object per line)."""
+    num_prompts: int = 0
+    """Use only the first N prompts; 0: all."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """Format prompts with the tokenizer's chat template: auto uses it when the tokenizer has one."""
+    batch_size: int = 64
+    """Sequences generated together."""
+    seed: int = 0
+    """Seeds every sample (per prompt and sample index, independent of batching)."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+
+@dataclass
+class ChatConfig:
+    """Talk to a model in the terminal, with its chat template. /reset clears the conversation, /exit leaves."""
+
+    model: str = "tiny"
+    """A model directory, a LoRA adapter directory, a run directory (its final/), or 'tiny'."""
+    system: str = ""
+    """An optional system message."""
+    seed: int = 0
+    """Seed for sampling."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.7, max_new_tokens=256))
+
+
+@dataclass
 class ExportConfig:
     """Write a plain Hugging Face model directory from a run (LoRA adapters merged into the base)."""
 

@@ -1,0 +1,259 @@
+"""Next-token sampling: small pure functions over a batch of logits.
+
+Every warper takes logits [B, V] and returns logits [B, V] with the filtered entries set to -inf, so they
+compose. `process_logits` applies them in the same order as Hugging Face's logits processors, so a row
+processed here equals the row `model.generate(do_sample=True, ...)` samples from:
+
+    repetition penalty → temperature → top-k → top-p → min-p
+
+The first one is a *processor* (it changes which token is most likely); the other four are *warpers*
+(they reshape or truncate the distribution but never change its argmax). HF applies processors in greedy
+decoding too and warpers only when sampling; `process_logits` does the same.
+
+Sampling itself is Gumbel-max driven by explicit uniforms, `sample(processed, uniforms)`, and the uniforms
+of a row come from that row's own seed (`row_uniforms`, `derive_seed`). Nothing here touches the global
+torch RNG, which is what makes a sample independent of the batch it happens to be generated in.
+
+No function loops over rows except `row_uniforms`, which needs one generator per row by design.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from posttrain.errors import ConfigError
+
+NEG_INF = float("-inf")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The warpers, in the order process_logits applies them
+# ---------------------------------------------------------------------------------------------------------
+
+def repetition_penalty(logits: torch.Tensor, previous_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make tokens that already occurred less likely (penalty > 1) or more likely (penalty < 1).
+
+    CTRL (Keskar et al. 2019, arXiv:1909.05858), with HF's sign rule: a seen token's positive logit is
+    *divided* by the penalty and a negative one *multiplied*, so both move toward "less likely". Each seen
+    token is penalized once however often it occurred. The history includes the prompt (as in HF).
+
+    logits [B, V]; previous_ids [B, L] long, padded with -1 (rows have different history lengths; ids ≥ V
+    are ignored, as HF does) → [B, V].
+
+    Example: logits [[2.0, -1.0, 0.5, 3.0]], previous_ids [[0, 1, 1, -1]], penalty 2
+             → [[1.0, -2.0, 0.5, 3.0]]   (token 0: 2/2, token 1: -1·2, tokens 2 and 3 unseen).
+    """
+    batch, vocab = logits.shape
+    # Send padding (-1) and out-of-vocabulary ids to an extra column V, then drop that column: the scatter
+    # stays one vectorised call however ragged the histories are.
+    ids = previous_ids.long().masked_fill(previous_ids < 0, vocab).clamp(max=vocab)
+    seen = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=logits.device).scatter_(1, ids, True)
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen[:, :vocab], penalized, logits)
+
+
+def temperature(logits: torch.Tensor, t: float) -> torch.Tensor:
+    """Divide by t > 0: t < 1 sharpens the distribution, t > 1 flattens it; t → 0 tends to argmax.
+
+    logits [B, V] → [B, V].   Example: [[2.0, -1.0, 0.5]] at t = 0.5 → [[4.0, -2.0, 1.0]].
+    """
+    return logits / t
+
+
+def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row (k = 0 keeps all).
+
+    Like HF's TopKLogitsWarper, everything ≥ the k-th largest value is kept, so ties at the boundary can
+    keep more than k tokens. logits [B, V] → [B, V].
+
+    Example: [[1.0, 3.0, 3.0, 2.0, 0.0]], k = 3 → [[-inf, 3.0, 3.0, 2.0, -inf]];
+             the same row with k = 1 keeps both 3.0s (the tie): [[-inf, 3.0, 3.0, -inf, -inf]].
+    """
+    if k == 0:
+        return logits
+    kth_largest = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth_largest, NEG_INF)
+
+
+def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus sampling (Holtzman et al. 2020, arXiv:1904.09751): keep the smallest set of most likely
+    tokens whose probability sums to ≥ p; always at least one token (p = 1 keeps all).
+
+    Exactly HF's TopPLogitsWarper: sort ascending, cumulate probabilities, drop the tokens whose cumulative
+    probability is ≤ 1 − p (the unlikely tail holding at most 1 − p of the mass), never drop the top token.
+    logits [B, V] → [B, V].
+
+    Example: probabilities [0.5, 0.3, 0.15, 0.05] (logits = their logs), p = 0.75:
+             ascending [0.05, 0.15, 0.3, 0.5], cumulative [0.05, 0.2, 0.5, 1.0], 1 − p = 0.25
+             → drop 0.05 and 0.15, keep tokens 0 and 1 (0.5 + 0.3 = 0.8 ≥ 0.75; 0.5 alone is not).
+             With p = 0.4 only token 0 is kept.
+    """
+    if p >= 1.0:
+        return logits
+    sorted_logits, sorted_indices = torch.sort(logits, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    sorted_remove = cumulative <= (1 - p)
+    sorted_remove[..., -1:] = False  # the most likely token survives even when p is tiny
+    remove = sorted_remove.scatter(1, sorted_indices, sorted_remove)  # back to vocabulary order
+    return logits.masked_fill(remove, NEG_INF)
+
+
+def min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Min-p sampling (Nguyen et al. 2024, arXiv:2407.01082): drop tokens whose probability is below
+    p × (probability of the most likely token); p = 0 keeps all. The cut-off scales with the model's
+    confidence: strict when one token dominates, loose when the distribution is flat.
+
+    HF's MinPLogitsWarper. logits [B, V] → [B, V]. The top token always survives (p ≤ 1).
+
+    Example: probabilities [0.5, 0.3, 0.15, 0.05], p = 0.2 → threshold 0.1 → drop token 3 only;
+             p = 0.5 → threshold 0.25 → keep tokens 0 and 1.
+    """
+    if p == 0.0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    threshold = p * probs.amax(dim=-1, keepdim=True)
+    return logits.masked_fill(probs < threshold, NEG_INF)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parameters and the chain
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class SamplingParams:
+    """How to pick each next token, and when to stop.
+
+    temperature 0 means greedy (so does top_k 1). stop_token_ids empty → the engine stops at the
+    tokenizer's eos; n is the number of samples drawn per prompt (GRPO's group size).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 64
+    stop_token_ids: list[int] = field(default_factory=list)
+    stop_strings: list[str] = field(default_factory=list)
+    n: int = 1
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+    def validate(self) -> SamplingParams:
+        """Raise ConfigError naming the first out-of-range field; return self so calls can chain."""
+        checks = [
+            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0,
+             "must be ≥ 0 (0 means greedy)"),
+            ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "must be an integer ≥ 0 (0 disables)"),
+            ("top_p", 0.0 <= self.top_p <= 1.0, "must be in [0, 1] (1 disables)"),
+            ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1] (0 disables)"),
+            ("repetition_penalty", math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+             "must be > 0 (1 disables)"),
+            ("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+             "must be an integer ≥ 1"),
+            ("stop_token_ids", all(isinstance(i, int) and i >= 0 for i in self.stop_token_ids),
+             "must be a list of token ids ≥ 0"),
+            ("stop_strings", all(isinstance(s, str) and s for s in self.stop_strings),
+             "must be a list of non-empty strings"),
+            ("n", isinstance(self.n, int) and self.n >= 1, "must be an integer ≥ 1"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"sampling.{name} = {getattr(self, name)!r} {rule}")
+        return self
+
+
+def process_logits(logits: torch.Tensor, params: SamplingParams,
+                   previous_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The distribution to sample from: the enabled steps of the chain, in HF's order.
+
+    logits [B, V]; previous_ids [B, L] padded with -1 (only needed for a repetition penalty) → [B, V].
+    Greedy params return the logits after the repetition penalty alone — the raw logits when there is no
+    penalty: the warpers never change the argmax, and HF skips them in greedy decoding too.
+
+    Example: probabilities [0.5, 0.3, 0.15, 0.05] (logits = their logs), top_k 3, top_p 0.75
+             → top-k drops token 3, top-p then drops token 2 → only tokens 0 and 1 stay finite.
+    """
+    if params.repetition_penalty != 1.0:
+        if previous_ids is None:
+            raise ValueError("repetition_penalty != 1 needs previous_ids (prompt + generated ids, -1 padded)")
+        logits = repetition_penalty(logits, previous_ids, params.repetition_penalty)
+    if params.greedy:
+        return logits
+    if params.temperature != 1.0:
+        logits = temperature(logits, params.temperature)
+    logits = top_k(logits, params.top_k)
+    logits = top_p(logits, params.top_p)
+    logits = min_p(logits, params.min_p)
+    return logits
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Drawing a token, and where its randomness comes from
+# ---------------------------------------------------------------------------------------------------------
+
+def sample(processed_logits: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.Tensor:
+    """Pick one token per row: argmax when `uniforms` is None, else Gumbel-max.
+
+    Gumbel-max: with g_i = −log(−log u_i) for independent u_i ~ U(0, 1), argmax_i (x_i + g_i) is distributed
+    exactly as softmax(x) (P(argmax = i) = exp(x_i) / Σ_j exp(x_j), a property of the Gumbel distribution;
+    Gumbel 1954, used for sampling by Maddison et al. 2014). So it samples the processed distribution while
+    the randomness stays an explicit input: same uniforms → same token, whatever else is in the batch.
+
+    processed_logits [B, V] (-inf = forbidden); uniforms [B, V] in [0, 1) or None → ids [B] long.
+
+    Example: processed [[1.0, 0.0]], uniforms [[0.5, 0.9]] → noise [0.3665, 2.2504]
+             → perturbed [1.3665, 2.2504] → token 1.
+    """
+    if uniforms is None:
+        return processed_logits.argmax(dim=-1)
+    # u = 0 would give noise -inf and could lose to a -inf (forbidden) entry; clamping to the smallest
+    # positive float keeps the noise finite (≥ −4.5), so a forbidden token can never be drawn.
+    u = uniforms.float().clamp_min(torch.finfo(torch.float32).tiny)
+    gumbel = -torch.log(-torch.log(u))
+    return (processed_logits.float() + gumbel).argmax(dim=-1)
+
+
+def derive_seed(base_seed: int, *parts: int | str) -> int:
+    """A 63-bit seed determined by (base_seed, *parts) only — stable across processes, machines and Python
+    versions (blake2b, unlike Python's salted `hash()`).
+
+    The engine's contract: the uniforms that choose token `position` of sample `k` of example `example` at
+    training step `step` come from `derive_seed(run_seed, step, example, k, position)`. A token is then a
+    function of those numbers and the model alone — not of the batch size, of which other prompts share
+    the batch, or of how long the other rows run — so results do not depend on batching (DESIGN §3).
+
+    Example: derive_seed(0, 1, 2, 3) → 7081064314509305694, every time, everywhere.
+    """
+    text = "\x1f".join(f"{type(p).__name__}:{p}" for p in (base_seed, *parts))
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)  # torch seeds accept < 2**64; stay signed-safe
+
+
+def row_uniforms(seeds: list[int], vocab_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Uniforms for `sample`: row b is torch.rand(V) from a generator seeded with seeds[b] → [B, V] float32.
+
+    One CPU generator per row (the loop is the point: each row's randomness is its own), so a row's numbers
+    do not change when other rows are added or removed: row_uniforms([7, 8])[1] == row_uniforms([8])[0].
+    """
+    rows = [torch.rand(vocab_size, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
+    out = torch.stack(rows) if rows else torch.empty(0, vocab_size)
+    return out.to(device) if device is not None else out
+
+
+def logprobs_of(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[ids] per row: logits [B, V], ids [B] → [B] float32.
+
+    Used on the raw logits (the policy's log-prob, what RL needs) and on the processed ones (the log-prob
+    of the distribution actually sampled from).
+
+    Example: logits [[0, ln 3]], ids [1] → probabilities [0.25, 0.75] → [ln 0.75] = [−0.2877].
+    """
+    return F.log_softmax(logits.float(), dim=-1).gather(-1, ids.long()[:, None]).squeeze(-1)
