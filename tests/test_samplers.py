@@ -61,6 +61,9 @@ def test_top_p_example():
     assert finite(top_p(logits, 0.4)) == [True, False, False, False]
     assert finite(top_p(logits, 1.0)) == [True] * 4
     assert finite(top_p(logits, 0.0)) == [True, False, False, False]  # never empty
+    # At the boundary: a tail holding exactly 1 − p is dropped ({0.5, 0.25} already reaches p = 0.75).
+    exact = torch.tensor([[0.5, 0.25, 0.25]]).log()
+    assert sum(finite(top_p(exact, 0.75))) == 2
 
 
 def test_min_p_example():

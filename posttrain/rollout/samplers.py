@@ -225,10 +225,11 @@ def derive_seed(base_seed: int, *parts: int | str) -> int:
     """A 63-bit seed determined by (base_seed, *parts) only — stable across processes, machines and Python
     versions (blake2b, unlike Python's salted `hash()`).
 
-    The engine's contract: the uniforms that choose token `position` of sample `k` of example `example` at
-    training step `step` come from `derive_seed(run_seed, step, example, k, position)`. A token is then a
-    function of those numbers and the model alone — not of the batch size, of which other prompts share
-    the batch, or of how long the other rows run — so results do not depend on batching (DESIGN §3).
+    The engine's contract: sample k of example `example` at training step `step` owns the seed
+    s = derive_seed(run_seed, step, example, k), advanced per position: the uniforms that choose its token
+    number t come from derive_seed(s, t). A token is then a function of those numbers and the model alone —
+    not of the batch size, of which other prompts share the batch, or of how long the other rows run — so
+    results do not depend on batching (DESIGN §3).
 
     Example: derive_seed(0, 1, 2, 3) → 7081064314509305694, every time, everywhere.
     """
