@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -213,7 +214,13 @@ class DemoConfig:
 
 
 @dataclass
-class SamplingConfig:
+class SamplingParams:
+    """How to pick each next token, and when to stop.
+
+    temperature 0 means greedy (so does top_k 1). stop_token_ids empty → the engine stops at the
+    tokenizer's eos; n is the number of samples drawn per prompt (GRPO's group size).
+    """
+
     temperature: float = 1.0
     """Softmax temperature; 0 means greedy decoding."""
     top_k: int = 0
@@ -226,10 +233,39 @@ class SamplingConfig:
     """Penalize tokens already in the prompt or completion (CTRL); 1 disables."""
     max_new_tokens: int = 64
     """Longest completion, in tokens."""
-    n: int = 1
-    """Completions per prompt."""
-    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    """Extra stop token ids (the tokenizer's eos always stops)."""
+    stop_strings: list[str] = field(default_factory=list)
     """Stop strings: a completion ends (and is cut) where one appears."""
+    n: int = 1
+    """Completions per prompt (GRPO's group size)."""
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+    def validate(self) -> SamplingParams:
+        """Raise ConfigError naming the first out-of-range field; return self so calls can chain."""
+        checks = [
+            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0,
+             "must be ≥ 0 (0 means greedy)"),
+            ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "must be an integer ≥ 0 (0 disables)"),
+            ("top_p", 0.0 <= self.top_p <= 1.0, "must be in [0, 1] (1 disables)"),
+            ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1] (0 disables)"),
+            ("repetition_penalty", math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+             "must be > 0 (1 disables)"),
+            ("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+             "must be an integer ≥ 1"),
+            ("stop_token_ids", all(isinstance(i, int) and i >= 0 for i in self.stop_token_ids),
+             "must be a list of token ids ≥ 0"),
+            ("stop_strings", all(isinstance(s, str) and s for s in self.stop_strings),
+             "must be a list of non-empty strings"),
+            ("n", isinstance(self.n, int) and self.n >= 1, "must be an integer ≥ 1"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"sampling.{name} = {getattr(self, name)!r} {rule}")
+        return self
 
 
 @dataclass
@@ -250,7 +286,7 @@ class GenerateConfig:
     """Sequences generated together."""
     seed: int = 0
     """Seeds every sample (per prompt and sample index, independent of batching)."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     task: TaskConfig = field(default_factory=TaskConfig)
 
 
@@ -264,7 +300,7 @@ class ChatConfig:
     """An optional system message."""
     seed: int = 0
     """Seed for sampling."""
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.7, max_new_tokens=256))
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7, max_new_tokens=256))
 
 
 @dataclass

@@ -9,18 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from posttrain import tasks
 from posttrain.errors import ConfigError, UserError
-from posttrain.rollout import SamplingParams, generate_text
-
-
-def sampling_params(cfg) -> SamplingParams:
-    s = cfg.sampling
-    return SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-                          repetition_penalty=s.repetition_penalty, max_new_tokens=s.max_new_tokens, n=s.n,
-                          stop_strings=list(s.stop))
+from posttrain.rollout import generate_text
 
 
 def load_for_inference(name_or_path: str):
@@ -53,8 +47,7 @@ def use_template(tokenizer, choice: str) -> bool:
 def run_generate(cfg) -> Path:
     from posttrain.data import load_rows, normalize
 
-    params = sampling_params(cfg)
-    params.validate()
+    params = cfg.sampling.validate()
     if cfg.data_path is not None:
         rows = list(normalize(load_rows(cfg.data_path), kind="prompt"))
         score = None
@@ -88,8 +81,7 @@ def run_generate(cfg) -> Path:
 def run_chat(cfg, stdin=None, stdout=None) -> list[dict]:
     """A read–generate–print loop. Returns the conversation (for tests)."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    params = sampling_params(cfg)
-    params.validate()
+    params = cfg.sampling.validate()
     model, tokenizer = load_for_inference(cfg.model)
     template = tokenizer.chat_template is not None
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
@@ -108,7 +100,7 @@ def run_chat(cfg, stdin=None, stdout=None) -> list[dict]:
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
         prompt = messages if template else "".join(m["content"] + "\n" for m in messages if m["role"] == "user")
-        (generation, text), = generate_text(model, tokenizer, [prompt], SamplingParams(**{**vars(params), "n": 1}),
+        (generation, text), = generate_text(model, tokenizer, [prompt], replace(params, n=1),
                                             use_chat_template=template, seed=cfg.seed, step=turn)
         messages.append({"role": "assistant", "content": text})
         stdout.write(f"model> {text}\n")

@@ -25,7 +25,7 @@ def test_generate_writes_one_line_per_sample_and_is_reproducible(tmp_path):
 
 def test_generate_on_the_task_reports_scores_and_greedy_stop_strings(tmp_path):
     proc = run_cli("generate", f"output={tmp_path}/g.jsonl", "num_prompts=4", "sampling.temperature=0",
-                   "sampling.max_new_tokens=8", "sampling.stop=1", check=True)
+                   "sampling.max_new_tokens=8", "sampling.stop_strings=1", check=True)
     rows = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all("score" in r for r in rows) and "mean score" in proc.stdout
     assert all("1" not in r["completion"] for r in rows)  # cut at the stop string
@@ -38,7 +38,7 @@ def test_generate_bad_sampling_value_exits_2(tmp_path, capsys):
 
 
 def test_chat_keeps_the_conversation_and_resets():
-    cfg = C.ChatConfig(system="Be brief.", sampling=C.SamplingConfig(temperature=0, max_new_tokens=4))
+    cfg = C.ChatConfig(system="Be brief.", sampling=C.SamplingParams(temperature=0, max_new_tokens=4))
     out = io.StringIO()
     messages = run_chat(cfg, stdin=io.StringIO("hi\nagain\n/reset\nnew\n/exit\n"), stdout=out)
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from posttrain.config import SamplingParams  # noqa: F401  (re-export)
 from posttrain.errors import ConfigError
 
 NEG_INF = float("-inf")
@@ -124,50 +124,7 @@ def min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
 # Parameters and the chain
 # ---------------------------------------------------------------------------------------------------------
 
-@dataclass
-class SamplingParams:
-    """How to pick each next token, and when to stop.
-
-    temperature 0 means greedy (so does top_k 1). stop_token_ids empty → the engine stops at the
-    tokenizer's eos; n is the number of samples drawn per prompt (GRPO's group size).
-    """
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 64
-    stop_token_ids: list[int] = field(default_factory=list)
-    stop_strings: list[str] = field(default_factory=list)
-    n: int = 1
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
-
-    def validate(self) -> SamplingParams:
-        """Raise ConfigError naming the first out-of-range field; return self so calls can chain."""
-        checks = [
-            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0,
-             "must be ≥ 0 (0 means greedy)"),
-            ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "must be an integer ≥ 0 (0 disables)"),
-            ("top_p", 0.0 <= self.top_p <= 1.0, "must be in [0, 1] (1 disables)"),
-            ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1] (0 disables)"),
-            ("repetition_penalty", math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
-             "must be > 0 (1 disables)"),
-            ("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
-             "must be an integer ≥ 1"),
-            ("stop_token_ids", all(isinstance(i, int) and i >= 0 for i in self.stop_token_ids),
-             "must be a list of token ids ≥ 0"),
-            ("stop_strings", all(isinstance(s, str) and s for s in self.stop_strings),
-             "must be a list of non-empty strings"),
-            ("n", isinstance(self.n, int) and self.n >= 1, "must be an integer ≥ 1"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise ConfigError(f"sampling.{name} = {getattr(self, name)!r} {rule}")
-        return self
+# SamplingParams lives in config.py (it is also the `sampling` section of generate/chat); re-exported here.
 
 
 def process_logits(logits: torch.Tensor, params: SamplingParams,
