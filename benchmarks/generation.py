@@ -2,13 +2,17 @@
 """Generation throughput: posttrain's rollout engine against Hugging Face `model.generate`, side by side.
 
     python benchmarks/generation.py                    # tiny model (1.1M) and a ~30M model built from a config
-    python benchmarks/generation.py --models tiny --batch 64 --new-tokens 48
+    python benchmarks/generation.py --models tiny --batch 64 --new-tokens 48 --top-p 1.0
 
-Same model, same prompts (64 arith prompts through the chat template, left-padded), sampling with
-temperature 1.0 and top-p 0.95, the same number of new tokens (`min_new_tokens` = `max_new_tokens` for HF and no
+Same model, same prompts (64 arith prompts through the chat template, left-padded), sampling at temperature
+1.0 from the full distribution (top-p 1.0: what RL rollouts sample from) and with top-p 0.95, the same number of new tokens (`min_new_tokens` = `max_new_tokens` for HF and no
 stop token for ours, so both generate exactly batch × new-tokens tokens and the work is identical), fp32,
 2 threads. Tokens/s = generated tokens / wall time of the call; each tool runs --rounds times alternately after
 one warmup call, and the best is reported. Ratio = ours ÷ HF.
+
+Two of ours: the default engine (DynamicCache, eager) and `compile=True` (static cache, torch.compile'd decode
+step). The compiled one's warmup call pays the one-time compilation, reported separately ("compile s"); the
+compiled step is cached per model, so a training run pays it once.
 """
 
 from __future__ import annotations
@@ -42,23 +46,24 @@ def prompts(tokenizer, n: int) -> list[list[int]]:
     return [format_prompt(tokenizer, r["prompt"], use_chat_template=True) for r in rows]
 
 
-def run_ours(model, tokenizer, ids, new_tokens: int) -> float:
+def run_ours(model, tokenizer, ids, new_tokens: int, top_p: float, compile: bool = False) -> float:
     from posttrain.rollout import SamplingParams, generate
-    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=new_tokens)
+    params = SamplingParams(temperature=1.0, top_p=top_p, max_new_tokens=new_tokens)
     t0 = time.perf_counter()
-    out = generate(model, ids, params, eos_token_ids=[], pad_token_id=tokenizer.pad_token_id, batch_size=len(ids))
+    out = generate(model, ids, params, eos_token_ids=[], pad_token_id=tokenizer.pad_token_id, batch_size=len(ids),
+                   compile=compile)
     seconds = time.perf_counter() - t0
     assert sum(len(g.completion_ids) for g in out) == len(ids) * new_tokens
     return seconds
 
 
-def run_hf(model, tokenizer, ids, new_tokens: int) -> float:
+def run_hf(model, tokenizer, ids, new_tokens: int, top_p: float) -> float:
     width = max(map(len, ids))
     input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=0.95,
+        out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=top_p,
                              top_k=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     seconds = time.perf_counter() - t0
@@ -73,25 +78,33 @@ def main(argv=None) -> None:
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--top-p", default="1.0,0.95", help="comma-separated top-p values, one row each")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import transformers
     print(f"torch {torch.__version__}, transformers {transformers.__version__}; batch {args.batch}, "
-          f"{args.new_tokens} new tokens, sampling T=1.0 top_p=0.95, {args.threads} threads")
-    print(f"{'model':<8} {'params':>8} {'ours tok/s':>11} {'HF tok/s':>10} {'ratio':>6}")
+          f"{args.new_tokens} new tokens, sampling at T=1.0, {args.threads} threads")
+    print(f"{'model':<8} {'params':>8} {'top-p':>5} {'HF tok/s':>9} {'ours tok/s':>11} {'ratio':>6} "
+          f"{'compiled tok/s':>15} {'ratio':>6} {'compile s':>10}")
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models.split(","):
             model, tokenizer = build(name, workdir)
             ids = prompts(tokenizer, args.batch)
-            run_ours(model, tokenizer, ids, 4), run_hf(model, tokenizer, ids, 4)  # warmup
-            best = {"ours": float("inf"), "hf": float("inf")}
-            for _ in range(args.rounds):
-                best["ours"] = min(best["ours"], run_ours(model, tokenizer, ids, args.new_tokens))
-                best["hf"] = min(best["hf"], run_hf(model, tokenizer, ids, args.new_tokens))
-            tokens = args.batch * args.new_tokens
-            n_params = sum(p.numel() for p in model.parameters())
-            print(f"{name:<8} {n_params / 1e6:>7.1f}M {tokens / best['ours']:>11.0f} {tokens / best['hf']:>10.0f} "
-                  f"{best['hf'] / best['ours']:>6.2f}", flush=True)
+            for top_p in map(float, args.top_p.split(",")):
+                run_ours(model, tokenizer, ids, 4, top_p), run_hf(model, tokenizer, ids, 4, top_p)  # warmup
+                compile_seconds = run_ours(model, tokenizer, ids, args.new_tokens, top_p, compile=True)
+                best = {"ours": float("inf"), "compiled": float("inf"), "hf": float("inf")}
+                for _ in range(args.rounds):
+                    best["hf"] = min(best["hf"], run_hf(model, tokenizer, ids, args.new_tokens, top_p))
+                    best["ours"] = min(best["ours"], run_ours(model, tokenizer, ids, args.new_tokens, top_p))
+                    best["compiled"] = min(best["compiled"],
+                                           run_ours(model, tokenizer, ids, args.new_tokens, top_p, compile=True))
+                tokens = args.batch * args.new_tokens
+                n_params = sum(p.numel() for p in model.parameters())
+                print(f"{name:<8} {n_params / 1e6:>7.1f}M {top_p:>5} {tokens / best['hf']:>9.0f} "
+                      f"{tokens / best['ours']:>11.0f} {best['hf'] / best['ours']:>6.2f} "
+                      f"{tokens / best['compiled']:>15.0f} {best['hf'] / best['compiled']:>6.2f} "
+                      f"{compile_seconds - best['compiled']:>10.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,12 +36,13 @@ def hf_greedy(model, prompt, max_new_tokens):
     return out[0, len(prompt):].tolist()
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_greedy_equals_hf_generate_token_for_token(arch, request):
+def test_greedy_equals_hf_generate_token_for_token(arch, cache, request):
     model = request.getfixturevalue(arch)
     prompts = ragged_prompts()
     params = SamplingParams(temperature=0, max_new_tokens=20)
-    ours = generate(model, prompts, params, eos_token_ids=[EOS], pad_token_id=PAD, batch_size=4)
+    ours = generate(model, prompts, params, eos_token_ids=[EOS], pad_token_id=PAD, batch_size=4, cache=cache)
     for prompt, g in zip(prompts, ours):
         expected = hf_greedy(model, prompt, 20)
         if EOS in expected:
@@ -50,12 +51,13 @@ def test_greedy_equals_hf_generate_token_for_token(arch, request):
         assert g.finish_reason == ("stop" if expected[-1] == EOS else "length")
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_returned_logprobs_equal_a_teacher_forced_forward(arch, request):
+def test_returned_logprobs_equal_a_teacher_forced_forward(arch, cache, request):
     model = request.getfixturevalue(arch)
     params = SamplingParams(temperature=0.8, top_k=50, top_p=0.9, max_new_tokens=16, n=2)
     prompts = ragged_prompts(4, seed=1)
-    for g in generate(model, prompts, params, eos_token_ids=[EOS], pad_token_id=PAD, seed=3):
+    for g in generate(model, prompts, params, eos_token_ids=[EOS], pad_token_id=PAD, seed=3, cache=cache):
         prompt = prompts[g.prompt_index]
         full = torch.tensor([prompt + g.completion_ids])
         with torch.no_grad():
@@ -81,6 +83,8 @@ def test_sampling_is_reproducible_and_independent_of_the_batch(llama):
     assert [g.completion_ids for g in full] == [g.completion_ids for g in again]
     assert [g.completion_ids for g in alone] == [g.completion_ids for g in full[9:12]]
     assert len({tuple(g.completion_ids) for g in full}) > 6, "samples should differ"
+    static = generate(llama, prompts, params, batch_size=5, cache="static", **kw)
+    assert [g.completion_ids for g in static] == [g.completion_ids for g in full]
     other_step = generate(llama, prompts, params, batch_size=18, **{**kw, "step": 6})
     assert [g.completion_ids for g in other_step] != [g.completion_ids for g in full]
 
@@ -103,3 +107,30 @@ def test_stop_sequence_and_length(llama):
             assert len(g.completion_ids) == 3
         else:
             assert g.finish_reason == "length" and len(g.completion_ids) == 6
+
+
+def test_static_cache_compaction_gives_the_dynamic_cache_results(llama):
+    # Rows whose first token is even stop after 2 tokens: the static decoder carries them, then compacts once at
+    # most half the batch is live; every output must equal the dynamic decoder's (which retires rows at once).
+    prompts = ragged_prompts(8, seed=5)
+    params = SamplingParams(temperature=1.0, max_new_tokens=9, n=2, repetition_penalty=1.3)
+    kw = dict(eos_token_ids=[EOS], pad_token_id=PAD, seed=11,
+              stop_sequence=lambda ids: len(ids) == 2 and ids[0] % 2 == 0)
+    dynamic = generate(llama, prompts, params, cache="dynamic", **kw)
+    static = generate(llama, prompts, params, cache="static", **kw)
+    assert {g.finish_reason for g in dynamic} == {"stop_sequence", "length"}
+    for d, s in zip(dynamic, static):
+        assert (d.completion_ids, d.finish_reason) == (s.completion_ids, s.finish_reason)
+        assert torch.allclose(torch.tensor(d.logprobs), torch.tensor(s.logprobs), atol=1e-5)
+        assert torch.allclose(torch.tensor(d.sampling_logprobs), torch.tensor(s.sampling_logprobs), atol=1e-5)
+
+
+def test_compiled_decode_step_matches_eager(llama):
+    prompts = ragged_prompts(6, seed=6)
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=8, n=2)
+    kw = dict(eos_token_ids=[EOS], pad_token_id=PAD, seed=2)
+    eager = generate(llama, prompts, params, **kw)
+    compiled = generate(llama, prompts, params, compile=True, **kw)
+    assert [g.completion_ids for g in compiled] == [g.completion_ids for g in eager]
+    for e, c in zip(eager, compiled):
+        assert torch.allclose(torch.tensor(e.logprobs), torch.tensor(c.logprobs), atol=1e-5)

@@ -22,7 +22,7 @@ from posttrain.rollout.samplers import (
     min_p,
     process_logits,
     repetition_penalty,
-    row_uniforms,
+    position_uniforms,
     sample,
     temperature,
     top_k,
@@ -144,7 +144,7 @@ def test_process_logits_equals_hf_chain():
 def test_top_k_1_and_low_temperature_are_greedy():
     logits = torch.randn(8, 30, generator=torch.Generator().manual_seed(7)) * 3
     greedy = logits.argmax(-1)
-    uniforms = row_uniforms(list(range(8)), 30)
+    uniforms = position_uniforms(torch.arange(8), 0, 30)
     assert torch.equal(sample(top_k(logits, 1), uniforms), greedy)  # only the max is left to sample
     assert torch.equal(sample(temperature(logits, 1e-4), uniforms), greedy)  # noise is negligible at t → 0
     for params in (SamplingParams(top_k=1), SamplingParams(temperature=0.0)):
@@ -186,13 +186,44 @@ def test_single_allowed_token_is_always_drawn():
     assert (sample(logits, uniforms) == 3).all()
 
 
-def test_row_uniforms_do_not_depend_on_batch():
-    both = row_uniforms([7, 8], 11)
+def splitmix64_reference(seed: int, count: int) -> list[int]:
+    """splitmix64 as published (Steele et al. 2014), in plain Python integers mod 2^64."""
+    mask, out, state = (1 << 64) - 1, [], seed
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def test_position_uniforms_are_splitmix64_streams():
+    # Row b at position t: key = the (t+1)-th splitmix64 output of seeds[b]; its uniforms are the top 24 bits
+    # of the first V outputs of the stream seeded with key, × 2^-24.
+    seeds, t, vocab = [7, 2**62 + 12345, 0], 3, 9
+    got = position_uniforms(torch.tensor(seeds), t, vocab)
+    for b, seed in enumerate(seeds):
+        key = splitmix64_reference(seed, t + 1)[-1]
+        expected = [(z >> 40) * 2.0 ** -24 for z in splitmix64_reference(key, vocab)]
+        assert got[b].tolist() == expected
+
+
+def test_position_uniforms_do_not_depend_on_batch():
+    both = position_uniforms(torch.tensor([7, 8]), 5, 11)
     assert both.shape == (2, 11) and both.dtype == torch.float32
-    assert torch.equal(both[1], row_uniforms([8], 11)[0])
-    assert torch.equal(both[0], row_uniforms([9, 7], 11)[1])
+    assert torch.equal(both[1], position_uniforms(torch.tensor([8]), 5, 11)[0])
+    assert torch.equal(both[0], position_uniforms(torch.tensor([9, 7]), 5, 11)[1])
     assert not torch.equal(both[0], both[1])
+    assert not torch.equal(both[0], position_uniforms(torch.tensor([7]), 6, 11)[0])  # positions differ
     assert ((both >= 0) & (both < 1)).all()
+
+
+def test_position_uniforms_are_uniform():
+    u = position_uniforms(torch.arange(200), 0, 1000).flatten()
+    assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
+    hist = torch.histc(u, bins=10, min=0, max=1) / u.numel()
+    assert torch.allclose(hist, torch.full((10,), 0.1), atol=0.005)
 
 
 def test_logprobs_of_processed_and_raw():

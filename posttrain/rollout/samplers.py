@@ -11,10 +11,9 @@ The first one is a *processor* (it changes which token is most likely); the othe
 decoding too and warpers only when sampling; `process_logits` does the same.
 
 Sampling itself is Gumbel-max driven by explicit uniforms, `sample(processed, uniforms)`, and the uniforms
-of a row come from that row's own seed (`row_uniforms`, `derive_seed`). Nothing here touches the global
-torch RNG, which is what makes a sample independent of the batch it happens to be generated in.
-
-No function loops over rows except `row_uniforms`, which needs one generator per row by design.
+of a row come from that row's own seed and the position (`derive_seed`, `position_uniforms`, a counter-based
+generator). Nothing here touches the global torch RNG, which is what makes a sample independent of the batch
+it happens to be generated in. No function loops over rows.
 """
 
 from __future__ import annotations
@@ -183,8 +182,8 @@ def derive_seed(base_seed: int, *parts: int | str) -> int:
     versions (blake2b, unlike Python's salted `hash()`).
 
     The engine's contract: sample k of example `example` at training step `step` owns the seed
-    s = derive_seed(run_seed, step, example, k), advanced per position: the uniforms that choose its token
-    number t come from derive_seed(s, t). A token is then a function of those numbers and the model alone —
+    s = derive_seed(run_seed, step, example, k); the uniforms that choose its token number t are
+    position_uniforms(s, t). A token is then a function of those numbers and the model alone —
     not of the batch size, of which other prompts share the batch, or of how long the other rows run — so
     results do not depend on batching (DESIGN §3).
 
@@ -195,15 +194,43 @@ def derive_seed(base_seed: int, *parts: int | str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)  # torch seeds accept < 2**64; stay signed-safe
 
 
-def row_uniforms(seeds: list[int], vocab_size: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Uniforms for `sample`: row b is torch.rand(V) from a generator seeded with seeds[b] → [B, V] float32.
+# splitmix64 (Steele, Lea & Flood 2014) on int64 tensors. Torch integer arithmetic wraps modulo 2^64, which is
+# what the generator needs; `>>` on int64 is an arithmetic shift, so the logical shift masks the sign bits away.
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
 
-    One CPU generator per row (the loop is the point: each row's randomness is its own), so a row's numbers
-    do not change when other rows are added or removed: row_uniforms([7, 8])[1] == row_uniforms([8])[0].
+
+_GOLDEN, _MIX1, _MIX2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _shift_right(z: torch.Tensor, k: int) -> torch.Tensor:
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix64(z: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 output function: a bijection of 64-bit words that scrambles every input bit."""
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    return z ^ _shift_right(z, 31)
+
+
+def position_uniforms(seeds: torch.Tensor, position: int | torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Uniforms for `sample` at one position: row b depends only on (seeds[b], position) → [B, V] float32.
+
+    Counter-based, so no generator state is carried and no Python loop runs over rows: row b's key is
+    k = mix(seeds[b] + (position + 1)·γ), and its v-th uniform is the top 24 bits of mix(k + (v + 1)·γ), i.e. the
+    v-th output of a splitmix64 stream seeded with k (γ the golden-ratio increment), times 2^-24 ∈ [0, 1).
+    Integer arithmetic is exact everywhere, so the same seeds give the same numbers on CPU and GPU, in any
+    batch: position_uniforms(tensor([7, 8]), t, V)[1] == position_uniforms(tensor([8]), t, V)[0].
+
+    seeds [B] int64 (from derive_seed); position t ≥ 0 (an int, or a 0-d tensor inside a compiled step).
     """
-    rows = [torch.rand(vocab_size, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
-    out = torch.stack(rows) if rows else torch.empty(0, vocab_size)
-    return out.to(device) if device is not None else out
+    seeds = seeds.to(torch.int64)
+    counter = torch.as_tensor(position, dtype=torch.int64, device=seeds.device) + 1
+    keys = _mix64(seeds + counter * _GOLDEN)
+    counters = (torch.arange(1, vocab_size + 1, dtype=torch.int64, device=seeds.device) * _GOLDEN)
+    bits = _shift_right(_mix64(keys[:, None] + counters), 40)  # the top 24 bits: exact in float32
+    return bits.to(torch.float32) * 2.0 ** -24
 
 
 def logprobs_of(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
