@@ -269,6 +269,44 @@ class SamplingParams:
 
 
 @dataclass
+class RolloutConfig:
+    """Which engine generates, and how (posttrain.rollout.backends)."""
+
+    engine: Literal["hf", "vllm"] = "hf"
+    """hf: the built-in engine on any HF model in this process; vllm: vLLM (pip install 'posttrain[vllm]', CUDA)."""
+    batch_size: int = 64
+    """Sequences the built-in engine generates together."""
+    compile: bool = False
+    """Built-in engine: static KV cache and a torch.compile'd decode step (compiles once, then faster)."""
+    vllm_gpu_memory_utilization: float = 0.5
+    """vLLM: fraction of GPU memory for weights and KV cache."""
+    vllm_tensor_parallel_size: int = 1
+    """vLLM: GPUs per engine (tensor parallelism)."""
+
+    def validate(self) -> RolloutConfig:
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ConfigError(f"rollout.batch_size = {self.batch_size!r} must be an integer ≥ 1")
+        if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"rollout.vllm_gpu_memory_utilization = {self.vllm_gpu_memory_utilization!r} "
+                              "must be in (0, 1]")
+        return self
+
+
+@dataclass
+class BeamConfig:
+    """Beam search instead of sampling (posttrain.rollout.beam; HF's num_beams semantics)."""
+
+    num_beams: int = 1
+    """Beams kept per step; 1 disables beam search (the sampling section applies)."""
+    length_penalty: float = 1.0
+    """Hypotheses are ranked by logprob / length ** length_penalty."""
+    early_stopping: Literal["true", "false", "never"] = "false"
+    """true: stop once num_beams hypotheses are finished; false: HF's heuristic; never: exact search."""
+    num_return_sequences: int = 1
+    """Best hypotheses written per prompt (≤ num_beams)."""
+
+
+@dataclass
 class GenerateConfig:
     """Generate completions for a file of prompts (or the built-in task) and write them as JSONL."""
 
@@ -282,11 +320,11 @@ class GenerateConfig:
     """Use only the first N prompts; 0: all."""
     chat_template: Literal["auto", "on", "off"] = "auto"
     """Format prompts with the tokenizer's chat template: auto uses it when the tokenizer has one."""
-    batch_size: int = 64
-    """Sequences generated together."""
     seed: int = 0
     """Seeds every sample (per prompt and sample index, independent of batching)."""
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    beam: BeamConfig = field(default_factory=BeamConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
 
 
@@ -301,6 +339,7 @@ class ChatConfig:
     seed: int = 0
     """Seed for sampling."""
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7, max_new_tokens=256))
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
 
 @dataclass

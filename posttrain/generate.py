@@ -14,11 +14,11 @@ from pathlib import Path
 
 from posttrain import tasks
 from posttrain.errors import ConfigError, UserError
-from posttrain.rollout import generate_text
+from posttrain.rollout import build_engine, format_prompt, generate_text
 
 
 def load_for_inference(name_or_path: str):
-    """(model in eval mode, tokenizer) from 'tiny', a model dir, an adapter dir or a run dir."""
+    """(model in eval mode, tokenizer, model directory) from 'tiny', a model dir, an adapter dir or a run dir."""
     import torch
     from transformers import AutoModelForCausalLM
     from posttrain.export import find_model_dir
@@ -35,13 +35,25 @@ def load_for_inference(name_or_path: str):
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(path))
     tokenizer = load_tokenizer(str(path) if (path / "tokenizer_config.json").is_file() else base)
-    return model.eval(), tokenizer
+    return model.eval(), tokenizer, path
 
 
 def use_template(tokenizer, choice: str) -> bool:
     if choice == "on" and tokenizer.chat_template is None:
         raise ConfigError("chat_template=on but this tokenizer has no chat template — use auto or off")
     return choice == "on" or (choice == "auto" and tokenizer.chat_template is not None)
+
+
+def inference_engine(cfg, model, tokenizer, path: Path):
+    """The engine cfg.rollout asks for; vLLM loads the directory itself (a LoRA adapter must be merged first)."""
+    cfg.rollout.validate()
+    if cfg.rollout.engine == "vllm":
+        if (path / "adapter_config.json").is_file():
+            raise UserError(f"vLLM needs a full model, and {path} is a LoRA adapter — fix: posttrain export "
+                            f"{path} merged/ and pass model=merged")
+        del model  # vLLM holds its own copy on the GPU
+        return build_engine(cfg.rollout, None, tokenizer, str(path))
+    return build_engine(cfg.rollout, model, tokenizer)
 
 
 def run_generate(cfg) -> Path:
@@ -55,19 +67,24 @@ def run_generate(cfg) -> Path:
         task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
         rows, score = task.rows("eval", cfg.task.num_eval, cfg.seed), task.score
     rows = rows[:cfg.num_prompts] if cfg.num_prompts else rows
-    model, tokenizer = load_for_inference(cfg.model)
-    results = generate_text(model, tokenizer, [r["prompt"] for r in rows], params,
-                            use_chat_template=use_template(tokenizer, cfg.chat_template), seed=cfg.seed,
-                            batch_size=cfg.batch_size)
+    model, tokenizer, path = load_for_inference(cfg.model)
+    template = use_template(tokenizer, cfg.chat_template)
+    prompts = [r["prompt"] for r in rows]
+    if cfg.beam.num_beams > 1:
+        results = beam_records(model, tokenizer, prompts, cfg.beam, params, template)
+    else:
+        results = [{"prompt_index": g.prompt_index, "completion": text, "sample_index": g.sample_index,
+                    "finish_reason": g.finish_reason, "num_tokens": len(g.completion_ids), "logprob": sum(g.logprobs)}
+                   for g, text in generate_text(inference_engine(cfg, model, tokenizer, path), tokenizer, prompts,
+                                                params, use_chat_template=template, seed=cfg.seed)]
     out, tmp = Path(cfg.output), Path(cfg.output + ".tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     scores = []
     with open(tmp, "w") as f:
-        for generation, text in results:
-            row = rows[generation.prompt_index]
-            record = {"prompt": row["prompt"], "completion": text, "sample_index": generation.sample_index,
-                      "finish_reason": generation.finish_reason, "num_tokens": len(generation.completion_ids),
-                      "logprob": sum(generation.logprobs)}
+        for result in results:
+            row = rows[result.pop("prompt_index")]
+            record = {"prompt": row["prompt"], **result}
+            text = record["completion"]
             if score is not None:
                 record["score"] = score(completion=text, **row)
                 scores.append(record["score"] or 0.0)
@@ -82,7 +99,8 @@ def run_chat(cfg, stdin=None, stdout=None) -> list[dict]:
     """A read–generate–print loop. Returns the conversation (for tests)."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     params = cfg.sampling.validate()
-    model, tokenizer = load_for_inference(cfg.model)
+    model, tokenizer, path = load_for_inference(cfg.model)
+    engine = inference_engine(cfg, model, tokenizer, path)
     template = tokenizer.chat_template is not None
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     messages = list(system)
@@ -100,9 +118,32 @@ def run_chat(cfg, stdin=None, stdout=None) -> list[dict]:
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
         prompt = messages if template else "".join(m["content"] + "\n" for m in messages if m["role"] == "user")
-        (generation, text), = generate_text(model, tokenizer, [prompt], replace(params, n=1),
+        (generation, text), = generate_text(engine, tokenizer, [prompt], replace(params, n=1),
                                             use_chat_template=template, seed=cfg.seed, step=turn)
         messages.append({"role": "assistant", "content": text})
         stdout.write(f"model> {text}\n")
         stdout.flush()
         turn += 1
+
+
+def beam_records(model, tokenizer, prompts: list, beam, params, use_chat_template: bool) -> list[dict]:
+    """Beam search per prompt: the num_return_sequences best hypotheses of each, best first (sample_index 0, 1,
+    …), with their summed log-prob and beam score (logprob / length ** length_penalty)."""
+    from posttrain.rollout.beam import beam_search
+
+    if not 1 <= beam.num_return_sequences <= beam.num_beams:
+        raise ConfigError(f"beam.num_return_sequences = {beam.num_return_sequences} must be in 1..beam.num_beams "
+                          f"({beam.num_beams})")
+    early = {"true": True, "false": False, "never": "never"}[beam.early_stopping]
+    eos = sorted({tokenizer.eos_token_id, *params.stop_token_ids} - {None})
+    records = []
+    for i, prompt in enumerate(prompts):
+        hypotheses = beam_search(model, format_prompt(tokenizer, prompt, use_chat_template), num_beams=beam.num_beams,
+                                 max_new_tokens=params.max_new_tokens, eos_token_id=eos,
+                                 length_penalty=beam.length_penalty, early_stopping=early,
+                                 num_return_sequences=beam.num_return_sequences)
+        for k, h in enumerate(hypotheses):
+            records.append({"prompt_index": i, "completion": tokenizer.decode(h.ids, skip_special_tokens=True),
+                            "sample_index": k, "finish_reason": "stop" if h.ids and h.ids[-1] in eos else "length",
+                            "num_tokens": len(h.ids), "logprob": h.logprob, "beam_score": h.score})
+    return records

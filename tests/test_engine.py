@@ -1,5 +1,7 @@
 """The generation engine against Hugging Face `generate` and a teacher-forced forward pass."""
 
+import math
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -134,3 +136,22 @@ def test_compiled_decode_step_matches_eager(llama):
     assert [g.completion_ids for g in compiled] == [g.completion_ids for g in eager]
     for e, c in zip(eager, compiled):
         assert torch.allclose(torch.tensor(e.logprobs), torch.tensor(c.logprobs), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_logprob_mismatch_metric_is_zero_for_the_engine_and_catches_a_drift(arch, request):
+    from posttrain.rollout.check import logprob_mismatch
+
+    model = request.getfixturevalue(arch)
+    prompts = ragged_prompts(5, seed=7)
+    out = generate(model, prompts, SamplingParams(temperature=1.0, max_new_tokens=10, n=2),
+                   eos_token_ids=[EOS], pad_token_id=PAD, seed=4)
+    metrics = logprob_mismatch(model, prompts, out, pad_token_id=PAD, batch_size=3)
+    assert metrics["rollout/logprob_diff_max"] < 1e-5 and metrics["rollout/kl_rollout_train"] < 1e-9
+    # The docstring's example: a rollout log-prob 0.1 above the trainer's shows up as such.
+    out[3].logprobs[2] += 0.1
+    metrics = logprob_mismatch(model, prompts, out, pad_token_id=PAD)
+    assert metrics["rollout/logprob_diff_max"] == pytest.approx(0.1, abs=1e-5)
+    assert metrics["rollout/ratio_max"] == pytest.approx(1.0, abs=1e-5)  # e^-0.1 < 1: the max is another token
+    n_tokens = sum(len(g.completion_ids) for g in out)
+    assert metrics["rollout/kl_rollout_train"] == pytest.approx((math.exp(-0.1) - 1 + 0.1) / n_tokens, rel=1e-3)

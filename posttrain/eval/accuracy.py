@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from posttrain.rollout import SamplingParams, generate_text
+from posttrain.rollout import HFEngine, SamplingParams, generate_text
 
 
 def greedy_completions(model, tokenizer, prompts: list[str], *, use_chat_template: bool,
                        max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy decoding of each prompt through the rollout engine."""
     params = SamplingParams(temperature=0, max_new_tokens=max_new_tokens)
-    return [text for _, text in generate_text(model, tokenizer, prompts, params,
-                                              use_chat_template=use_chat_template, batch_size=batch_size)]
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    engine = HFEngine(model, eos, tokenizer.pad_token_id, batch_size=batch_size)
+    return [text for _, text in generate_text(engine, tokenizer, prompts, params,
+                                              use_chat_template=use_chat_template)]
 
 
 def greedy_accuracy(model, tokenizer, rows: list[dict], score, *, use_chat_template: bool,

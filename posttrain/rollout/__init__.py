@@ -1,10 +1,13 @@
-"""Rollout: the generation engine, samplers, beam/exhaustive search, and text-level helpers.
+"""Rollout: the generation engine, engine backends (built-in, vLLM), samplers, beam/exhaustive search,
+text-level helpers and the log-prob check.
 
     from posttrain.rollout import SamplingParams, generate, generate_text
 """
 
+from posttrain.rollout.backends import Engine, HFEngine, VLLMEngine, build_engine
 from posttrain.rollout.engine import Generation, generate
 from posttrain.rollout.samplers import SamplingParams
 from posttrain.rollout.text import format_prompt, generate_text
 
-__all__ = ["Generation", "SamplingParams", "format_prompt", "generate", "generate_text"]
+__all__ = ["Engine", "Generation", "HFEngine", "SamplingParams", "VLLMEngine", "build_engine", "format_prompt",
+           "generate", "generate_text"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from posttrain.rollout.engine import Generation, generate
+from posttrain.rollout.backends import Engine
+from posttrain.rollout.engine import Generation
 from posttrain.rollout.samplers import SamplingParams
 
 
@@ -17,9 +18,10 @@ def format_prompt(tokenizer, prompt: str | list[dict], use_chat_template: bool) 
     return bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
-def generate_text(model, tokenizer, prompts: list, params: SamplingParams, *, use_chat_template: bool,
-                  seed: int = 0, step: int = 0, batch_size: int = 64) -> list[tuple[Generation, str]]:
-    """Generate for text prompts; returns (generation, decoded completion) pairs, prompt-major.
+def generate_text(engine: Engine, tokenizer, prompts: list, params: SamplingParams, *, use_chat_template: bool,
+                  seed: int = 0, step: int = 0) -> list[tuple[Generation, str]]:
+    """Generate for text prompts with `engine` (backends.py); returns (generation, decoded completion) pairs,
+    prompt-major.
 
     Stop strings end a sample as soon as its decoded text contains one; the text is cut before it.
     """
@@ -30,14 +32,13 @@ def generate_text(model, tokenizer, prompts: list, params: SamplingParams, *, us
         tail = tokenizer.decode(completion_ids[-32:], skip_special_tokens=True)  # a stop string is short
         return any(s in tail for s in stop_strings)
 
-    eos = tokenizer.eos_token_id
-    generations = generate(model, ids, params, eos_token_ids=[] if eos is None else [eos],
-                           pad_token_id=tokenizer.pad_token_id, seed=seed, step=step, batch_size=batch_size,
-                           stop_sequence=stop_sequence if stop_strings else None)
+    generations = engine.generate(ids, params, seed=seed, step=step,
+                                  stop_sequence=stop_sequence if stop_strings else None)
     out = []
     for g in generations:
         text = tokenizer.decode(g.completion_ids, skip_special_tokens=True)
         if g.finish_reason == "stop_sequence":
-            text = text[:min(text.find(s) for s in stop_strings if s in text)]
+            found = [text.find(s) for s in stop_strings if s in text]
+            text = text[:min(found)] if found else text
         out.append((g, text))
     return out
