@@ -192,6 +192,56 @@ class SFTConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """Which preference loss, and its hyper-parameters (posttrain.algos.preference; each loss reads its own)."""
+
+    loss: str = "dpo"
+    """dpo, cdpo, robust, ipo, hinge, kto, simpo, orpo, rrhf, rpo, tr_dpo, … (`posttrain dpo --help` lists them)."""
+    beta: float = 0.1
+    """Strength of the implicit KL to the reference (β); for reference-free losses, the reward scale."""
+    # The loss-specific knobs below default to None: the loss's own default (its docstring) applies.
+    label_smoothing: float | None = None
+    """cdpo / robust / exo_pair: assumed probability ε that a pair's label is flipped (default 0.1; exo 1e-3)."""
+    gamma: float | None = None
+    """simpo: target reward margin γ (default 0.5)."""
+    alpha: float | None = None
+    """rpo: weight of the NLL of the chosen response (default 1.0)."""
+    lam: float | None = None
+    """orpo: weight λ of the odds-ratio term; dpop: weight λ of the penalty for lowering the chosen log-prob."""
+    desirable_weight: float | None = None
+    """kto: weight of desirable examples (default 1.0)."""
+    undesirable_weight: float | None = None
+    """kto: weight of undesirable examples (default 1.0)."""
+    ref_sync_steps: int = 0
+    """tr_dpo: update the reference every τ steps (0: never; tr_dpo needs > 0)."""
+    ref_mixup_alpha: float = 0.6
+    """tr_dpo: reference ← α·policy + (1 − α)·reference at each update (1: hard replacement)."""
+
+
+@dataclass
+class DPOConfig:
+    """Preference optimization on prompt/chosen/rejected pairs (or unpaired prompt/completion/label for KTO)."""
+
+    output_dir: str = "runs/dpo"
+    """Run directory: config.yaml, metrics.jsonl, reference_logps.safetensors, checkpoints/, final/."""
+    overwrite: bool = False
+    """Replace an existing run in output_dir (otherwise it is an error unless checkpoint.resume)."""
+    seed: int = 0
+    """Seeds data order, initialization and every generator."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+@dataclass
 class PretrainConfig(SFTConfig):
     """Pretraining from scratch: the SFT loop on a plain-text corpus with every token in the loss."""
 

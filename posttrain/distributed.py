@@ -89,6 +89,16 @@ def all_reduce_sum(value: float | int) -> float:
     return t.item()
 
 
+def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks (in place on a copy where the backend needs another device); returns the sum."""
+    if not dist.is_initialized():
+        return t
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    moved = t.to(device)
+    dist.all_reduce(moved)
+    return moved.to(t.device)
+
+
 def broadcast_object(obj):
     """Rank 0's Python object, on every rank (used so all ranks take the same decision)."""
     if not dist.is_initialized():

@@ -168,6 +168,23 @@ class ArithTask:
                  "answer": str(_evaluate(*p))}
                 for p in self.problems(split, n, seed)]
 
+    def preference_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        """Paired rows: chosen = the correct solution, rejected = the same solution with a wrong final answer
+        (off by 1 or 10, up or down, chosen per problem): {"prompt", "chosen", "rejected", "answer"}.
+
+        Example (steps=False): 47+85= → chosen "132", rejected "131" (or 133, 122, 142).
+        """
+        rng = random.Random(f"arith-preference:{seed}:{split}")
+        out = []
+        for a, op, b in self.problems(split, n, seed):
+            answer = _evaluate(a, op, b)
+            wrong = answer + rng.choice((-10, -1, 1, 10))
+            chosen = self.solution_text(a, op, b)
+            head, _, _ = chosen.rpartition(str(answer))
+            out.append({"prompt": self.prompt_text(a, op, b), "chosen": chosen, "rejected": head + str(wrong),
+                        "answer": str(answer)})
+        return out
+
     def text_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
         """Plain corpus rows for pretraining: {"text": "47+85=132"}."""
         return [{"text": self.prompt_text(*p) + self.solution_text(*p)}

@@ -1,0 +1,134 @@
+"""Preference data: paired rows (prompt, chosen, rejected [, margin]) and unpaired rows (prompt, completion,
+label) tokenized into SFT-style examples, one per response, so the same collate/packing serves every loss.
+
+    pairs, report = build_preference_pairs(rows, tokenizer, max_length=512, policy="drop")
+    pairs[0] == {"chosen": {"input_ids", "labels"}, "rejected": {"input_ids", "labels"}, "margin": 0.0}
+
+A response's labels mark its completion tokens (the prompt is -100), exactly as SFT would train on it, so
+Σ log π over the labelled tokens is log π(response | prompt).
+
+Bad rows follow `policy` (data.truncation): "error" stops at the first one with file, row, field and the fix;
+"drop" and "truncate" skip it and count it under its reason:
+
+    missing_field        no rejected / chosen / completion / label (or another field the format needs)
+    invalid_field        a field of the wrong type, or an empty response
+    identical_responses  chosen == rejected: the pair carries no preference
+    too_long             prompt + response longer than max_length ("drop"; "truncate" cuts the response)
+    no_response_tokens   nothing of a response is left after truncation (the prompt alone fills max_length)
+"""
+
+from __future__ import annotations
+
+from posttrain.data.formats import _normalize_row
+from posttrain.data.loading import Rows, load_rows
+from posttrain.data.tokenize import IGNORE_INDEX, TRUNCATION_POLICIES, DropReport, tokenize_sft
+from posttrain.errors import ConfigError, DataError
+
+
+def build_preference_pairs(rows: Rows | list[dict], tokenizer, *, max_length: int, policy: str = "error",
+                           use_chat_template: bool | None = None) -> tuple[list[dict], DropReport]:
+    """Tokenize paired preference rows → ([{"chosen", "rejected", "margin"}], DropReport), in row order.
+
+    margin: the row's optional numeric `margin` column (how much better chosen is; used by the reward model's
+    margin loss), else 0.0.
+    """
+    rows, report = _check(rows, policy, max_length)
+    pairs = []
+    for i, raw in enumerate(rows):
+        try:
+            row = _normalize_row(raw, "preference")
+            if row["chosen"] == row["rejected"]:
+                raise _Skip("identical_responses", "chosen and rejected are the same response",
+                            "chosen", "remove the row: a pair with no preference teaches nothing")
+            margin = raw.get("margin", 0.0)
+            if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+                raise DataError(f"margin must be a number, got {margin!r}", field="margin",
+                                fix="store margin as a number, or drop the column")
+            pair = {name: _example(row["prompt"], row[name], name, tokenizer, max_length, policy, use_chat_template)
+                    for name in ("chosen", "rejected")}
+        except (DataError, _Skip) as e:
+            _handle(rows, i, e, policy, report)
+            continue
+        pairs.append({**pair, "margin": float(margin)})
+    if not pairs:
+        raise DataError(f"no usable preference pair: {report.summary()}", file=rows.source,
+                        fix="check the data (fields prompt, chosen, rejected) or data.max_length")
+    return pairs, report
+
+
+def build_unpaired_examples(rows: Rows | list[dict], tokenizer, *, max_length: int, policy: str = "error",
+                            use_chat_template: bool | None = None) -> tuple[list[dict], DropReport]:
+    """Tokenize unpaired rows (prompt, completion, label) → ([{"prompt", "example", "desirable"}], DropReport).
+
+    Paired rows are accepted too and become two examples: chosen desirable, rejected undesirable (how KTO is
+    usually run on preference data). "prompt" keeps the prompt's own token count, which KTO's mismatched
+    pairs (prompt i + completion j) need.
+    """
+    rows, report = _check(rows, policy, max_length)
+    out = []
+    for i, raw in enumerate(rows):
+        try:
+            kind = "preference" if {"chosen", "rejected"} <= set(raw) else "unpaired"
+            row = _normalize_row(raw, kind)
+            responses = ([(row["chosen"], True, "chosen"), (row["rejected"], False, "rejected")]
+                         if kind == "preference" else [(row["completion"], row["label"], "completion")])
+            examples = [(_example(row["prompt"], text, name, tokenizer, max_length, policy, use_chat_template), good)
+                        for text, good, name in responses]
+        except (DataError, _Skip) as e:
+            _handle(rows, i, e, policy, report)
+            continue
+        out += [{"prompt": row["prompt"], "example": ex, "desirable": good} for ex, good in examples]
+    if not out:
+        raise DataError(f"no usable example: {report.summary()}", file=rows.source,
+                        fix="check the data (fields prompt, completion, label) or data.max_length")
+    return out, report
+
+
+def response_example(prompt, response, tokenizer, *, use_chat_template: bool | None = None) -> dict:
+    """{"input_ids", "labels"} for prompt + response with only the response's tokens labelled."""
+    return tokenize_sft({"prompt": prompt, "completion": response}, tokenizer, use_chat_template=use_chat_template)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+class _Skip(Exception):
+    """A row that is well-formed but unusable; carries its drop reason."""
+
+    def __init__(self, reason_key: str, reason: str, field: str, fix: str):
+        super().__init__(reason)
+        self.reason_key, self.reason, self.field, self.fix = reason_key, reason, field, fix
+
+
+def _check(rows, policy: str, max_length: int) -> tuple[Rows, DropReport]:
+    if policy not in TRUNCATION_POLICIES:
+        raise ConfigError(f"data.truncation must be one of {', '.join(TRUNCATION_POLICIES)}, got {policy!r}")
+    if max_length < 2:
+        raise ConfigError(f"data.max_length must be at least 2, got {max_length}")
+    rows = rows if isinstance(rows, Rows) else load_rows(rows)
+    return rows, DropReport(total=len(rows))
+
+
+def _example(prompt, response, name: str, tokenizer, max_length: int, policy: str, use_chat_template) -> dict:
+    example = response_example(prompt, response, tokenizer, use_chat_template=use_chat_template)
+    if len(example["input_ids"]) > max_length:
+        if policy != "truncate":
+            raise _Skip("too_long", f"{name}: {len(example['input_ids'])} tokens is longer than "
+                        f"data.max_length={max_length}", name, "raise data.max_length, or set data.truncation "
+                        "to drop or truncate")
+        example = {key: ids[:max_length] for key, ids in example.items()}
+    if all(label == IGNORE_INDEX for label in example["labels"]):
+        raise _Skip("no_response_tokens", f"{name}: no response token left within data.max_length={max_length}",
+                    name, "raise data.max_length or shorten the prompt")
+    return example
+
+
+def _handle(rows: Rows, i: int, e: Exception, policy: str, report: DropReport) -> None:
+    """Raise a located DataError under policy "error"; otherwise count the row as dropped."""
+    if isinstance(e, _Skip):
+        if policy == "error":
+            raise rows.error(i, e.reason, field=e.field, fix=e.fix) from None
+        report.add(e.reason_key)
+        return
+    if policy == "error":
+        raise rows.error(i, e.reason, field=e.field, fix=e.fix) from None
+    report.add("missing_field" if e.reason.startswith("missing field") else "invalid_field")

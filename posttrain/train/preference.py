@@ -1,0 +1,352 @@
+"""Preference optimization (`posttrain dpo`): the DPO family on pairs, KTO on unpaired examples, one loop.
+
+    setup      tokenizer → pairs (validated, bad rows per data.truncation, counted) → run dir → model
+    reference  log π_ref of every response, computed ONCE before the first step with the initial weights and
+               cached in RUN_DIR/reference_logps.safetensors (resume reads it back), so only one model is in
+               memory while training; with LoRA the initial model is the base (adapters start at zero).
+               tr_dpo is the exception: its reference moves, so it keeps a live copy (saved in checkpoints).
+    step       G = micro_batch_size × grad_accum pairs; chosen and rejected responses of a micro-batch go through
+               one (packed) forward; Σ log π per response; the registered loss (algos/preference.py) gives a
+               loss per pair; the step's loss is their mean over the G pairs of all ranks (sum ÷ G per
+               micro-batch, so accumulation is exact)
+    log        loss, rewards/{chosen,rejected,margins,accuracies}, logps/{chosen,rejected} — TRL's names
+    eval       the same metrics on held-out pairs (eval/…) and task accuracy by greedy generation
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from posttrain import checkpoint, distributed, tasks
+from posttrain.algos import preference as losses
+from posttrain.algos.logprobs import token_logprobs
+from posttrain.config import DPOConfig, to_dict
+from posttrain.data import collate, load_rows
+from posttrain.data.preference import build_preference_pairs
+from posttrain.errors import ConfigError
+from posttrain.eval.accuracy import greedy_accuracy
+from posttrain.models.loading import count_parameters, load_model, load_tokenizer
+from posttrain.track import Tracker
+from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, build_optimizer,
+                                    build_scheduler, device_of, prepare_run_dir, total_steps)
+from posttrain.train.sft import format_metrics, save_final
+
+REFERENCE_FILE = "reference_logps.safetensors"
+METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+           "logps/rejected")
+
+
+def run(cfg: DPOConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    world = distributed.init()
+    loss_fn, loss_kwargs = resolve_loss(cfg)
+    live_reference = cfg.preference.loss == "tr_dpo"
+    if live_reference and cfg.train.strategy == "fsdp":
+        raise ConfigError("preference.loss=tr_dpo keeps a live reference copy, which is not sharded — fix: "
+                          "train.strategy=ddp")
+
+    # ---- setup: every check on user input happens before the run directory is touched -----------------------------
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    data = load_preference_data(cfg, tokenizer)
+    micro, accum, global_batch = batch_plan(cfg.train, world.world_size)
+    num_steps = total_steps(cfg.train, len(data.train), global_batch)
+    distributed.check_strategy(cfg.train, world)
+    run_dir, resume_from = prepare_run_dir(cfg)
+
+    model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
+                       weights_dir=resume_from / "model" if resume_from else None).to(world.device)
+    reference_model = None
+    if live_reference:
+        reference_model = load_model(cfg.model, cfg.lora, seed=cfg.seed).to(world.device).eval()
+        if resume_from is not None:
+            reference_model.load_state_dict(load_file(str(resume_from / "reference_model.safetensors")))
+        reference_model.requires_grad_(False)
+    elif cfg.preference.loss in losses.REQUIRES_REFERENCE:
+        data.reference = reference_logps(model, data, tokenizer, cfg, run_dir, resume_from)
+    model = distributed.wrap(model.train(), world, cfg.train.strategy, precision=cfg.train.precision,
+                             cpu_offload=cfg.train.fsdp_cpu_offload)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, num_steps)
+    start_step = 0
+    if resume_from is not None:
+        start_step = checkpoint.read_training_state(resume_from, optimizer=optimizer, scheduler=scheduler,
+                                                    model=model)["step"]
+    else:
+        torch.manual_seed(cfg.seed + world.rank)
+
+    trainable, total = count_parameters(distributed.unwrap(model))
+    tracker = Tracker(run_dir, total_steps=num_steps, start_step=start_step, report_to=cfg.log.report_to,
+                      progress=cfg.log.progress, config=to_dict(cfg), active=world.is_main)
+    tracker.write(f"{len(data.train)} training pairs{data.report}; loss {cfg.preference.loss}; {num_steps} steps "
+                  f"of {global_batch} pairs ({micro} per micro-batch × {accum} accumulation × "
+                  f"{world.world_size} process(es)); {trainable:,} of {total:,} parameters trainable"
+                  + (f"; resuming at step {start_step}" if start_step else ""))
+    if cfg.eval.at_start and start_step == 0:
+        tracker.log(0, evaluate(model, reference_model, tokenizer, data, cfg, loss_fn, loss_kwargs))
+
+    # ---- loop -------------------------------------------------------------------------------------------------------
+    guard = NonFiniteGuard(cfg.train.max_bad_steps)
+    per_rank = micro * accum
+    metrics: dict = {}
+    for step in range(start_step, num_steps):
+        t0 = time.perf_counter()
+        indices = batch_indices(step, global_batch, len(data.train), cfg.seed)
+        mine = indices[world.rank * per_rank:(world.rank + 1) * per_rank]
+        micro_batches = [mine[j:j + micro] for j in range(0, per_rank, micro)]
+        sums = accumulate_gradients(model, reference_model, micro_batches, data, data.reference_train, tokenizer,
+                                    cfg, loss_fn, loss_kwargs, global_batch)
+        params = [p for p in model.parameters() if p.requires_grad]
+        max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+        grad_norm = distributed.local_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if guard.ok(sums["loss"], grad_norm):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        done = step + 1
+        if reference_model is not None and done % cfg.preference.ref_sync_steps == 0:
+            update_reference(reference_model, distributed.unwrap(model), cfg.preference.ref_mixup_alpha)
+        metrics = {**sums, "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0],
+                   "pairs_per_s": global_batch / (time.perf_counter() - t0),
+                   "epoch": done * global_batch / len(data.train)}
+        if guard.skipped:
+            metrics["skipped_steps"] = guard.skipped
+        if done == num_steps or (cfg.eval.every and done % cfg.eval.every == 0):
+            metrics.update(evaluate(model, reference_model, tokenizer, data, cfg, loss_fn, loss_kwargs))
+        if done % cfg.log.every == 0 or done == num_steps:
+            tracker.log(done, metrics)
+        tracker.advance()
+        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < num_steps:
+            save_checkpoint(run_dir, done, model, reference_model, optimizer, scheduler, cfg)
+
+    # ---- outputs ----------------------------------------------------------------------------------------------------
+    tracker.close()
+    save_checkpoint(run_dir, num_steps, model, reference_model, optimizer, scheduler, cfg)
+    save_final(run_dir, model, tokenizer)
+    if world.is_main:
+        shown = {k: v for k, v in metrics.items() if k in ("loss", "rewards/accuracies") or k.startswith("eval/")}
+        print(f"done: {format_metrics(shown)} — model in {run_dir / 'final'}", flush=True)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The algorithm: log-probs of responses, the loss, accumulation
+# ---------------------------------------------------------------------------------------------------------------------
+
+def resolve_loss(cfg: DPOConfig):
+    """(loss function, the keyword arguments it takes from cfg.preference). Unknown names → ConfigError."""
+    try:
+        fn = losses.get(cfg.preference.loss)
+    except ValueError as e:
+        raise ConfigError(f"preference.loss: {e}") from None
+    if cfg.preference.loss in losses.UNPAIRED:
+        raise ConfigError(f"preference.loss={cfg.preference.loss} trains on unpaired examples, which this loop does "
+                          "not take yet — fix: choose a paired loss (dpo, ipo, simpo, …)")
+    if cfg.preference.loss == "tr_dpo" and cfg.preference.ref_sync_steps < 1:
+        raise ConfigError("preference.loss=tr_dpo updates its reference every preference.ref_sync_steps steps — "
+                          "fix: set preference.ref_sync_steps to a positive number (e.g. 32)")
+    accepted = losses.HYPERPARAMETERS.get(cfg.preference.loss, ())
+    kwargs = {name: getattr(cfg.preference, name) for name in accepted if getattr(cfg.preference, name) is not None}
+    return fn, {"beta": cfg.preference.beta, **kwargs}
+
+
+def response_logps(model, examples: list[dict], pad_id: int, packing: bool, precision: str = "fp32"):
+    """Σ_t log π(response token t) and the response's token count, for each example → ([E], [E]).
+
+    One forward over the (packed) batch; log-probs only at labelled positions (logits_to_keep), summed per
+    example through seq_index.
+    """
+    device = device_of(model)
+    batch = {k: v.to(device) for k, v in collate(examples, pad_id=pad_id, packing=packing).items()}
+    keep = (batch["targets"] != -100).any(0).nonzero().squeeze(-1)
+    with autocast(precision, device):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                       position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep).logits
+    targets, seq = batch["targets"][:, keep], batch["seq_index"][:, keep]
+    mask = targets != -100
+    logps = token_logprobs(logits, targets)
+    sums = torch.zeros(len(examples), device=device, dtype=torch.float32).index_add(0, seq[mask], logps[mask])
+    counts = torch.zeros(len(examples), device=device).index_add(0, seq[mask], torch.ones_like(logps[mask]))
+    return sums, counts
+
+
+def pair_loss(model, reference_model, all_pairs: list[dict], indices: list[int], reference: dict | None, tokenizer,
+              cfg, loss_fn, loss_kwargs):
+    """The registered loss on all_pairs[indices] → (PreferenceLoss, the policy's PreferenceLogps).
+
+    reference: the cached {"chosen", "rejected"} log-probs of all_pairs, or None (live reference model, or a
+    reference-free loss)."""
+    pairs = [all_pairs[i] for i in indices]
+    examples = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    sums, counts = response_logps(model, examples, tokenizer.pad_token_id, cfg.data.packing, cfg.train.precision)
+    n = len(pairs)
+    ref_chosen = ref_rejected = None
+    if reference_model is not None:
+        with torch.no_grad():
+            ref_sums, _ = response_logps(reference_model, examples, tokenizer.pad_token_id, cfg.data.packing,
+                                         cfg.train.precision)
+        ref_chosen, ref_rejected = ref_sums[:n], ref_sums[n:]
+    elif reference is not None:
+        index = torch.tensor(indices)
+        ref_chosen, ref_rejected = (reference[k][index].to(sums.device) for k in ("chosen", "rejected"))
+    logps = losses.PreferenceLogps(chosen=sums[:n], rejected=sums[n:], chosen_tokens=counts[:n],
+                                   rejected_tokens=counts[n:], ref_chosen=ref_chosen, ref_rejected=ref_rejected)
+    return loss_fn(logps, **loss_kwargs), logps
+
+
+def accumulate_gradients(model, reference_model, micro_batches: list[list[int]], data, reference, tokenizer, cfg,
+                         loss_fn, loss_kwargs, global_batch: int) -> dict:
+    """Backward over this rank's micro-batches; gradients are those of the mean loss over the step's G pairs on
+    all ranks. Returns the step's metrics (means over the G pairs)."""
+    world_size = distributed.world_size()
+    totals = torch.zeros(len(METRICS), dtype=torch.float64)
+    for i, indices in enumerate(micro_batches):
+        with distributed.gradient_sync(model, enabled=i == len(micro_batches) - 1):
+            out, logps = pair_loss(model, reference_model, data.train, indices, reference, tokenizer, cfg,
+                                   loss_fn, loss_kwargs)
+            (out.losses.sum() / global_batch * world_size).backward()
+        totals += pair_sums(out, logps)
+    totals = distributed.all_reduce_tensor(totals)
+    return {name: (total / global_batch).item() for name, total in zip(METRICS, totals)}
+
+
+def pair_sums(out, logps) -> torch.Tensor:
+    """Per-metric sums over a micro-batch's pairs, in METRICS order (divided by the pair count later)."""
+    chosen, rejected = out.chosen_rewards.detach(), out.rejected_rewards.detach()
+    values = [out.losses.detach().sum(), chosen.sum(), rejected.sum(), (chosen - rejected).sum(),
+              (chosen > rejected).float().sum(), logps.chosen.detach().sum(), logps.rejected.detach().sum()]
+    return torch.stack([v.double().cpu() for v in values])
+
+
+@torch.no_grad()
+def update_reference(reference_model, model, alpha: float) -> None:
+    """TR-DPO's trust-region step: θ_ref ← α·θ + (1 − α)·θ_ref (α = 1 replaces the reference)."""
+    for ref, cur in zip(reference_model.parameters(), model.parameters()):
+        ref.mul_(1 - alpha).add_(cur.detach().to(ref.dtype), alpha=alpha)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data and the reference cache
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class PreferenceData:
+    train: list[dict]
+    eval: list[dict]
+    problems: list[dict]
+    score: object
+    use_chat_template: bool
+    report: str
+    reference: dict | None = None  # {"train": {"chosen": [N], "rejected": [N]}, "eval": {...}}
+
+    @property
+    def reference_train(self):
+        return None if self.reference is None else self.reference["train"]
+
+    @property
+    def reference_eval(self):
+        return None if self.reference is None else self.reference["eval"]
+
+
+def load_preference_data(cfg: DPOConfig, tokenizer) -> PreferenceData:
+    """User files when data.train_path is set, else the task's pairs (correct vs. wrong final answer)."""
+    task, problems = None, []
+    if cfg.data.train_path is None or cfg.data.eval_path is None:
+        task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
+    use_template = tokenizer.chat_template is not None
+
+    def build(rows):
+        return build_preference_pairs(rows, tokenizer, max_length=cfg.data.max_length, policy=cfg.data.truncation,
+                                      use_chat_template=use_template)
+
+    train_rows = (load_rows(cfg.data.train_path, columns=cfg.data.columns) if cfg.data.train_path is not None
+                  else task.preference_rows("train", cfg.task.num_train, cfg.seed))
+    train, report = build(train_rows)
+    eval_pairs = []
+    if cfg.data.eval_path is not None:
+        eval_pairs, _ = build(load_rows(cfg.data.eval_path, columns=cfg.data.columns))
+    elif cfg.data.train_path is None:
+        eval_pairs, _ = build(task.preference_rows("eval", cfg.task.num_eval, cfg.seed))
+        problems = task.rows("eval", min(cfg.eval.num_samples, cfg.task.num_eval), cfg.seed)
+    dropped = f" ({report.summary()})" if report.dropped else ""
+    return PreferenceData(train, eval_pairs, problems, task.score if task else None, use_template, dropped)
+
+
+@torch.no_grad()
+def reference_logps(model, data: PreferenceData, tokenizer, cfg: DPOConfig, run_dir: Path,
+                    resume_from: Path | None) -> dict:
+    """log π_ref of every chosen/rejected response of train and eval, from the model as loaded (the reference).
+
+    Written once to RUN_DIR/reference_logps.safetensors before training starts; a resumed run reads it back
+    instead of recomputing from weights it no longer has. Each rank computes a slice; the slices are summed.
+    """
+    path = run_dir / REFERENCE_FILE
+    if resume_from is not None:
+        flat = load_file(str(path))
+        return {split: {k: flat[f"{split}/{k}"] for k in ("chosen", "rejected")} for split in ("train", "eval")}
+    was_training = model.training
+    model.eval()
+    out, flat = {}, {}
+    rank, world_size = distributed.rank(), distributed.world_size()
+    for split, pairs in (("train", data.train), ("eval", data.eval)):
+        values = torch.zeros(2, len(pairs), dtype=torch.float64)
+        mine = list(range(rank * cfg.eval.batch_size, len(pairs), world_size * cfg.eval.batch_size))
+        for start in mine:
+            chunk = pairs[start:start + cfg.eval.batch_size]
+            examples = [p["chosen"] for p in chunk] + [p["rejected"] for p in chunk]
+            sums, _ = response_logps(model, examples, tokenizer.pad_token_id, cfg.data.packing, cfg.train.precision)
+            values[0, start:start + len(chunk)] = sums[:len(chunk)].double().cpu()
+            values[1, start:start + len(chunk)] = sums[len(chunk):].double().cpu()
+        values = distributed.all_reduce_tensor(values).float()
+        out[split] = {"chosen": values[0], "rejected": values[1]}
+        flat.update({f"{split}/chosen": values[0].contiguous(), f"{split}/rejected": values[1].contiguous()})
+    model.train(was_training)
+    if distributed.rank() == 0:
+        tmp = path.with_suffix(".tmp")
+        save_file(flat, str(tmp))
+        tmp.replace(path)
+    distributed.barrier()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation and checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model, reference_model, tokenizer, data: PreferenceData, cfg: DPOConfig, loss_fn, loss_kwargs) -> dict:
+    """eval/<metric> over held-out pairs (every rank computes all; they are few) and eval/accuracy on the task."""
+    out = {}
+    with torch.random.fork_rng(devices=[]):
+        model.eval()
+        if data.eval:
+            totals = torch.zeros(len(METRICS), dtype=torch.float64)
+            for start in range(0, len(data.eval), cfg.eval.batch_size):
+                indices = list(range(start, min(start + cfg.eval.batch_size, len(data.eval))))
+                result, logps = pair_loss(model, reference_model, data.eval, indices, data.reference_eval,
+                                          tokenizer, cfg, loss_fn, loss_kwargs)
+                totals += pair_sums(result, logps)
+            out.update({f"eval/{name}": (total / len(data.eval)).item() for name, total in zip(METRICS, totals)})
+        if data.problems:
+            out["eval/accuracy"], _ = greedy_accuracy(distributed.unwrap(model), tokenizer, data.problems, data.score,
+                                                      use_chat_template=data.use_chat_template,
+                                                      max_new_tokens=cfg.eval.max_new_tokens,
+                                                      batch_size=cfg.eval.batch_size)
+        model.train()
+    return out
+
+
+def save_checkpoint(run_dir: Path, step: int, model, reference_model, optimizer, scheduler, cfg) -> Path:
+    def write(directory: Path) -> None:
+        checkpoint.write_training_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
+                                        state={"step": step})
+        if reference_model is not None and distributed.rank() == 0:
+            save_file({k: v.detach().clone().contiguous() for k, v in reference_model.state_dict().items()},
+                      str(directory / "reference_model.safetensors"))
+    return checkpoint.save(run_dir, step, write, keep_last=cfg.checkpoint.keep_last)
