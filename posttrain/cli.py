@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "demo": (C.DemoConfig, "posttrain.demo:run", "train the tiny model on arithmetic; before/after table"),
     "pretrain": (C.PretrainConfig, "posttrain.train.sft:run", "train from scratch on a text corpus"),
     "sft": (C.SFTConfig, "posttrain.train.sft:run", "supervised fine-tuning, full or LoRA"),
+    "rm": (C.RMConfig, "posttrain.train.reward:run", "reward model (Bradley–Terry) on preference pairs"),
     "dpo": (C.DPOConfig, "posttrain.train.preference:run", "preference optimization: DPO, IPO, SimPO, ORPO, KTO, …"),
     "generate": (C.GenerateConfig, "posttrain.generate:run_generate", "sample completions for a prompt file → JSONL"),
     "chat": (C.ChatConfig, "posttrain.generate:run_chat", "talk to a model in the terminal"),
@@ -84,7 +85,7 @@ def parse_config(cls: type, args: list[str], prog: str):
     paths = C.field_paths(cls)
     cfg = tyro.cli(cls, args=_to_tyro_args(args, paths), prog=prog, default=base,
                    config=(tyro.conf.FlagConversionOff,), use_underscores=True)
-    if isinstance(cfg, (C.SFTConfig, C.DPOConfig)):
+    if isinstance(cfg, (C.SFTConfig, C.DPOConfig, C.RMConfig)):
         C.validate(cfg)
     return cfg
 

@@ -242,6 +242,39 @@ class DPOConfig:
 
 
 @dataclass
+class RewardConfig:
+    """The reward model's objective."""
+
+    mode: Literal["outcome", "prm"] = "outcome"
+    """outcome: Bradley–Terry on chosen/rejected pairs; prm: a score per reasoning step (not yet available)."""
+    center_rewards_coefficient: float = 0.0
+    """Weight of the reward-centering term (r_c + r_r)² (Eisenstein et al. 2023); 0 disables, 0.01 is common."""
+
+
+@dataclass
+class RMConfig:
+    """Reward model: a scalar head on the last token of a causal-LM backbone, trained on preference pairs."""
+
+    output_dir: str = "runs/rm"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/ (loads with AutoModelForSequenceClassification)."""
+    overwrite: bool = False
+    """Replace an existing run in output_dir (otherwise it is an error unless checkpoint.resume)."""
+    seed: int = 0
+    """Seeds data order, the new head and every generator."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(packing=False))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+@dataclass
 class PretrainConfig(SFTConfig):
     """Pretraining from scratch: the SFT loop on a plain-text corpus with every token in the loss."""
 

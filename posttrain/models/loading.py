@@ -36,13 +36,15 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | None = None):
+def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | None = None, head: str = "lm"):
     """Build the trainable model.
 
     weights_dir: load the (full) weights from here instead of model_cfg.name_or_path — a checkpoint's
     `model/` when resuming full fine-tuning, or, with LoRA, the adapter directory to continue.
+    head: "lm" (a causal LM) or "score" (the same backbone with a scalar head on the last non-pad token:
+    AutoModelForSequenceClassification, num_labels=1 — a reward model; the new head is initialized from `seed`).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if lora_cfg.r > 0 and model_cfg.init == "scratch":
         raise ConfigError("lora.r > 0 with model.init=scratch would train adapters on random weights "
@@ -50,26 +52,31 @@ def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | 
     path = resolve_model_path(model_cfg.name_or_path)
     kwargs = dict(dtype=torch.float32, attn_implementation=model_cfg.attn_implementation,
                   trust_remote_code=model_cfg.trust_remote_code)
+    auto = AutoModelForCausalLM
+    if head == "score":
+        auto, kwargs = AutoModelForSequenceClassification, {**kwargs, "num_labels": 1}
     full_weights = weights_dir if (weights_dir is not None and lora_cfg.r == 0) else None
     try:
         if model_cfg.init == "scratch" and full_weights is None:
             config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                model = AutoModelForCausalLM.from_config(config, **kwargs)
+                model = auto.from_config(config, **kwargs)
         else:
-            model = AutoModelForCausalLM.from_pretrained(full_weights or path, **kwargs)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)  # a new head (the reward model's score) starts the same every run
+                model = auto.from_pretrained(full_weights or path, **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a model from '{model_cfg.name_or_path}' ({_first_line(e)}) — fix: set "
                         "model.name_or_path to a local Hugging Face model directory, or 'tiny'") from None
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora_cfg.r > 0:
-        model = _add_lora(model, lora_cfg, adapter_dir=weights_dir)
+        model = _add_lora(model, lora_cfg, adapter_dir=weights_dir, task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM")
     return model
 
 
-def _add_lora(model, lora_cfg, adapter_dir=None):
+def _add_lora(model, lora_cfg, adapter_dir=None, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if adapter_dir is not None:
@@ -77,7 +84,7 @@ def _add_lora(model, lora_cfg, adapter_dir=None):
     targets = lora_cfg.target_modules
     peft_config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                              target_modules=targets[0] if targets == ["all-linear"] else targets,
-                             task_type="CAUSAL_LM")
+                             task_type=task_type)  # SEQ_CLS also trains and saves the new score head
     try:
         return get_peft_model(model, peft_config)
     except ValueError as e:

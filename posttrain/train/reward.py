@@ -1,0 +1,178 @@
+"""Reward modelling (`posttrain rm`): Bradley–Terry on preference pairs, the loop top to bottom.
+
+    model   the causal-LM backbone with a scalar head on the last non-pad token
+            (AutoModelForSequenceClassification, num_labels = 1), so `final/` loads in plain transformers
+    step    G pairs; chosen and rejected responses in one padded forward → scores r_c, r_r; per pair
+            −log σ(r_c − r_r − margin) (+ c·(r_c + r_r)² with reward centering); the mean over the G pairs
+            of all ranks (sum ÷ G per micro-batch: accumulation is exact)
+    log     loss, accuracy (r_c > r_r), margin (mean r_c − r_r), rewards/chosen, rewards/rejected
+    eval    the same on held-out pairs (eval/…): held-out pair accuracy is the RM's headline number
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from posttrain import checkpoint, distributed, tasks
+from posttrain.algos.reward import bradley_terry, reward_centering
+from posttrain.config import RMConfig, to_dict
+from posttrain.data import collate, load_rows
+from posttrain.data.preference import build_preference_pairs
+from posttrain.errors import ConfigError
+from posttrain.models.loading import count_parameters, load_model, load_tokenizer
+from posttrain.track import Tracker
+from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, build_optimizer,
+                                    build_scheduler, device_of, prepare_run_dir, total_steps)
+from posttrain.train.sft import format_metrics, save_checkpoint, save_final
+
+METRICS = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected")
+
+
+def run(cfg: RMConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    world = distributed.init()
+    if cfg.reward.mode != "outcome":
+        raise ConfigError("reward.mode=prm (a score per reasoning step) is not available yet — fix: reward.mode=outcome")
+
+    # ---- setup ------------------------------------------------------------------------------------------------------
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    train_pairs, eval_pairs, report = load_pairs(cfg, tokenizer)
+    micro, accum, global_batch = batch_plan(cfg.train, world.world_size)
+    num_steps = total_steps(cfg.train, len(train_pairs), global_batch)
+    distributed.check_strategy(cfg.train, world)
+    run_dir, resume_from = prepare_run_dir(cfg)
+
+    model = load_model(cfg.model, cfg.lora, seed=cfg.seed, head="score",
+                       weights_dir=resume_from / "model" if resume_from else None)
+    model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last token that is not padding
+    model = distributed.wrap(model.to(world.device).train(), world, cfg.train.strategy,
+                             precision=cfg.train.precision, cpu_offload=cfg.train.fsdp_cpu_offload)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, num_steps)
+    start_step = 0
+    if resume_from is not None:
+        start_step = checkpoint.read_training_state(resume_from, optimizer=optimizer, scheduler=scheduler,
+                                                    model=model)["step"]
+    else:
+        torch.manual_seed(cfg.seed + world.rank)
+    trainable, total = count_parameters(distributed.unwrap(model))
+    tracker = Tracker(run_dir, total_steps=num_steps, start_step=start_step, report_to=cfg.log.report_to,
+                      progress=cfg.log.progress, config=to_dict(cfg), active=world.is_main)
+    tracker.write(f"{len(train_pairs)} training pairs{report}; {num_steps} steps of {global_batch} pairs "
+                  f"({micro} per micro-batch × {accum} accumulation × {world.world_size} process(es)); "
+                  f"{trainable:,} of {total:,} parameters trainable"
+                  + (f"; resuming at step {start_step}" if start_step else ""))
+    if cfg.eval.at_start and start_step == 0 and eval_pairs:
+        tracker.log(0, evaluate(model, eval_pairs, tokenizer, cfg))
+
+    # ---- loop -------------------------------------------------------------------------------------------------------
+    guard = NonFiniteGuard(cfg.train.max_bad_steps)
+    per_rank = micro * accum
+    metrics: dict = {}
+    for step in range(start_step, num_steps):
+        t0 = time.perf_counter()
+        indices = batch_indices(step, global_batch, len(train_pairs), cfg.seed)
+        mine = indices[world.rank * per_rank:(world.rank + 1) * per_rank]
+        totals = torch.zeros(len(METRICS), dtype=torch.float64)
+        for i, j in enumerate(range(0, per_rank, micro)):
+            with distributed.gradient_sync(model, enabled=j + micro >= per_rank):
+                losses, chosen, rejected = pair_losses(model, [train_pairs[k] for k in mine[j:j + micro]], tokenizer,
+                                                       cfg)
+                (losses.sum() / global_batch * world.world_size).backward()
+            totals += pair_sums(losses, chosen, rejected)
+        sums = distributed.all_reduce_tensor(totals) / global_batch
+        params = [p for p in model.parameters() if p.requires_grad]
+        max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+        grad_norm = distributed.local_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if guard.ok(float(sums[0]), grad_norm):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        done = step + 1
+        metrics = {**{name: v.item() for name, v in zip(METRICS, sums)}, "grad_norm": grad_norm.item(),
+                   "lr": scheduler.get_last_lr()[0], "pairs_per_s": global_batch / (time.perf_counter() - t0),
+                   "epoch": done * global_batch / len(train_pairs)}
+        if guard.skipped:
+            metrics["skipped_steps"] = guard.skipped
+        if eval_pairs and (done == num_steps or (cfg.eval.every and done % cfg.eval.every == 0)):
+            metrics.update(evaluate(model, eval_pairs, tokenizer, cfg))
+        if done % cfg.log.every == 0 or done == num_steps:
+            tracker.log(done, metrics)
+        tracker.advance()
+        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < num_steps:
+            save_checkpoint(run_dir, done, model, optimizer, scheduler, cfg)
+
+    # ---- outputs ----------------------------------------------------------------------------------------------------
+    tracker.close()
+    save_checkpoint(run_dir, num_steps, model, optimizer, scheduler, cfg)
+    save_final(run_dir, model, tokenizer)
+    if world.is_main:
+        shown = {k: v for k, v in metrics.items() if k in ("loss", "accuracy") or k.startswith("eval/")}
+        print(f"done: {format_metrics(shown)} — reward model in {run_dir / 'final'}", flush=True)
+    return metrics
+
+
+# ---- the algorithm ---------------------------------------------------------------------------------------------------
+
+def scores(model, examples: list[dict], pad_id: int, precision: str = "fp32") -> torch.Tensor:
+    """The scalar reward of each tokenized response (right-padded; the head reads its last real token) → [E]."""
+    device = device_of(model)
+    batch = collate(examples, pad_id=pad_id, packing=False)
+    with autocast(precision, device):
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                       use_cache=False).logits
+    return logits[:, 0].float()
+
+
+def pair_losses(model, pairs: list[dict], tokenizer, cfg: RMConfig):
+    """Per-pair loss, chosen scores, rejected scores, each [P]."""
+    n = len(pairs)
+    r = scores(model, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], tokenizer.pad_token_id,
+               cfg.train.precision)
+    chosen, rejected = r[:n], r[n:]
+    margin = torch.tensor([p["margin"] for p in pairs], device=r.device)
+    losses = bradley_terry(chosen, rejected, margin)
+    if cfg.reward.center_rewards_coefficient:
+        losses = losses + cfg.reward.center_rewards_coefficient * reward_centering(chosen, rejected)
+    return losses, chosen, rejected
+
+
+def pair_sums(losses, chosen, rejected) -> torch.Tensor:
+    """Sums over pairs in METRICS order; a tie counts as half right."""
+    chosen, rejected = chosen.detach(), rejected.detach()
+    right = (chosen > rejected).double() + 0.5 * (chosen == rejected).double()
+    values = [losses.detach().sum(), right.sum(), (chosen - rejected).sum(), chosen.sum(), rejected.sum()]
+    return torch.stack([v.double().cpu() for v in values])
+
+
+@torch.no_grad()
+def evaluate(model, eval_pairs: list[dict], tokenizer, cfg: RMConfig) -> dict:
+    model.eval()
+    totals = torch.zeros(len(METRICS), dtype=torch.float64)
+    for start in range(0, len(eval_pairs), cfg.eval.batch_size):
+        totals += pair_sums(*pair_losses(model, eval_pairs[start:start + cfg.eval.batch_size], tokenizer, cfg))
+    model.train()
+    return {f"eval/{name}": (total / len(eval_pairs)).item() for name, total in zip(METRICS, totals)}
+
+
+def load_pairs(cfg: RMConfig, tokenizer):
+    """(train pairs, eval pairs, drop summary): user files, or the task's pairs (right vs wrong final answer)."""
+    task = None
+    if cfg.data.train_path is None or cfg.data.eval_path is None:
+        task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
+
+    def build(rows):
+        return build_preference_pairs(rows, tokenizer, max_length=cfg.data.max_length, policy=cfg.data.truncation,
+                                      use_chat_template=tokenizer.chat_template is not None)
+
+    train, report = build(load_rows(cfg.data.train_path, columns=cfg.data.columns) if cfg.data.train_path
+                          else task.preference_rows("train", cfg.task.num_train, cfg.seed))
+    eval_pairs = []
+    if cfg.data.eval_path is not None:
+        eval_pairs, _ = build(load_rows(cfg.data.eval_path, columns=cfg.data.columns))
+    elif cfg.data.train_path is None:
+        eval_pairs, _ = build(task.preference_rows("eval", cfg.task.num_eval, cfg.seed))
+    return train, eval_pairs, f" ({report.summary()})" if report.dropped else ""
