@@ -1,7 +1,6 @@
 """Nothing is lost: a real process killed with SIGKILL mid-training resumes to the uninterrupted run, and a
 kill during a checkpoint write leaves the previous checkpoint loadable with `latest` pointing at it."""
 
-import json
 import os
 import signal
 import subprocess

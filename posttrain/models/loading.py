@@ -72,7 +72,8 @@ def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | 
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora_cfg.r > 0:
-        model = _add_lora(model, lora_cfg, adapter_dir=weights_dir, task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM")
+        task_type = "SEQ_CLS" if head == "score" else "CAUSAL_LM"
+        model = _add_lora(model, lora_cfg, adapter_dir=weights_dir, task_type=task_type)
     return model
 
 

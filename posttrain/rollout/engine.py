@@ -33,7 +33,8 @@ from typing import Callable
 import torch
 from transformers import DynamicCache, StaticCache
 
-from posttrain.rollout.samplers import SamplingParams, derive_seed, logprobs_of, position_uniforms, process_logits, sample
+from posttrain.rollout.samplers import (SamplingParams, derive_seed, logprobs_of, position_uniforms, process_logits,
+                                       sample)
 
 FINISH_REASONS = ("length", "stop", "stop_sequence")  # codes 0, 1, 2 in the engine's buffers
 

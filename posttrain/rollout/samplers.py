@@ -19,13 +19,11 @@ it happens to be generated in. No function loops over rows.
 from __future__ import annotations
 
 import hashlib
-import math
 
 import torch
 import torch.nn.functional as F
 
 from posttrain.config import SamplingParams  # noqa: F401  (re-export)
-from posttrain.errors import ConfigError
 
 NEG_INF = float("-inf")
 

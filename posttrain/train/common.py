@@ -197,3 +197,35 @@ class NonFiniteGuard:
             raise RuntimeError(f"{self.in_a_row} consecutive steps had a non-finite loss or gradient; stopping. "
                                "The last good checkpoint is intact — lower train.lr, use fp32, or check the data.")
         return False
+
+
+def start_training(cfg, model, world, run_dir, resume_from, num_steps: int, plan: tuple[int, int, int],
+                   data_summary: str, unit: str = "examples"):
+    """The part of setup every loop shares: wrap the model for cfg.train.strategy, build optimizer and scheduler,
+    restore them on resume (or seed a fresh run), open the tracker and write the run's one-line summary.
+
+    plan: (micro, accum, global) from batch_plan; data_summary: e.g. "900 training pairs (dropped 3 …)".
+    Returns (model, optimizer, scheduler, start_step, tracker).
+    """
+    from posttrain.config import to_dict
+    from posttrain.models.loading import count_parameters
+    from posttrain.track import Tracker
+
+    micro, accum, global_batch = plan
+    model = distributed.wrap(model.to(world.device).train(), world, cfg.train.strategy,
+                             precision=cfg.train.precision, cpu_offload=cfg.train.fsdp_cpu_offload)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, num_steps)
+    start_step = 0
+    if resume_from is not None:
+        start_step = checkpoint.read_training_state(resume_from, optimizer=optimizer, scheduler=scheduler,
+                                                    model=model)["step"]
+    else:
+        torch.manual_seed(cfg.seed + world.rank)
+    trainable, total = count_parameters(distributed.unwrap(model))
+    tracker = Tracker(run_dir, total_steps=num_steps, start_step=start_step, report_to=cfg.log.report_to,
+                      progress=cfg.log.progress, config=to_dict(cfg), active=world.is_main)
+    tracker.write(f"{data_summary}; {num_steps} steps of {global_batch} {unit} ({micro} per micro-batch × {accum} "
+                  f"accumulation × {world.world_size} process(es)); {trainable:,} of {total:,} parameters trainable"
+                  + (f"; resuming at step {start_step}" if start_step else ""))
+    return model, optimizer, scheduler, start_step, tracker

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +25,14 @@ from safetensors.torch import load_file, save_file
 from posttrain import checkpoint, distributed, tasks
 from posttrain.algos import preference as losses
 from posttrain.algos.logprobs import token_logprobs
-from posttrain.config import DPOConfig, to_dict
+from posttrain.config import DPOConfig
 from posttrain.data import collate, load_rows
 from posttrain.data.preference import build_preference_pairs
 from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
-from posttrain.models.loading import count_parameters, load_model, load_tokenizer
-from posttrain.track import Tracker
-from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, build_optimizer,
-                                    build_scheduler, device_of, prepare_run_dir, total_steps)
+from posttrain.models.loading import load_model, load_tokenizer
+from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, prepare_run_dir,
+                                    start_training, total_steps)
 from posttrain.train.sft import format_metrics, save_final
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -70,24 +68,9 @@ def run(cfg: DPOConfig) -> dict:
         reference_model.requires_grad_(False)
     elif cfg.preference.loss in losses.REQUIRES_REFERENCE:
         data.reference = reference_logps(model, data, tokenizer, cfg, run_dir, resume_from)
-    model = distributed.wrap(model.train(), world, cfg.train.strategy, precision=cfg.train.precision,
-                             cpu_offload=cfg.train.fsdp_cpu_offload)
-    optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, num_steps)
-    start_step = 0
-    if resume_from is not None:
-        start_step = checkpoint.read_training_state(resume_from, optimizer=optimizer, scheduler=scheduler,
-                                                    model=model)["step"]
-    else:
-        torch.manual_seed(cfg.seed + world.rank)
-
-    trainable, total = count_parameters(distributed.unwrap(model))
-    tracker = Tracker(run_dir, total_steps=num_steps, start_step=start_step, report_to=cfg.log.report_to,
-                      progress=cfg.log.progress, config=to_dict(cfg), active=world.is_main)
-    tracker.write(f"{len(data.train)} training pairs{data.report}; loss {cfg.preference.loss}; {num_steps} steps "
-                  f"of {global_batch} pairs ({micro} per micro-batch × {accum} accumulation × "
-                  f"{world.world_size} process(es)); {trainable:,} of {total:,} parameters trainable"
-                  + (f"; resuming at step {start_step}" if start_step else ""))
+    model, optimizer, scheduler, start_step, tracker = start_training(
+        cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
+        f"{len(data.train)} training pairs{data.report}; loss {cfg.preference.loss}", unit="pairs")
     if cfg.eval.at_start and start_step == 0:
         tracker.log(0, evaluate(model, reference_model, tokenizer, data, cfg, loss_fn, loss_kwargs))
 

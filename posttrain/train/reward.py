@@ -15,16 +15,15 @@ import time
 
 import torch
 
-from posttrain import checkpoint, distributed, tasks
+from posttrain import distributed, tasks
 from posttrain.algos.reward import bradley_terry, reward_centering
-from posttrain.config import RMConfig, to_dict
+from posttrain.config import RMConfig
 from posttrain.data import collate, load_rows
 from posttrain.data.preference import build_preference_pairs
 from posttrain.errors import ConfigError
-from posttrain.models.loading import count_parameters, load_model, load_tokenizer
-from posttrain.track import Tracker
-from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, build_optimizer,
-                                    build_scheduler, device_of, prepare_run_dir, total_steps)
+from posttrain.models.loading import load_model, load_tokenizer
+from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, prepare_run_dir,
+                                    start_training, total_steps)
 from posttrain.train.sft import format_metrics, save_checkpoint, save_final
 
 METRICS = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected")
@@ -48,23 +47,9 @@ def run(cfg: RMConfig) -> dict:
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed, head="score",
                        weights_dir=resume_from / "model" if resume_from else None)
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last token that is not padding
-    model = distributed.wrap(model.to(world.device).train(), world, cfg.train.strategy,
-                             precision=cfg.train.precision, cpu_offload=cfg.train.fsdp_cpu_offload)
-    optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, num_steps)
-    start_step = 0
-    if resume_from is not None:
-        start_step = checkpoint.read_training_state(resume_from, optimizer=optimizer, scheduler=scheduler,
-                                                    model=model)["step"]
-    else:
-        torch.manual_seed(cfg.seed + world.rank)
-    trainable, total = count_parameters(distributed.unwrap(model))
-    tracker = Tracker(run_dir, total_steps=num_steps, start_step=start_step, report_to=cfg.log.report_to,
-                      progress=cfg.log.progress, config=to_dict(cfg), active=world.is_main)
-    tracker.write(f"{len(train_pairs)} training pairs{report}; {num_steps} steps of {global_batch} pairs "
-                  f"({micro} per micro-batch × {accum} accumulation × {world.world_size} process(es)); "
-                  f"{trainable:,} of {total:,} parameters trainable"
-                  + (f"; resuming at step {start_step}" if start_step else ""))
+    model, optimizer, scheduler, start_step, tracker = start_training(
+        cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
+        f"{len(train_pairs)} training pairs{report}", unit="pairs")
     if cfg.eval.at_start and start_step == 0 and eval_pairs:
         tracker.log(0, evaluate(model, eval_pairs, tokenizer, cfg))
 

@@ -21,13 +21,12 @@ import torch
 from posttrain import checkpoint, distributed, tasks
 from posttrain.algos.aggregate import aggregate
 from posttrain.algos.sft import token_cross_entropy
-from posttrain.config import SFTConfig, to_dict
+from posttrain.config import SFTConfig
 from posttrain.data import build_sft_examples, collate, load_rows, normalize
 from posttrain.eval.accuracy import greedy_accuracy
-from posttrain.models.loading import count_parameters, load_model, load_tokenizer
-from posttrain.track import Tracker
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, build_optimizer, build_scheduler,
-                                    device_of, forward_logits, prepare_run_dir, total_steps)
+from posttrain.models.loading import load_model, load_tokenizer
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, forward_logits, prepare_run_dir,
+                                    start_training, total_steps)
 
 
 def run(cfg: SFTConfig) -> dict:
@@ -47,24 +46,9 @@ def run(cfg: SFTConfig) -> dict:
 
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
                        weights_dir=resume_from / "model" if resume_from else None)
-    model = distributed.wrap(model.to(world.device).train(), world, cfg.train.strategy,
-                             precision=cfg.train.precision, cpu_offload=cfg.train.fsdp_cpu_offload)
-    optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, num_steps)
-    start_step = 0
-    if resume_from is not None:
-        start_step = checkpoint.read_training_state(resume_from, optimizer=optimizer, scheduler=scheduler,
-                                                    model=model)["step"]
-    else:
-        torch.manual_seed(cfg.seed + world.rank)
-
-    trainable, total = count_parameters(distributed.unwrap(model))
-    tracker = Tracker(run_dir, total_steps=num_steps, start_step=start_step, report_to=cfg.log.report_to,
-                      progress=cfg.log.progress, config=to_dict(cfg), active=world.is_main)
-    tracker.write(f"{len(data.train)} training examples{data.report}; {num_steps} steps of {global_batch} examples "
-                  f"({micro} per micro-batch × {accum} accumulation × {world.world_size} process(es)); "
-                  f"{trainable:,} of {total:,} parameters trainable"
-                  + (f"; resuming at step {start_step}" if start_step else ""))
+    model, optimizer, scheduler, start_step, tracker = start_training(
+        cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
+        f"{len(data.train)} training examples{data.report}")
     if cfg.eval.at_start and start_step == 0:
         tracker.log(0, evaluate(model, tokenizer, data, cfg))
 
