@@ -1,7 +1,11 @@
 """`posttrain generate` and `posttrain chat` through the real entry points."""
 
+import importlib.util
 import io
 import json
+
+import pytest
+import torch
 
 from conftest import run_cli, write_jsonl
 from posttrain import cli, config as C
@@ -47,7 +51,6 @@ def test_chat_keeps_the_conversation_and_resets():
 
 
 def test_generate_with_beam_search_equals_hf_beam_search(tmp_path):
-    import torch
     from transformers import AutoModelForCausalLM
     from posttrain.models.loading import load_tokenizer
     from posttrain.models.tiny import tiny_path
@@ -70,6 +73,8 @@ def test_generate_with_beam_search_equals_hf_beam_search(tmp_path):
         assert torch.allclose(torch.tensor(scores), hf.sequences_scores, atol=1e-4)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None and torch.cuda.is_available(),
+                    reason="vLLM and a GPU are here: tests/test_vllm.py runs the real engine")
 def test_vllm_engine_without_vllm_or_gpu_exits_2_with_the_fix(tmp_path, capsys):
     assert cli.main(["generate", f"output={tmp_path}/v.jsonl", "rollout.engine=vllm", "num_prompts=1"]) == 2
     err = capsys.readouterr().err
