@@ -1,5 +1,5 @@
-"""Preference data: paired rows (prompt, chosen, rejected [, margin]) and unpaired rows (prompt, completion,
-label) tokenized into SFT-style examples, one per response, so the same collate/packing serves every loss.
+"""Preference data: paired rows (prompt, chosen, rejected [, margin]) tokenized into SFT-style examples, one per
+response, so the same collate/packing serves every loss.
 
     pairs, report = build_preference_pairs(rows, tokenizer, max_length=512, policy="drop")
     pairs[0] == {"chosen": {"input_ids", "labels"}, "rejected": {"input_ids", "labels"}, "margin": 0.0}
@@ -10,7 +10,7 @@ A response's labels mark its completion tokens (the prompt is -100), exactly as 
 Bad rows follow `policy` (data.truncation): "error" stops at the first one with file, row, field and the fix;
 "drop" and "truncate" skip it and count it under its reason:
 
-    missing_field        no rejected / chosen / completion / label (or another field the format needs)
+    missing_field        no prompt / chosen / rejected
     invalid_field        a field of the wrong type, or an empty response
     identical_responses  chosen == rejected: the pair carries no preference
     too_long             prompt + response longer than max_length ("drop"; "truncate" cuts the response)
@@ -56,34 +56,6 @@ def build_preference_pairs(rows: Rows | list[dict], tokenizer, *, max_length: in
     return pairs, report
 
 
-def build_unpaired_examples(rows: Rows | list[dict], tokenizer, *, max_length: int, policy: str = "error",
-                            use_chat_template: bool | None = None) -> tuple[list[dict], DropReport]:
-    """Tokenize unpaired rows (prompt, completion, label) → ([{"prompt", "example", "desirable"}], DropReport).
-
-    Paired rows are accepted too and become two examples: chosen desirable, rejected undesirable (how KTO is
-    usually run on preference data). "prompt" keeps the prompt's own token count, which KTO's mismatched
-    pairs (prompt i + completion j) need.
-    """
-    rows, report = _check(rows, policy, max_length)
-    out = []
-    for i, raw in enumerate(rows):
-        try:
-            kind = "preference" if {"chosen", "rejected"} <= set(raw) else "unpaired"
-            row = _normalize_row(raw, kind)
-            responses = ([(row["chosen"], True, "chosen"), (row["rejected"], False, "rejected")]
-                         if kind == "preference" else [(row["completion"], row["label"], "completion")])
-            examples = [(_example(row["prompt"], text, name, tokenizer, max_length, policy, use_chat_template), good)
-                        for text, good, name in responses]
-        except (DataError, _Skip) as e:
-            _handle(rows, i, e, policy, report)
-            continue
-        out += [{"prompt": row["prompt"], "example": ex, "desirable": good} for ex, good in examples]
-    if not out:
-        raise DataError(f"no usable example: {report.summary()}", file=rows.source,
-                        fix="check the data (fields prompt, completion, label) or data.max_length")
-    return out, report
-
-
 def response_example(prompt, response, tokenizer, *, use_chat_template: bool | None = None) -> dict:
     """{"input_ids", "labels"} for prompt + response with only the response's tokens labelled."""
     return tokenize_sft({"prompt": prompt, "completion": response}, tokenizer, use_chat_template=use_chat_template)
@@ -124,11 +96,9 @@ def _example(prompt, response, name: str, tokenizer, max_length: int, policy: st
 
 def _handle(rows: Rows, i: int, e: Exception, policy: str, report: DropReport) -> None:
     """Raise a located DataError under policy "error"; otherwise count the row as dropped."""
-    if isinstance(e, _Skip):
-        if policy == "error":
-            raise rows.error(i, e.reason, field=e.field, fix=e.fix) from None
-        report.add(e.reason_key)
-        return
     if policy == "error":
         raise rows.error(i, e.reason, field=e.field, fix=e.fix) from None
-    report.add("missing_field" if e.reason.startswith("missing field") else "invalid_field")
+    if isinstance(e, _Skip):
+        report.add(e.reason_key)
+    else:
+        report.add("missing_field" if e.reason.startswith("missing field") else "invalid_field")

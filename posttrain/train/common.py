@@ -178,6 +178,18 @@ def device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def optimizer_step(model, optimizer, cfg, guard: "NonFiniteGuard", loss: float) -> float:
+    """Clip the gradient norm (train.max_grad_norm; 0 = no clipping), step unless loss or norm is non-finite
+    (the guard counts and eventually aborts), zero the gradients. Returns the pre-clip gradient norm."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+    grad_norm = distributed.local_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    if guard.ok(loss, grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm.item()
+
+
 class NonFiniteGuard:
     """Skip a step whose loss or gradient is not finite; abort after `limit` in a row.
 

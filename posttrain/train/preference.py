@@ -31,8 +31,8 @@ from posttrain.data.preference import build_preference_pairs
 from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer
-from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, prepare_run_dir,
-                                    start_training, total_steps)
+from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, optimizer_step,
+                                    prepare_run_dir, start_training, total_steps)
 from posttrain.train.sft import format_metrics, save_final
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -85,17 +85,12 @@ def run(cfg: DPOConfig) -> dict:
         micro_batches = [mine[j:j + micro] for j in range(0, per_rank, micro)]
         sums = accumulate_gradients(model, reference_model, micro_batches, data, data.reference_train, tokenizer,
                                     cfg, loss_fn, loss_kwargs, global_batch)
-        params = [p for p in model.parameters() if p.requires_grad]
-        max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
-        grad_norm = distributed.local_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        if guard.ok(sums["loss"], grad_norm):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(model, optimizer, cfg, guard, sums["loss"])
         scheduler.step()
         done = step + 1
         if reference_model is not None and done % cfg.preference.ref_sync_steps == 0:
             update_reference(reference_model, distributed.unwrap(model), cfg.preference.ref_mixup_alpha)
-        metrics = {**sums, "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0],
+        metrics = {**sums, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
                    "pairs_per_s": global_batch / (time.perf_counter() - t0),
                    "epoch": done * global_batch / len(data.train)}
         if guard.skipped:

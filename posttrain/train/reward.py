@@ -15,15 +15,15 @@ import time
 
 import torch
 
-from posttrain import distributed, tasks
+from posttrain import distributed
 from posttrain.algos.reward import bradley_terry, reward_centering
 from posttrain.config import RMConfig
-from posttrain.data import collate, load_rows
-from posttrain.data.preference import build_preference_pairs
+from posttrain.data import collate
 from posttrain.errors import ConfigError
 from posttrain.models.loading import load_model, load_tokenizer
-from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, prepare_run_dir,
-                                    start_training, total_steps)
+from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, optimizer_step,
+                                    prepare_run_dir, start_training, total_steps)
+from posttrain.train.preference import load_preference_data
 from posttrain.train.sft import format_metrics, save_checkpoint, save_final
 
 METRICS = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected")
@@ -34,11 +34,13 @@ def run(cfg: RMConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     world = distributed.init()
     if cfg.reward.mode != "outcome":
-        raise ConfigError("reward.mode=prm (a score per reasoning step) is not available yet — fix: reward.mode=outcome")
+        raise ConfigError("reward.mode=prm (a score per reasoning step) is not available yet — fix: "
+                          "reward.mode=outcome")
 
     # ---- setup ------------------------------------------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    train_pairs, eval_pairs, report = load_pairs(cfg, tokenizer)
+    data = load_preference_data(cfg, tokenizer)  # the same pairs (and drop policy) as `posttrain dpo`
+    train_pairs, eval_pairs, report = data.train, data.eval, data.report
     micro, accum, global_batch = batch_plan(cfg.train, world.world_size)
     num_steps = total_steps(cfg.train, len(train_pairs), global_batch)
     distributed.check_strategy(cfg.train, world)
@@ -69,15 +71,10 @@ def run(cfg: RMConfig) -> dict:
                 (losses.sum() / global_batch * world.world_size).backward()
             totals += pair_sums(losses, chosen, rejected)
         sums = distributed.all_reduce_tensor(totals) / global_batch
-        params = [p for p in model.parameters() if p.requires_grad]
-        max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
-        grad_norm = distributed.local_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        if guard.ok(float(sums[0]), grad_norm):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(model, optimizer, cfg, guard, float(sums[0]))
         scheduler.step()
         done = step + 1
-        metrics = {**{name: v.item() for name, v in zip(METRICS, sums)}, "grad_norm": grad_norm.item(),
+        metrics = {**{name: v.item() for name, v in zip(METRICS, sums)}, "grad_norm": grad_norm,
                    "lr": scheduler.get_last_lr()[0], "pairs_per_s": global_batch / (time.perf_counter() - t0),
                    "epoch": done * global_batch / len(train_pairs)}
         if guard.skipped:
@@ -141,23 +138,3 @@ def evaluate(model, eval_pairs: list[dict], tokenizer, cfg: RMConfig) -> dict:
         totals += pair_sums(*pair_losses(model, eval_pairs[start:start + cfg.eval.batch_size], tokenizer, cfg))
     model.train()
     return {f"eval/{name}": (total / len(eval_pairs)).item() for name, total in zip(METRICS, totals)}
-
-
-def load_pairs(cfg: RMConfig, tokenizer):
-    """(train pairs, eval pairs, drop summary): user files, or the task's pairs (right vs wrong final answer)."""
-    task = None
-    if cfg.data.train_path is None or cfg.data.eval_path is None:
-        task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
-
-    def build(rows):
-        return build_preference_pairs(rows, tokenizer, max_length=cfg.data.max_length, policy=cfg.data.truncation,
-                                      use_chat_template=tokenizer.chat_template is not None)
-
-    train, report = build(load_rows(cfg.data.train_path, columns=cfg.data.columns) if cfg.data.train_path
-                          else task.preference_rows("train", cfg.task.num_train, cfg.seed))
-    eval_pairs = []
-    if cfg.data.eval_path is not None:
-        eval_pairs, _ = build(load_rows(cfg.data.eval_path, columns=cfg.data.columns))
-    elif cfg.data.train_path is None:
-        eval_pairs, _ = build(task.preference_rows("eval", cfg.task.num_eval, cfg.seed))
-    return train, eval_pairs, f" ({report.summary()})" if report.dropped else ""

@@ -25,8 +25,8 @@ from posttrain.config import SFTConfig
 from posttrain.data import build_sft_examples, collate, load_rows, normalize
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, forward_logits, prepare_run_dir,
-                                    start_training, total_steps)
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, forward_logits,
+                                    optimizer_step, prepare_run_dir, start_training, total_steps)
 
 
 def run(cfg: SFTConfig) -> dict:
@@ -92,14 +92,9 @@ def train_step(model, optimizer, micro_batches: list[dict], cfg: SFTConfig, guar
     """One optimizer step over this rank's micro-batches. Returns (loss, grad_norm, input tokens), each for
     the whole step over all ranks."""
     loss = accumulate_gradients(model, micro_batches, cfg.train.precision)
-    params = [p for p in model.parameters() if p.requires_grad]
-    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
-    grad_norm = distributed.local_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    if guard.ok(loss, grad_norm):
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = optimizer_step(model, optimizer, cfg, guard, loss)
     n_tokens = distributed.all_reduce_sum(sum(int((mb["seq_index"] >= 0).sum()) for mb in micro_batches))
-    return loss, grad_norm.item(), n_tokens
+    return loss, grad_norm, n_tokens
 
 
 def accumulate_gradients(model, micro_batches: list[dict], precision: str = "fp32") -> float:
