@@ -1,8 +1,10 @@
-"""Preference data: paired rows (prompt, chosen, rejected [, margin]) tokenized into SFT-style examples, one per
-response, so the same collate/packing serves every loss.
+"""Preference data: paired rows (prompt, chosen, rejected [, margin]) and unpaired rows (prompt, completion,
+label) tokenized into SFT-style examples, one per response, so the same collate/packing serves every loss.
 
     pairs, report = build_preference_pairs(rows, tokenizer, max_length=512, policy="drop")
     pairs[0] == {"chosen": {"input_ids", "labels"}, "rejected": {"input_ids", "labels"}, "margin": 0.0}
+    items, report = build_unpaired_examples(rows, tokenizer, max_length=512, policy="drop")   # KTO
+    items[0] == {"completion": {...}, "mismatched": {...}, "desirable": True}
 
 A response's labels mark its completion tokens (the prompt is -100), exactly as SFT would train on it, so
 Σ log π over the labelled tokens is log π(response | prompt).
@@ -10,7 +12,7 @@ A response's labels mark its completion tokens (the prompt is -100), exactly as 
 Bad rows follow `policy` (data.truncation): "error" stops at the first one with file, row, field and the fix;
 "drop" and "truncate" skip it and count it under its reason:
 
-    missing_field        no prompt / chosen / rejected
+    missing_field        no prompt / chosen / rejected (unpaired: completion / label)
     invalid_field        a field of the wrong type, or an empty response
     identical_responses  chosen == rejected: the pair carries no preference
     too_long             prompt + response longer than max_length ("drop"; "truncate" cuts the response)
@@ -54,6 +56,60 @@ def build_preference_pairs(rows: Rows | list[dict], tokenizer, *, max_length: in
         raise DataError(f"no usable preference pair: {report.summary()}", file=rows.source,
                         fix="check the data (fields prompt, chosen, rejected) or data.max_length")
     return pairs, report
+
+
+def build_unpaired_examples(rows: Rows | list[dict], tokenizer, *, max_length: int, policy: str = "error",
+                            use_chat_template: bool | None = None) -> tuple[list[dict], DropReport]:
+    """Tokenize rows for KTO → ([{"completion", "mismatched", "desirable"}], DropReport), in row order.
+
+    Unpaired rows (prompt, completion, label) give one item each; paired rows (prompt, chosen, rejected) give
+    two — chosen desirable, rejected undesirable — which is how KTO is usually run on preference data (the two
+    kinds may be mixed in one file).
+
+    "mismatched" is this item's prompt followed by ANOTHER item's completion (the next item, cyclically, with a
+    different prompt of the same kind): KTO's reference point z0 = KL(π‖π_ref) is estimated on such pairs, so
+    the estimate does not reward the item's own completion. Fixing the partner here, once, lets the reference
+    log-probs of the mismatched examples be precomputed like every other. A mismatched example longer than
+    max_length is cut (it only feeds a KL estimate); it keeps at least one completion token, since the prompt
+    fitted with its own completion.
+    """
+    rows, report = _check(rows, policy, max_length)
+    items = []
+    for i, raw in enumerate(rows):
+        try:
+            paired = {"chosen", "rejected"} <= set(raw)
+            row = _normalize_row(raw, "preference" if paired else "unpaired")
+            responses = ([("chosen", True), ("rejected", False)] if paired
+                         else [("completion", row["label"])])
+            built = [(row[name], _example(row["prompt"], row[name], name, tokenizer, max_length, policy,
+                                          use_chat_template), good) for name, good in responses]
+        except (DataError, _Skip) as e:
+            _handle(rows, i, e, policy, report)
+            continue
+        items += [{"prompt": row["prompt"], "response": text, "completion": example, "desirable": bool(good)}
+                  for text, example, good in built]
+    if not items:
+        raise DataError(f"no usable example: {report.summary()}", file=rows.source,
+                        fix="check the data (fields prompt, completion, label — or prompt, chosen, rejected) "
+                        "or data.max_length")
+    for i, item in enumerate(items):
+        partner = items[_mismatch_partner(items, i)]
+        example = response_example(item["prompt"], partner["response"], tokenizer,
+                                   use_chat_template=use_chat_template)
+        item["mismatched"] = {key: ids[:max_length] for key, ids in example.items()}
+    for item in items:
+        del item["prompt"], item["response"]
+    return items, report
+
+
+def _mismatch_partner(items: list[dict], i: int, search: int = 64) -> int:
+    """The next item (cyclically, within `search` items) whose prompt differs from item i's and has the same kind
+    (text or messages); failing that the next of the same kind (every prompt is the same), else i itself."""
+    prompt = items[i]["prompt"]
+    same_kind = [j for j in ((i + offset) % len(items) for offset in range(1, min(search, len(items))))
+                 if isinstance(items[j]["prompt"], str) == isinstance(prompt, str)]
+    different = [j for j in same_kind if items[j]["prompt"] != prompt]
+    return (different or same_kind or [i])[0]
 
 
 def response_example(prompt, response, tokenizer, *, use_chat_template: bool | None = None) -> dict:

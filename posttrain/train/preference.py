@@ -1,6 +1,7 @@
 """Preference optimization (`posttrain dpo`): the DPO family on pairs, KTO on unpaired examples, one loop.
 
     setup      tokenizer → pairs (validated, bad rows per data.truncation, counted) → run dir → model
+               (KTO: single responses labelled desirable / undesirable; pairs become one of each)
     reference  log π_ref of every response, computed ONCE before the first step with the initial weights and
                cached in RUN_DIR/reference_logps.safetensors (resume reads it back), so only one model is in
                memory while training; with LoRA the initial model is the base (adapters start at zero).
@@ -9,7 +10,11 @@
                one (packed) forward; Σ log π per response; the registered loss (algos/preference.py) gives a
                loss per pair; the step's loss is their mean over the G pairs of all ranks (sum ÷ G per
                micro-batch, so accumulation is exact)
-    log        loss, rewards/{chosen,rejected,margins,accuracies}, logps/{chosen,rejected} — TRL's names
+    KTO step   G examples; first a no-grad pass over the step's mismatched examples (prompt i + another
+               example's completion) gives the reference point z0 ≈ KL(π‖π_ref) for the whole step, all ranks;
+               then the loss per example against that z0, accumulated exactly as above
+    log        loss, rewards/{chosen,rejected,margins,accuracies}, logps/{chosen,rejected} — TRL's names (KTO:
+               no accuracies — there are no pairs — and `kl`, the step's z0)
     eval       the same metrics on held-out pairs (eval/…) and task accuracy by greedy generation
 """
 
@@ -27,7 +32,7 @@ from posttrain.algos import preference as losses
 from posttrain.algos.logprobs import token_logprobs
 from posttrain.config import DPOConfig
 from posttrain.data import collate, load_rows
-from posttrain.data.preference import build_preference_pairs
+from posttrain.data.preference import build_preference_pairs, build_unpaired_examples
 from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer
@@ -38,6 +43,8 @@ from posttrain.train.sft import format_metrics, save_final
 REFERENCE_FILE = "reference_logps.safetensors"
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
            "logps/rejected")
+UNPAIRED_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
+                    "kl")
 
 
 def run(cfg: DPOConfig) -> dict:
@@ -52,7 +59,8 @@ def run(cfg: DPOConfig) -> dict:
 
     # ---- setup: every check on user input happens before the run directory is touched -----------------------------
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    data = load_preference_data(cfg, tokenizer)
+    data = load_preference_data(cfg, tokenizer, unpaired=cfg.preference.loss in losses.UNPAIRED)
+    accumulate = accumulate_unpaired if data.unpaired else accumulate_gradients
     micro, accum, global_batch = batch_plan(cfg.train, world.world_size)
     num_steps = total_steps(cfg.train, len(data.train), global_batch)
     distributed.check_strategy(cfg.train, world)
@@ -70,7 +78,7 @@ def run(cfg: DPOConfig) -> dict:
         data.reference = reference_logps(model, data, tokenizer, cfg, run_dir, resume_from)
     model, optimizer, scheduler, start_step, tracker = start_training(
         cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
-        f"{len(data.train)} training pairs{data.report}; loss {cfg.preference.loss}", unit="pairs")
+        f"{len(data.train)} training {data.unit}{data.report}; loss {cfg.preference.loss}", unit=data.unit)
     if cfg.eval.at_start and start_step == 0:
         tracker.log(0, evaluate(model, reference_model, tokenizer, data, cfg, loss_fn, loss_kwargs))
 
@@ -83,15 +91,15 @@ def run(cfg: DPOConfig) -> dict:
         indices = batch_indices(step, global_batch, len(data.train), cfg.seed)
         mine = indices[world.rank * per_rank:(world.rank + 1) * per_rank]
         micro_batches = [mine[j:j + micro] for j in range(0, per_rank, micro)]
-        sums = accumulate_gradients(model, reference_model, micro_batches, data, data.reference_train, tokenizer,
-                                    cfg, loss_fn, loss_kwargs, global_batch)
+        sums = accumulate(model, reference_model, micro_batches, data, data.reference_train, tokenizer, cfg,
+                          loss_fn, loss_kwargs, global_batch)
         grad_norm = optimizer_step(model, optimizer, cfg, guard, sums["loss"])
         scheduler.step()
         done = step + 1
         if reference_model is not None and done % cfg.preference.ref_sync_steps == 0:
             update_reference(reference_model, distributed.unwrap(model), cfg.preference.ref_mixup_alpha)
         metrics = {**sums, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-                   "pairs_per_s": global_batch / (time.perf_counter() - t0),
+                   f"{data.unit}_per_s": global_batch / (time.perf_counter() - t0),
                    "epoch": done * global_batch / len(data.train)}
         if guard.skipped:
             metrics["skipped_steps"] = guard.skipped
@@ -123,9 +131,6 @@ def resolve_loss(cfg: DPOConfig):
         fn = losses.get(cfg.preference.loss)
     except ValueError as e:
         raise ConfigError(f"preference.loss: {e}") from None
-    if cfg.preference.loss in losses.UNPAIRED:
-        raise ConfigError(f"preference.loss={cfg.preference.loss} trains on unpaired examples, which this loop does "
-                          "not take yet — fix: choose a paired loss (dpo, ipo, simpo, …)")
     if cfg.preference.loss == "tr_dpo" and cfg.preference.ref_sync_steps < 1:
         raise ConfigError("preference.loss=tr_dpo updates its reference every preference.ref_sync_steps steps — "
                           "fix: set preference.ref_sync_steps to a positive number (e.g. 32)")
@@ -202,6 +207,70 @@ def pair_sums(out, logps) -> torch.Tensor:
     return torch.stack([v.double().cpu() for v in values])
 
 
+def kto_reference_point(model, items: list[dict], micro_batches: list[list[int]], reference: dict, tokenizer,
+                        cfg) -> torch.Tensor:
+    """KTO's z0 for one step: max(0, mean of log π − log π_ref over the step's mismatched examples, all ranks),
+    without gradient — `algos.preference.kto_reference_point` over the whole step's batch.
+
+    A no-grad pass over every micro-batch before any backward, so each micro-batch's loss uses the same z0 and
+    gradient accumulation stays exact (a per-micro-batch z0 would make the step depend on how it is split).
+    """
+    totals = torch.zeros(2, dtype=torch.float64)  # Σ (log π − log π_ref), count
+    with torch.no_grad():
+        for indices in micro_batches:
+            sums, _ = response_logps(model, [items[i]["mismatched"] for i in indices], tokenizer.pad_token_id,
+                                     cfg.data.packing, cfg.train.precision)
+            log_ratio = sums.double().cpu() - reference["mismatched"][torch.tensor(indices)].double()
+            totals += torch.tensor([log_ratio.sum().item(), len(indices)], dtype=torch.float64)
+    totals = distributed.all_reduce_tensor(totals)
+    return (totals[0] / totals[1]).clamp(min=0).float()
+
+
+def unpaired_loss(model, items: list[dict], indices: list[int], reference: dict, z0: torch.Tensor, tokenizer, cfg,
+                  loss_fn, loss_kwargs):
+    """The unpaired (KTO) loss on items[indices] against the step's z0 → (PreferenceLoss, log π [B], desirable [B])."""
+    sums, _ = response_logps(model, [items[i]["completion"] for i in indices], tokenizer.pad_token_id,
+                             cfg.data.packing, cfg.train.precision)
+    ref = reference["completion"][torch.tensor(indices)].to(sums.device)
+    desirable = torch.tensor([items[i]["desirable"] for i in indices], device=sums.device)
+    return loss_fn(sums, ref, desirable, z0.to(sums.device), **loss_kwargs), sums, desirable
+
+
+def accumulate_unpaired(model, reference_model, micro_batches: list[list[int]], data, reference, tokenizer, cfg,
+                        loss_fn, loss_kwargs, global_batch: int) -> dict:
+    """KTO's step: z0 first (no grad), then backward over this rank's micro-batches; the gradient is that of
+    the mean loss over the step's G examples on all ranks. (reference_model: unused, KTO's reference is cached.)"""
+    world_size = distributed.world_size()
+    z0 = kto_reference_point(model, data.train, micro_batches, reference, tokenizer, cfg)
+    totals = torch.zeros(7, dtype=torch.float64)
+    for i, indices in enumerate(micro_batches):
+        with distributed.gradient_sync(model, enabled=i == len(micro_batches) - 1):
+            out, logps, desirable = unpaired_loss(model, data.train, indices, reference, z0, tokenizer, cfg,
+                                                  loss_fn, loss_kwargs)
+            (out.losses.sum() / global_batch * world_size).backward()
+        totals += unpaired_sums(out, logps, desirable)
+    return unpaired_metrics(distributed.all_reduce_tensor(totals), z0)
+
+
+def unpaired_sums(out, logps, desirable) -> torch.Tensor:
+    """Σ loss, Σ reward and Σ log π of desirable / undesirable examples, and their counts (a [7] float64 tensor)."""
+    logps, wanted = logps.detach(), desirable.bool()
+    values = [out.losses.detach().sum(), out.chosen_rewards.detach().sum(), out.rejected_rewards.detach().sum(),
+              logps[wanted].sum(), logps[~wanted].sum(), wanted.sum(), (~wanted).sum()]
+    return torch.stack([v.double().cpu() for v in values])
+
+
+def unpaired_metrics(totals: torch.Tensor, z0: torch.Tensor) -> dict:
+    """UNPAIRED_METRICS from summed totals: rewards and log-probs are means over the matching examples only."""
+    loss, chosen, rejected, logps_chosen, logps_rejected, n_desirable, n_undesirable = totals.tolist()
+    count = n_desirable + n_undesirable
+    n_desirable, n_undesirable = max(n_desirable, 1.0), max(n_undesirable, 1.0)  # 0 / 1 = 0 when none of a kind
+    chosen, rejected = chosen / n_desirable, rejected / n_undesirable
+    return {"loss": loss / count, "rewards/chosen": chosen, "rewards/rejected": rejected, "rewards/margins": chosen - rejected,
+            "logps/chosen": logps_chosen / n_desirable, "logps/rejected": logps_rejected / n_undesirable,
+            "kl": z0.item()}
+
+
 @torch.no_grad()
 def update_reference(reference_model, model, alpha: float) -> None:
     """TR-DPO's trust-region step: θ_ref ← α·θ + (1 − α)·θ_ref (α = 1 replaces the reference)."""
@@ -215,13 +284,23 @@ def update_reference(reference_model, model, alpha: float) -> None:
 
 @dataclass
 class PreferenceData:
-    train: list[dict]
+    train: list[dict]  # pairs {"chosen", "rejected", "margin"}, or (unpaired) {"completion", "mismatched", "desirable"}
     eval: list[dict]
     problems: list[dict]
     score: object
     use_chat_template: bool
     report: str
-    reference: dict | None = None  # {"train": {"chosen": [N], "rejected": [N]}, "eval": {...}}
+    unpaired: bool = False
+    reference: dict | None = None  # {"train": {name: [N] for name in responses}, "eval": {...}}
+
+    @property
+    def responses(self) -> tuple[str, str]:
+        """The two tokenized responses each item holds (the reference cache keeps log π_ref of both)."""
+        return ("completion", "mismatched") if self.unpaired else ("chosen", "rejected")
+
+    @property
+    def unit(self) -> str:
+        return "examples" if self.unpaired else "pairs"
 
     @property
     def reference_train(self):
@@ -232,15 +311,18 @@ class PreferenceData:
         return None if self.reference is None else self.reference["eval"]
 
 
-def load_preference_data(cfg: DPOConfig, tokenizer) -> PreferenceData:
-    """User files when data.train_path is set, else the task's pairs (correct vs. wrong final answer)."""
+def load_preference_data(cfg: DPOConfig, tokenizer, unpaired: bool = False) -> PreferenceData:
+    """User files when data.train_path is set, else the task's pairs (correct vs. wrong final answer).
+
+    unpaired: build KTO's items (build_unpaired_examples) instead of pairs."""
     task, problems = None, []
     if cfg.data.train_path is None or cfg.data.eval_path is None:
         task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
     use_template = tokenizer.chat_template is not None
 
     def build(rows):
-        return build_preference_pairs(rows, tokenizer, max_length=cfg.data.max_length, policy=cfg.data.truncation,
+        builder = build_unpaired_examples if unpaired else build_preference_pairs
+        return builder(rows, tokenizer, max_length=cfg.data.max_length, policy=cfg.data.truncation,
                                       use_chat_template=use_template)
 
     train_rows = (load_rows(cfg.data.train_path, columns=cfg.data.columns) if cfg.data.train_path is not None
@@ -253,13 +335,13 @@ def load_preference_data(cfg: DPOConfig, tokenizer) -> PreferenceData:
         eval_pairs, _ = build(task.preference_rows("eval", cfg.task.num_eval, cfg.seed))
         problems = task.rows("eval", min(cfg.eval.num_samples, cfg.task.num_eval), cfg.seed)
     dropped = f" ({report.summary()})" if report.dropped else ""
-    return PreferenceData(train, eval_pairs, problems, task.score if task else None, use_template, dropped)
+    return PreferenceData(train, eval_pairs, problems, task.score if task else None, use_template, dropped, unpaired)
 
 
 @torch.no_grad()
 def reference_logps(model, data: PreferenceData, tokenizer, cfg: DPOConfig, run_dir: Path,
                     resume_from: Path | None) -> dict:
-    """log π_ref of every chosen/rejected response of train and eval, from the model as loaded (the reference).
+    """log π_ref of both responses of every item (data.responses) of train and eval, from the model as loaded.
 
     Written once to RUN_DIR/reference_logps.safetensors before training starts; a resumed run reads it back
     instead of recomputing from weights it no longer has. Each rank computes a slice; the slices are summed.
@@ -267,23 +349,24 @@ def reference_logps(model, data: PreferenceData, tokenizer, cfg: DPOConfig, run_
     path = run_dir / REFERENCE_FILE
     if resume_from is not None:
         flat = load_file(str(path))
-        return {split: {k: flat[f"{split}/{k}"] for k in ("chosen", "rejected")} for split in ("train", "eval")}
+        return {split: {k: flat[f"{split}/{k}"] for k in data.responses} for split in ("train", "eval")}
     was_training = model.training
     model.eval()
     out, flat = {}, {}
     rank, world_size = distributed.rank(), distributed.world_size()
-    for split, pairs in (("train", data.train), ("eval", data.eval)):
-        values = torch.zeros(2, len(pairs), dtype=torch.float64)
-        mine = list(range(rank * cfg.eval.batch_size, len(pairs), world_size * cfg.eval.batch_size))
+    first, second = data.responses
+    for split, items in (("train", data.train), ("eval", data.eval)):
+        values = torch.zeros(2, len(items), dtype=torch.float64)
+        mine = list(range(rank * cfg.eval.batch_size, len(items), world_size * cfg.eval.batch_size))
         for start in mine:
-            chunk = pairs[start:start + cfg.eval.batch_size]
-            examples = [p["chosen"] for p in chunk] + [p["rejected"] for p in chunk]
+            chunk = items[start:start + cfg.eval.batch_size]
+            examples = [item[first] for item in chunk] + [item[second] for item in chunk]
             sums, _ = response_logps(model, examples, tokenizer.pad_token_id, cfg.data.packing, cfg.train.precision)
             values[0, start:start + len(chunk)] = sums[:len(chunk)].double().cpu()
             values[1, start:start + len(chunk)] = sums[len(chunk):].double().cpu()
         values = distributed.all_reduce_tensor(values).float()
-        out[split] = {"chosen": values[0], "rejected": values[1]}
-        flat.update({f"{split}/chosen": values[0].contiguous(), f"{split}/rejected": values[1].contiguous()})
+        out[split] = {first: values[0], second: values[1]}
+        flat.update({f"{split}/{first}": values[0].contiguous(), f"{split}/{second}": values[1].contiguous()})
     model.train(was_training)
     if distributed.rank() == 0:
         tmp = path.with_suffix(".tmp")
@@ -303,7 +386,14 @@ def evaluate(model, reference_model, tokenizer, data: PreferenceData, cfg: DPOCo
     out = {}
     with torch.random.fork_rng(devices=[]):
         model.eval()
-        if data.eval:
+        if data.eval and data.unpaired:
+            chunks = [list(range(start, min(start + cfg.eval.batch_size, len(data.eval))))
+                      for start in range(0, len(data.eval), cfg.eval.batch_size)]
+            z0 = kto_reference_point(model, data.eval, chunks, data.reference_eval, tokenizer, cfg)
+            totals = sum(unpaired_sums(*unpaired_loss(model, data.eval, chunk, data.reference_eval, z0, tokenizer,
+                                                      cfg, loss_fn, loss_kwargs)) for chunk in chunks)
+            out.update({f"eval/{name}": value for name, value in unpaired_metrics(totals, z0).items()})
+        elif data.eval:
             totals = torch.zeros(len(METRICS), dtype=torch.float64)
             for start in range(0, len(data.eval), cfg.eval.batch_size):
                 indices = list(range(start, min(start + cfg.eval.batch_size, len(data.eval))))
