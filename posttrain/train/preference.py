@@ -228,7 +228,7 @@ def kto_reference_point(model, items: list[dict], micro_batches: list[list[int]]
 
 def unpaired_loss(model, items: list[dict], indices: list[int], reference: dict, z0: torch.Tensor, tokenizer, cfg,
                   loss_fn, loss_kwargs):
-    """The unpaired (KTO) loss on items[indices] against the step's z0 → (PreferenceLoss, log π [B], desirable [B])."""
+    """The KTO loss on items[indices] against the step's z0 → (PreferenceLoss, log π [B], desirable [B])."""
     sums, _ = response_logps(model, [items[i]["completion"] for i in indices], tokenizer.pad_token_id,
                              cfg.data.packing, cfg.train.precision)
     ref = reference["completion"][torch.tensor(indices)].to(sums.device)
@@ -266,7 +266,8 @@ def unpaired_metrics(totals: torch.Tensor, z0: torch.Tensor) -> dict:
     count = n_desirable + n_undesirable
     n_desirable, n_undesirable = max(n_desirable, 1.0), max(n_undesirable, 1.0)  # 0 / 1 = 0 when none of a kind
     chosen, rejected = chosen / n_desirable, rejected / n_undesirable
-    return {"loss": loss / count, "rewards/chosen": chosen, "rewards/rejected": rejected, "rewards/margins": chosen - rejected,
+    return {"loss": loss / count, "rewards/chosen": chosen, "rewards/rejected": rejected,
+            "rewards/margins": chosen - rejected,
             "logps/chosen": logps_chosen / n_desirable, "logps/rejected": logps_rejected / n_undesirable,
             "kl": z0.item()}
 
