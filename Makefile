@@ -24,6 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/sft_throughput.py
+	$(PY) benchmarks/dpo_throughput.py
 	$(PY) benchmarks/generation.py
 
 clean:
