@@ -112,6 +112,27 @@ def _mismatch_partner(items: list[dict], i: int, search: int = 64) -> int:
     return (different or same_kind or [i])[0]
 
 
+def verified_pairs(rows: list[dict], samples: list[list[dict]], max_pairs_per_prompt: int = 2) -> list[dict]:
+    """Preference rows from scored samples: chosen = a completion the verifier scored 1, rejected = one it scored
+    below 1, for the same prompt → [{"prompt", "chosen", "rejected"}].
+
+    rows[i]["prompt"] was sampled into samples[i] = [{"completion", "score"}, …] (eval.accuracy.sampled_completions).
+    Duplicate texts count once; unscorable samples (score None) are left out; a prompt whose samples are all right
+    or all wrong gives no pair. Up to `max_pairs_per_prompt` pairs per prompt: the k-th distinct correct
+    completion with the k-th distinct wrong one.
+
+    Example: samples "a" (1.0), "b" (0.0), "a" (1.0), "c" (0.0) → pairs (a, b) and, with max 2, nothing more
+    (only one distinct correct text).
+    """
+    out = []
+    for row, scored in zip(rows, samples):
+        right = list(dict.fromkeys(s["completion"] for s in scored if s["score"] is not None and s["score"] >= 1))
+        wrong = list(dict.fromkeys(s["completion"] for s in scored if s["score"] is not None and s["score"] < 1))
+        out += [{"prompt": row["prompt"], "chosen": c, "rejected": r}
+                for c, r in list(zip(right, wrong))[:max_pairs_per_prompt]]
+    return out
+
+
 def response_example(prompt, response, tokenizer, *, use_chat_template: bool | None = None) -> dict:
     """{"input_ids", "labels"} for prompt + response with only the response's tokens labelled."""
     return tokenize_sft({"prompt": prompt, "completion": response}, tokenizer, use_chat_template=use_chat_template)

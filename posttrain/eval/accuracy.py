@@ -1,17 +1,25 @@
-"""Task accuracy: generate greedily for held-out prompts and score each completion with the task verifier."""
+"""Task accuracy: generate greedily for held-out prompts and score each completion with the task verifier; and
+sampled, scored completions (the raw material of verified preference pairs, rejection sampling, pass@k)."""
 
 from __future__ import annotations
 
 from posttrain.rollout import HFEngine, SamplingParams, generate_text
 
 
+def _engine(model, tokenizer, batch_size: int) -> HFEngine:
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    return HFEngine(model, eos, tokenizer.pad_token_id, batch_size=batch_size)
+
+
+def _score(score, row: dict, completion: str):
+    return score(row["prompt"], completion, **{k: v for k, v in row.items() if k != "prompt"})
+
+
 def greedy_completions(model, tokenizer, prompts: list[str], *, use_chat_template: bool,
                        max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy decoding of each prompt through the rollout engine."""
     params = SamplingParams(temperature=0, max_new_tokens=max_new_tokens)
-    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    engine = HFEngine(model, eos, tokenizer.pad_token_id, batch_size=batch_size)
-    return [text for _, text in generate_text(engine, tokenizer, prompts, params,
+    return [text for _, text in generate_text(_engine(model, tokenizer, batch_size), tokenizer, prompts, params,
                                               use_chat_template=use_chat_template)]
 
 
@@ -26,7 +34,21 @@ def greedy_accuracy(model, tokenizer, rows: list[dict], score, *, use_chat_templ
                                      batch_size=batch_size)
     samples = []
     for row, completion in zip(rows, completions):
-        s = score(row["prompt"], completion, **{k: v for k, v in row.items() if k != "prompt"})
+        s = _score(score, row, completion)
         samples.append({"prompt": row["prompt"], "completion": completion, "score": s})
     accuracy = sum(s["score"] or 0.0 for s in samples) / max(1, len(samples))
     return accuracy, samples
+
+
+def sampled_completions(model, tokenizer, rows: list[dict], score, *, n: int, temperature: float = 1.0,
+                        use_chat_template: bool, max_new_tokens: int = 32, batch_size: int = 64,
+                        seed: int = 0) -> list[list[dict]]:
+    """n completions sampled for each of `rows` ({"prompt", "answer", …}), each scored by the verifier →
+    per row a list of {"completion", "score"} (score None = unscorable). Reproducible in `seed`, whatever the
+    batch size (the engine's per-sample seeds)."""
+    params = SamplingParams(temperature=temperature, n=n, max_new_tokens=max_new_tokens)
+    outputs = generate_text(_engine(model, tokenizer, batch_size), tokenizer, [r["prompt"] for r in rows], params,
+                            use_chat_template=use_chat_template, seed=seed)
+    texts = [text for _, text in outputs]  # prompt-major: row i's samples are texts[i·n:(i+1)·n]
+    return [[{"completion": text, "score": _score(score, row, text)} for text in texts[i * n:(i + 1) * n]]
+            for i, row in enumerate(rows)]

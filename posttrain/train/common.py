@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from posttrain import checkpoint, config as C, distributed
+from posttrain import checkpoint, config as C, distributed, tasks
 from posttrain.errors import ConfigError, UserError
 
 
@@ -59,6 +59,17 @@ def _prepare_run_dir(cfg) -> tuple[Path, Path | None]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Data order: an endless stream of per-epoch permutations
 # ---------------------------------------------------------------------------------------------------------------------
+
+def task_and_problems(cfg) -> tuple[object | None, list[dict]]:
+    """The built-in task, when it supplies data (no data.train_path / eval_path) or is scored, and the held-out
+    problems scored for greedy accuracy at evaluation (see eval.task_accuracy)."""
+    wanted = cfg.eval.task_accuracy if cfg.eval.task_accuracy is not None else cfg.data.train_path is None
+    if cfg.data.train_path is not None and cfg.data.eval_path is not None and not wanted:
+        return None, []
+    task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
+    problems = task.rows("eval", min(cfg.eval.num_samples, cfg.task.num_eval), cfg.seed) if wanted else []
+    return task, problems
+
 
 def batch_indices(step: int, global_batch: int, num_examples: int, seed: int) -> list[int]:
     """Example indices of optimizer step `step` (0-based).

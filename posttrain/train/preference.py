@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from posttrain import checkpoint, distributed, tasks
+from posttrain import checkpoint, distributed
 from posttrain.algos import preference as losses
 from posttrain.algos.logprobs import token_logprobs
 from posttrain.config import DPOConfig
@@ -37,7 +37,7 @@ from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, optimizer_step,
-                                    prepare_run_dir, start_training, total_steps)
+                                    prepare_run_dir, start_training, task_and_problems, total_steps)
 from posttrain.train.sft import format_metrics, save_final
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -316,9 +316,7 @@ def load_preference_data(cfg: DPOConfig, tokenizer, unpaired: bool = False) -> P
     """User files when data.train_path is set, else the task's pairs (correct vs. wrong final answer).
 
     unpaired: build KTO's items (build_unpaired_examples) instead of pairs."""
-    task, problems = None, []
-    if cfg.data.train_path is None or cfg.data.eval_path is None:
-        task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
+    task, problems = task_and_problems(cfg)
     use_template = tokenizer.chat_template is not None
 
     def build(rows):
@@ -334,7 +332,6 @@ def load_preference_data(cfg: DPOConfig, tokenizer, unpaired: bool = False) -> P
         eval_pairs, _ = build(load_rows(cfg.data.eval_path, columns=cfg.data.columns))
     elif cfg.data.train_path is None:
         eval_pairs, _ = build(task.preference_rows("eval", cfg.task.num_eval, cfg.seed))
-        problems = task.rows("eval", min(cfg.eval.num_samples, cfg.task.num_eval), cfg.seed)
     dropped = f" ({report.summary()})" if report.dropped else ""
     return PreferenceData(train, eval_pairs, problems, task.score if task else None, use_template, dropped, unpaired)
 

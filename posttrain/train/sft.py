@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from posttrain import checkpoint, distributed, tasks
+from posttrain import checkpoint, distributed
 from posttrain.algos.aggregate import aggregate
 from posttrain.algos.sft import token_cross_entropy
 from posttrain.config import SFTConfig
@@ -26,7 +26,8 @@ from posttrain.data import build_sft_examples, collate, load_rows, normalize
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, forward_logits,
-                                    optimizer_step, prepare_run_dir, start_training, total_steps)
+                                    optimizer_step, prepare_run_dir, start_training, task_and_problems,
+                                    total_steps)
 
 
 def run(cfg: SFTConfig) -> dict:
@@ -133,10 +134,8 @@ class SFTData:
 
 def load_sft_data(cfg: SFTConfig, tokenizer) -> SFTData:
     """User files when data.train_path is set, else the built-in task. Raises DataError on bad input."""
-    task, problems = None, []
-    if cfg.data.train_path is None or cfg.data.eval_path is None:
-        task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
-    rows_of = task.text_rows if cfg.task.format == "text" else task.sft_rows if task else None
+    task, problems = task_and_problems(cfg)
+    rows_of = None if task is None else task.text_rows if cfg.task.format == "text" else task.sft_rows
 
     if cfg.data.train_path is not None:
         train_rows = normalize(load_rows(cfg.data.train_path, columns=cfg.data.columns), kind="sft")
@@ -146,7 +145,6 @@ def load_sft_data(cfg: SFTConfig, tokenizer) -> SFTData:
         eval_rows = normalize(load_rows(cfg.data.eval_path, columns=cfg.data.columns), kind="sft")
     elif cfg.data.train_path is None:
         eval_rows = normalize(rows_of("eval", cfg.task.num_eval, cfg.seed), kind="sft")
-        problems = task.rows("eval", min(cfg.eval.num_samples, cfg.task.num_eval), cfg.seed)
     else:
         eval_rows = None
 
