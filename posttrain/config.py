@@ -147,6 +147,9 @@ class EvalConfig:
     """Prompts per generation batch at evaluation."""
     at_start: bool = False
     """Also evaluate before the first step (the 'before' row of a comparison)."""
+    task_accuracy: bool | None = None
+    """Score greedy accuracy on the task's held-out problems (task.*). Unset: only when training on the task's own
+    data; true: also with data.train_path (e.g. pairs sampled from the task); false: never."""
 
 
 @dataclass
