@@ -249,14 +249,21 @@ class RewardConfig:
     """The reward model's objective."""
 
     mode: Literal["outcome", "prm"] = "outcome"
-    """outcome: Bradley–Terry on chosen/rejected pairs; prm: a score per reasoning step (not yet available)."""
+    """outcome: Bradley–Terry on prompt/chosen/rejected pairs, one score per response; prm: a process reward model,
+    one score per reasoning step, trained with binary cross-entropy on prompt/completions (the steps)/labels rows
+    (no data: the task's solutions in the steps format, half with an error). final/ loads with
+    AutoModelForTokenClassification."""
     center_rewards_coefficient: float = 0.0
-    """Weight of the reward-centering term (r_c + r_r)² (Eisenstein et al. 2023); 0 disables, 0.01 is common."""
+    """outcome: weight of the reward-centering term (r_c + r_r)² (Eisenstein et al. 2023); 0 disables, 0.01 is
+    common."""
+    step_separator: str = "\n"
+    """prm: the text after every step; the step's score is read at its (last) token."""
 
 
 @dataclass
 class RMConfig:
-    """Reward model: a scalar head on the last token of a causal-LM backbone, trained on preference pairs."""
+    """Reward model: a scalar head on the last token of a causal-LM backbone, trained on preference pairs; or
+    (reward.mode=prm) a score at the end of every reasoning step, trained on step labels."""
 
     output_dir: str = "runs/rm"
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/ (loads with AutoModelForSequenceClassification)."""

@@ -41,10 +41,14 @@ def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | 
 
     weights_dir: load the (full) weights from here instead of model_cfg.name_or_path — a checkpoint's
     `model/` when resuming full fine-tuning, or, with LoRA, the adapter directory to continue.
-    head: "lm" (a causal LM) or "score" (the same backbone with a scalar head on the last non-pad token:
-    AutoModelForSequenceClassification, num_labels=1 — a reward model; the new head is initialized from `seed`).
+    head: "lm" (a causal LM); "score" (the same backbone with a scalar head on the last non-pad token:
+    AutoModelForSequenceClassification, num_labels=1 — an outcome reward model); or "token" (a scalar head on
+    every token: AutoModelForTokenClassification, num_labels=1 — a process reward model reads it at each step's
+    end; its dropout is off, as the score head has none, so accumulation and resume stay exact). A new head is
+    initialized from `seed`.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification)
 
     if lora_cfg.r > 0 and model_cfg.init == "scratch":
         raise ConfigError("lora.r > 0 with model.init=scratch would train adapters on random weights "
@@ -55,6 +59,10 @@ def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | 
     auto = AutoModelForCausalLM
     if head == "score":
         auto, kwargs = AutoModelForSequenceClassification, {**kwargs, "num_labels": 1}
+    elif head == "token":
+        auto, kwargs = AutoModelForTokenClassification, {**kwargs, "num_labels": 1}
+    elif head != "lm":
+        raise ValueError(f"head must be 'lm', 'score' or 'token', got {head!r}")
     full_weights = weights_dir if (weights_dir is not None and lora_cfg.r == 0) else None
     try:
         if model_cfg.init == "scratch" and full_weights is None:
@@ -69,10 +77,12 @@ def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | 
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a model from '{model_cfg.name_or_path}' ({_first_line(e)}) — fix: set "
                         "model.name_or_path to a local Hugging Face model directory, or 'tiny'") from None
+    if head == "token" and isinstance(getattr(model, "dropout", None), torch.nn.Dropout):
+        model.dropout.p = model.config.classifier_dropout = 0.0  # transformers' default is 0.1; saved as 0
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora_cfg.r > 0:
-        task_type = "SEQ_CLS" if head == "score" else "CAUSAL_LM"
+        task_type = {"lm": "CAUSAL_LM", "score": "SEQ_CLS", "token": "TOKEN_CLS"}[head]
         model = _add_lora(model, lora_cfg, adapter_dir=weights_dir, task_type=task_type)
     return model
 
@@ -83,9 +93,12 @@ def _add_lora(model, lora_cfg, adapter_dir=None, task_type: str = "CAUSAL_LM"):
     if adapter_dir is not None:
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
     targets = lora_cfg.target_modules
+    # PEFT's all-linear skips a SEQ_CLS head but would put LoRA on a TOKEN_CLS head, which it trains in full (error)
+    exclude = ["score", "classifier"] if task_type == "TOKEN_CLS" else None
     peft_config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                              target_modules=targets[0] if targets == ["all-linear"] else targets,
-                             task_type=task_type)  # SEQ_CLS also trains and saves the new score head
+                             exclude_modules=exclude,
+                             task_type=task_type)  # SEQ_CLS / TOKEN_CLS also train and save the new head
     try:
         return get_peft_model(model, peft_config)
     except ValueError as e:

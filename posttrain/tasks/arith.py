@@ -185,6 +185,70 @@ class ArithTask:
                         "answer": str(answer)})
         return out
 
+    def process_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        """Step-labelled rows for a process reward model (needs steps=True):
+        {"prompt", "completions": the solution's lines, "labels": one bool per line, "answer"}.
+
+        About half the solutions carry one error, in a line k drawn uniformly: a column's result is changed
+        (by ±1, ±2 or ±10 for an addition, a different digit for a subtraction), the minus sign of a
+        negative result is dropped, or the final answer is miscopied (±1, ±10). The lines after k are worked
+        correctly from the wrong value, so the final answer is wrong too. Labels follow PRM800K (Lightman et
+        al. 2023): true before line k, false from line k on. Deterministic in (split, n, seed, options).
+
+        Example: 47+85= corrupted at line 0 → ["7+5=13 carry 1", "4+8+1=13 carry 1", "answer: 133"],
+        labels [False, False, False]; uncorrupted → the lines of solution_text, labels all True.
+        """
+        if not self.steps:
+            raise ConfigError("arith: process_rows labels each solution line, so it needs the steps format — fix: "
+                              "task.steps=true")
+        rng = random.Random(f"arith-process:{seed}:{split}")
+        out = []
+        for a, op, b in self.problems(split, n, seed):
+            answer = str(_evaluate(a, op, b))
+            lines = self.solution_text(a, op, b).split("\n")
+            labels = [True] * len(lines)
+            if rng.random() < 0.5:
+                k = rng.randrange(len(lines))
+                lines = lines[:k] + self._lines_with_error(a, op, b, k, rng)
+                labels = [True] * k + [False] * (len(lines) - k)
+            out.append({"prompt": self.prompt_text(a, op, b), "completions": lines, "labels": labels,
+                        "answer": answer})
+        return out
+
+    def _lines_with_error(self, a: int, op: str, b: int, k: int, rng: random.Random) -> list[str]:
+        """Solution lines k, k+1, … of a op b when line k is wrong and the rest is worked from it."""
+        answer = _evaluate(a, op, b)
+        negative = op == "-" and a < b
+        top, bottom = (b, a) if negative else (a, b)
+        width = max(len(str(top)), len(str(bottom)))  # one line per column (top ≥ bottom when subtracting)
+        if k == (1 if negative else 0) + width:  # the final line: a miscopied answer
+            return [f"answer: {answer + rng.choice((-10, -1, 1, 10))}"]
+        if negative and k == 0:  # the sign is lost: a-b worked out as b-a
+            return [f"{a}-{b}=({b}-{a})"] + subtraction_steps(b, a) + [f"answer: {b - a}"]
+        wrong_column = k - (1 if negative else 0)
+        lines, value, carry = [], 0, 0  # carry: the addition's carry, or the subtraction's borrow
+        for i, (x, y) in enumerate(zip(_digits(top, width), _digits(bottom, width))):
+            if op == "+":
+                total = x + y + carry
+                if i == wrong_column:  # any other total in 0..19 keeps the "carry 1" format valid
+                    total = rng.choice([t for t in (total - 10, total - 2, total - 1, total + 1, total + 2,
+                                                    total + 10) if 0 <= t <= 19])
+                line = f"{x}+{y}" + ("+1" if carry else "") + f"={total}"
+                carry = total // 10
+                value += total % 10 * 10 ** i
+                lines.append(line + (" carry 1" if carry else ""))
+            else:
+                borrow = 1 if x - y - carry < 0 else 0
+                digit = x + 10 * borrow - y - carry
+                if i == wrong_column:
+                    digit = rng.choice([d for d in (digit - 2, digit - 1, digit + 1, digit + 2) if 0 <= d <= 9])
+                lines.append(f"{x + 10 * borrow}-{y}" + ("-1" if carry else "") + f"={digit}"
+                             + (" borrow 1" if borrow else ""))
+                value += digit * 10 ** i
+                carry = borrow
+        value += carry * 10 ** width if op == "+" else 0
+        return lines[wrong_column:] + [f"answer: {-value if negative else value}"]
+
     def text_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
         """Plain corpus rows for pretraining: {"text": "47+85=132"}."""
         return [{"text": self.prompt_text(*p) + self.solution_text(*p)}

@@ -7,6 +7,8 @@
             of all ranks (sum ÷ G per micro-batch: accumulation is exact)
     log     loss, accuracy (r_c > r_r), margin (mean r_c − r_r), rewards/chosen, rewards/rejected
     eval    the same on held-out pairs (eval/…): held-out pair accuracy is the RM's headline number
+
+reward.mode=prm trains a process reward model instead (a score per reasoning step): train/process_reward.py.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from posttrain import distributed
 from posttrain.algos.reward import bradley_terry, reward_centering
 from posttrain.config import RMConfig
 from posttrain.data import collate
-from posttrain.errors import ConfigError
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, optimizer_step,
                                     prepare_run_dir, start_training, total_steps)
+from posttrain.train import process_reward
 from posttrain.train.preference import load_preference_data
 from posttrain.train.sft import format_metrics, save_checkpoint, save_final
 
@@ -30,12 +32,11 @@ METRICS = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected")
 
 
 def run(cfg: RMConfig) -> dict:
+    if cfg.reward.mode == "prm":  # a score per reasoning step: its own loop, in process_reward.py
+        return process_reward.run(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = distributed.init()
-    if cfg.reward.mode != "outcome":
-        raise ConfigError("reward.mode=prm (a score per reasoning step) is not available yet — fix: "
-                          "reward.mode=outcome")
 
     # ---- setup ------------------------------------------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)

@@ -1,0 +1,216 @@
+"""Process reward modelling (`posttrain rm reward.mode=prm`): a score for every reasoning step, the loop top to
+bottom. Lightman et al. 2023, "Let's Verify Step by Step" (arXiv:2305.20050); Math-Shepherd's soft labels,
+Wang et al. 2023 (arXiv:2312.08935).
+
+    data    prompt + completions (the steps) + labels (one per step) — or the task's solutions, half with an
+            error, labelled 1 before it and 0 from it on; tokenized by data/process.py with the step separator
+            after every step
+    model   the causal-LM backbone with a scalar head on every token (AutoModelForTokenClassification,
+            num_labels = 1), so `final/` loads in plain transformers; the logit z at the token that ends a step
+            (its separator) is the step's score, σ(z) = P(the step is correct)
+    step    G solutions; per step the binary cross-entropy of z against the label y (algos.reward.prm_step_loss);
+            the loss is the mean over every step of the G solutions of all ranks — each micro-batch's sum is
+            divided by the whole batch's step count, known before the first forward, so accumulation is exact
+    log     loss, step_accuracy (σ(z) > 0.5 agrees with y ≥ 0.5)
+    eval    the same on held-out solutions (eval/…), and eval/first_error_accuracy: the fraction of solutions
+            whose first step scored σ(z) ≤ 0.5 is their first step labelled y < 0.5 — or, for a solution with no
+            bad step, whose every step scored above 0.5. It is what step-level search needs: where it goes wrong.
+
+Test-time search scores a partial or complete solution with `step_scores(model, tokenizer, prompt, steps)`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from posttrain import distributed, tasks
+from posttrain.algos.reward import prm_step_loss
+from posttrain.config import RMConfig
+from posttrain.data import load_rows
+from posttrain.data.process import build_step_examples, step_example
+from posttrain.models.loading import load_model, load_tokenizer
+from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, optimizer_step,
+                                    prepare_run_dir, start_training, total_steps)
+from posttrain.train.sft import format_metrics, save_checkpoint, save_final
+
+METRICS = ("loss", "step_accuracy")
+
+
+def run(cfg: RMConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    world = distributed.init()
+
+    # ---- setup: every check on user input happens before the run directory is touched -----------------------------
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    data = load_step_data(cfg, tokenizer)
+    micro, accum, global_batch = batch_plan(cfg.train, world.world_size)
+    num_steps = total_steps(cfg.train, len(data.train), global_batch)
+    distributed.check_strategy(cfg.train, world)
+    run_dir, resume_from = prepare_run_dir(cfg)
+
+    model = load_model(cfg.model, cfg.lora, seed=cfg.seed, head="token",
+                       weights_dir=resume_from / "model" if resume_from else None)
+    labelled = sum(len(e["step_labels"]) for e in data.train)
+    model, optimizer, scheduler, start_step, tracker = start_training(
+        cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
+        f"{len(data.train)} training solutions, {labelled} labelled steps{data.report}", unit="solutions")
+    pad_id = tokenizer.pad_token_id
+    if cfg.eval.at_start and start_step == 0 and data.eval:
+        tracker.log(0, evaluate(model, data.eval, pad_id, cfg))
+
+    # ---- loop -------------------------------------------------------------------------------------------------------
+    guard = NonFiniteGuard(cfg.train.max_bad_steps)
+    per_rank = micro * accum
+    metrics: dict = {}
+    for step in range(start_step, num_steps):
+        t0 = time.perf_counter()
+        indices = batch_indices(step, global_batch, len(data.train), cfg.seed)
+        mine = indices[world.rank * per_rank:(world.rank + 1) * per_rank]
+        # every rank knows the whole batch, so the divisor of the step mean needs no communication
+        batch_steps = sum(len(data.train[k]["step_labels"]) for k in indices)
+        totals = torch.zeros(len(METRICS), dtype=torch.float64)
+        for j in range(0, per_rank, micro):
+            with distributed.gradient_sync(model, enabled=j + micro >= per_rank):
+                logits, labels, _ = step_logits(model, [data.train[k] for k in mine[j:j + micro]], pad_id,
+                                                cfg.train.precision)
+                losses = prm_step_loss(logits, labels)
+                (losses.sum() / batch_steps * world.world_size).backward()  # DDP averages over ranks: × world
+            totals += step_sums(losses, logits, labels)
+        sums = distributed.all_reduce_tensor(totals) / batch_steps
+        grad_norm = optimizer_step(model, optimizer, cfg, guard, float(sums[0]))
+        scheduler.step()
+        done = step + 1
+        metrics = {**{name: v.item() for name, v in zip(METRICS, sums)}, "grad_norm": grad_norm,
+                   "lr": scheduler.get_last_lr()[0], "solutions_per_s": global_batch / (time.perf_counter() - t0),
+                   "epoch": done * global_batch / len(data.train)}
+        if guard.skipped:
+            metrics["skipped_steps"] = guard.skipped
+        if data.eval and (done == num_steps or (cfg.eval.every and done % cfg.eval.every == 0)):
+            metrics.update(evaluate(model, data.eval, pad_id, cfg))
+        if done % cfg.log.every == 0 or done == num_steps:
+            tracker.log(done, metrics)
+        tracker.advance()
+        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < num_steps:
+            save_checkpoint(run_dir, done, model, optimizer, scheduler, cfg)
+
+    # ---- outputs ----------------------------------------------------------------------------------------------------
+    tracker.close()
+    save_checkpoint(run_dir, num_steps, model, optimizer, scheduler, cfg)
+    save_final(run_dir, model, tokenizer)
+    if world.is_main:
+        shown = {k: v for k, v in metrics.items() if k in METRICS or k.startswith("eval/")}
+        print(f"done: {format_metrics(shown)} — process reward model in {run_dir / 'final'}", flush=True)
+    return metrics
+
+
+# ---- the algorithm ---------------------------------------------------------------------------------------------------
+
+def step_logits(model, examples: list[dict], pad_id: int, precision: str = "fp32"):
+    """The head's logit at every step's end: (logits [N], labels [N], solution index [N]), N = all steps of the
+    examples in order.
+
+    One right-padded forward; with causal attention padding on the right changes no real token's output.
+    """
+    device = device_of(model)
+    longest = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
+    for i, e in enumerate(examples):
+        input_ids[i, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        attention_mask[i, :len(e["input_ids"])] = 1
+    with autocast(precision, device):
+        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+    solution = torch.tensor([i for i, e in enumerate(examples) for _ in e["step_positions"]], device=device)
+    position = torch.tensor([p for e in examples for p in e["step_positions"]], device=device)
+    labels = torch.tensor([y for e in examples for y in e["step_labels"]], device=device)
+    return out.logits[solution, position, 0].float(), labels, solution
+
+
+def step_sums(losses, logits, labels) -> torch.Tensor:
+    """Sums over steps in METRICS order: loss, steps whose verdict (σ(z) > 0.5 ⇔ z > 0) matches y ≥ 0.5."""
+    right = (logits.detach() > 0) == (labels >= 0.5)
+    return torch.stack([losses.detach().sum().double().cpu(), right.sum().double().cpu()])
+
+
+def first_errors(bad: torch.Tensor, solution: torch.Tensor, num_solutions: int) -> list[int]:
+    """Index of each solution's first step flagged in `bad` [N] (solution [N] says whose step it is); a solution
+    with none gets its step count (one past its last step).
+
+    Example: bad [F, T, T, F, F], solution [0, 0, 0, 1, 1] → [1, 2].
+    """
+    out = []
+    for s in range(num_solutions):
+        flags = bad[solution == s].tolist()
+        out.append(flags.index(True) if True in flags else len(flags))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, examples: list[dict], pad_id: int, cfg: RMConfig) -> dict:
+    """eval/loss and eval/step_accuracy (means over held-out steps), eval/first_error_accuracy (over solutions)."""
+    model.eval()
+    totals = torch.zeros(len(METRICS), dtype=torch.float64)
+    found, num_steps = 0, 0
+    for start in range(0, len(examples), cfg.eval.batch_size):
+        chunk = examples[start:start + cfg.eval.batch_size]
+        logits, labels, solution = step_logits(model, chunk, pad_id, cfg.train.precision)
+        totals += step_sums(prm_step_loss(logits, labels), logits, labels)
+        predicted = first_errors(logits <= 0, solution, len(chunk))
+        true = first_errors(labels < 0.5, solution, len(chunk))
+        found += sum(p == t for p, t in zip(predicted, true))
+        num_steps += len(labels)
+    model.train()
+    out = {f"eval/{name}": (total / num_steps).item() for name, total in zip(METRICS, totals)}
+    return {**out, "eval/first_error_accuracy": found / len(examples)}
+
+
+@torch.no_grad()
+def step_scores(model, tokenizer, prompt, steps: list[str], *, separator: str = "\n",
+                use_chat_template: bool | None = None) -> list[float]:
+    """σ(z) of each step of one (partial) solution: the PRM's probability that the step is correct.
+
+    prompt: a string or chat messages; steps: the solution's steps so far, without separators. Tokenized as in
+    training (data/process.py). A solution's score for best-of-N or step-level search is usually the minimum,
+    or the last, of these (Lightman et al. 2023 use the product). model: a trained PRM, e.g.
+    AutoModelForTokenClassification.from_pretrained(RUN_DIR / "final").
+
+    Example: step_scores(prm, tok, "47+85=", ["7+5=12 carry 1", "4+8+1=14 carry 1"]) → e.g. [0.97, 0.08].
+    """
+    example = step_example(prompt, steps, tokenizer, separator=separator, use_chat_template=use_chat_template)
+    logits, _, _ = step_logits(model, [example], tokenizer.pad_token_id)
+    return torch.sigmoid(logits).tolist()
+
+
+# ---- data ------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class StepData:
+    train: list[dict]
+    eval: list[dict]
+    report: str  # " (dropped …)" or ""
+
+
+def load_step_data(cfg: RMConfig, tokenizer) -> StepData:
+    """User files when data.train_path / data.eval_path are set, else the task's step-labelled solutions
+    (written in its steps format whatever task.steps says: a PRM needs steps)."""
+    task = None
+    if cfg.data.train_path is None or cfg.data.eval_path is None:
+        task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=True)
+
+    def build(rows):
+        return build_step_examples(rows, tokenizer, max_length=cfg.data.max_length, policy=cfg.data.truncation,
+                                   separator=cfg.reward.step_separator)
+
+    train_rows = (load_rows(cfg.data.train_path, columns=cfg.data.columns) if cfg.data.train_path is not None
+                  else task.process_rows("train", cfg.task.num_train, cfg.seed))
+    train, report = build(train_rows)
+    eval_examples = []
+    if cfg.data.eval_path is not None:
+        eval_examples, _ = build(load_rows(cfg.data.eval_path, columns=cfg.data.columns))
+    elif cfg.data.train_path is None:
+        eval_examples, _ = build(task.process_rows("eval", cfg.task.num_eval, cfg.seed))
+    return StepData(train, eval_examples, f" ({report.summary()})" if report.dropped else "")
