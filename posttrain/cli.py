@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "demo": (C.DemoConfig, "posttrain.demo:run", "train the tiny model on arithmetic; before/after table"),
     "pretrain": (C.PretrainConfig, "posttrain.train.sft:run", "train from scratch on a text corpus"),
     "sft": (C.SFTConfig, "posttrain.train.sft:run", "supervised fine-tuning, full or LoRA"),
-    "rm": (C.RMConfig, "posttrain.train.reward:run", "reward model: Bradley–Terry on pairs, or a process reward model (reward.mode=prm)"),
+    "rm": (C.RMConfig, "posttrain.train.reward:run", "reward model on pairs (Bradley–Terry), or per step (prm)"),
     "dpo": (C.DPOConfig, "posttrain.train.preference:run", "preference optimization: DPO, IPO, SimPO, ORPO, KTO, …"),
     "generate": (C.GenerateConfig, "posttrain.generate:run_generate", "sample completions for a prompt file → JSONL"),
     "chat": (C.ChatConfig, "posttrain.generate:run_chat", "talk to a model in the terminal"),
