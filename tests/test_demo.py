@@ -1,15 +1,32 @@
 """`posttrain demo --quick` through the real CLI: the model must measurably learn and the table must print."""
 
+import json
 import re
 
 from conftest import run_cli
+from posttrain import demo, tasks
 
 
 def test_quick_demo_learns(tmp_path):
     proc = run_cli("demo", "--quick", f"output_dir={tmp_path}", timeout=300, check=True)
-    table = dict(re.findall(r"^(before \(random init\)|after SFT)\s+([0-9.]+)", proc.stdout, re.M))
-    assert set(table) == {"before (random init)", "after SFT"}, proc.stdout
+    table = dict(re.findall(r"^(before \(random init\)|after SFT|after DPO \(\w+\))\s+([0-9.]+)", proc.stdout, re.M))
+    assert set(table) == {"before (random init)", "after SFT", f"after DPO ({demo.DEMO_LOSS})"}, proc.stdout
     before, after = float(table["before (random init)"]), float(table["after SFT"])
     assert before <= 0.05 and after >= before + 0.15, proc.stdout
-    assert (tmp_path / "plots" / "loss.png").is_file() and (tmp_path / "plots" / "eval_accuracy.png").is_file()
+    assert (tmp_path / "plots" / "sft" / "loss.png").is_file()
+    assert (tmp_path / "plots" / "sft" / "eval_accuracy.png").is_file()
     assert (tmp_path / "sft" / "final" / "model.safetensors").is_file()
+    # the preference stages: pairs the verifier split, a reward model, and one table row per variant
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    pairs = [json.loads(line) for line in (tmp_path / "pairs" / "train.jsonl").read_text().splitlines()]
+    assert len(pairs) == summary["pairs"]["train"]["pairs"] > 0
+    task = tasks.get("arith", max_digits=2, steps=True)
+    for pair in pairs[:20]:  # chosen: the verifier's right answer; rejected: a wrong one, for the same problem
+        a, b = map(int, pair["prompt"].rstrip("=").split("+"))
+        assert task.score(pair["prompt"], pair["chosen"], answer=str(a + b)) == 1.0
+        assert task.score(pair["prompt"], pair["rejected"], answer=str(a + b)) == 0.0
+    assert 0.0 <= summary["reward_model"]["eval_pair_accuracy"] <= 1.0
+    assert "reward model: held-out pair accuracy" in proc.stdout
+    assert [row["loss"] for row in summary["variants"]] == [demo.DEMO_LOSS, "dpo"]
+    sft_accuracy = next(s["greedy_accuracy"] for s in summary["stages"] if s["stage"] == "after SFT")
+    assert all(row["before"] == sft_accuracy for row in summary["variants"])  # each starts from the SFT model
