@@ -107,7 +107,7 @@ def dpo_stage_config(cfg: DemoConfig, loss: str, model_dir: Path, pairs_dir: Pat
         task=task_config(cfg),
         data=DataConfig(train_path=str(pairs_dir / "train.jsonl"), eval_path=str(pairs_dir / "eval.jsonl"),
                         max_length=128),
-        train=TrainConfig(lr=1e-4, max_steps=steps, micro_batch_size=16, warmup_steps=10, schedule="cosine",
+        train=TrainConfig(lr=2e-4, max_steps=steps, micro_batch_size=16, warmup_steps=10, schedule="cosine",
                           min_lr_ratio=0.1),
         eval=eval_config(cfg, every=0 if cfg.quick else 30),
         checkpoint=CheckpointConfig(every=0, keep_last=1), log=LogConfig(every=10, progress=False))
