@@ -63,8 +63,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import io
 import json
 import math
 import os
@@ -72,14 +70,13 @@ import shlex
 import sys
 import tempfile
 import time
-import traceback
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # importing sft_throughput also sets the offline env
-from sft_throughput import prepare_model, versions, window
+from sft_throughput import (add_shared_arguments, check_shared_arguments, prepare_model, quiet_libraries, quietly,
+                            run_rounds, trl_config, versions, warn_if_noisy, window)
 
 OURS_VARIANTS = {"ours": True, "ours-padded": False}  # name -> data.packing
 TRL_VARIANTS = {"trl": {}}  # name -> DPOConfig fields that differ from the shared ones
@@ -94,36 +91,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ref-batch-size", type=int, default=64,
                    help="pairs per forward of the reference precompute (posttrain eval.batch_size, TRL "
                         "precompute_ref_batch_size)")
-    p.add_argument("--model", default="tiny", help="'tiny' or a Hugging Face model directory")
-    p.add_argument("--hidden-size", type=int, default=None,
-                   help="build a model from the tiny config with this hidden size (intermediate = 4x) instead")
-    p.add_argument("--layers", type=int, default=None, help="layers of the built model (with --hidden-size)")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (posttrain dpo's default)")
     p.add_argument("--beta", type=float, default=0.1, help="DPO beta")
     p.add_argument("--max-length", type=int, default=256,
                    help="posttrain data.max_length (a longer pair is an error, so nothing is truncated) and TRL "
                         "max_length")
-    p.add_argument("--max-digits", type=int, default=3, help="arith task operand digits")
     p.add_argument("--solution", choices=["steps", "answer"], default="steps",
                    help="arith responses: written-out column steps (~28-78 tokens a sequence) or the bare answer")
     p.add_argument("--rows", type=int, default=0,
                    help="training pairs; 0: steps × batch-size (no repeats; a warmup run gets its own first rows)")
-    p.add_argument("--warmup", type=int, default=5, help="steps of the discarded warmup run of each variant")
-    p.add_argument("--rounds", type=int, default=2, help="timed runs of each variant; the best is reported")
-    p.add_argument("--variants", default=DEFAULT_VARIANTS,
-                   help=f"comma-separated subset of {','.join([*OURS_VARIANTS, *TRL_VARIANTS])}")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verbose", action="store_true", help="show the tools' own output")
+    add_shared_arguments(p, [*OURS_VARIANTS, *TRL_VARIANTS], DEFAULT_VARIANTS)
     args = p.parse_args(argv)
-    if args.steps < 3:
-        p.error("--steps must be at least 3 (step 1 is excluded from the timed window)")
-    if (args.hidden_size is None) != (args.layers is None):
-        p.error("--hidden-size and --layers go together")
-    args.variant_list = list(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))
-    unknown = [v for v in args.variant_list if v not in OURS_VARIANTS and v not in TRL_VARIANTS]
-    if unknown:
-        p.error(f"unknown variant(s) {unknown}; choose from {','.join([*OURS_VARIANTS, *TRL_VARIANTS])}")
+    check_shared_arguments(p, args, [*OURS_VARIANTS, *TRL_VARIANTS])
     return args
 
 
@@ -219,27 +198,9 @@ def run_trl(args, model_dir: str, pairs: list[dict], overrides: dict, steps: int
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     torch.set_num_threads(args.threads)
-    fields = {f.name for f in dataclasses.fields(trl.DPOConfig)}
-    wanted = dict(
-        output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1, learning_rate=args.lr, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.99,
-        weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=0, bf16=False, fp16=False,
-        use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
-        logging_strategy="no", logging_steps=10**9, disable_tqdm=True, dataloader_num_workers=0,
-        dataloader_pin_memory=False, seed=args.seed, data_seed=args.seed, max_length=args.max_length,
-        loss_type=["sigmoid"], beta=args.beta, label_smoothing=0.0, padding_free=False,
-        precompute_ref_log_probs=True, precompute_ref_batch_size=args.ref_batch_size, dataset_num_proc=None,
-    )
-    # transformers >= 5.x renamed gradient_checkpointing (TRL's default: True) to activation_checkpointing
-    wanted["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
-    wanted.update(overrides)
-    missing = sorted(k for k in wanted if k not in fields)
-    if any(k in overrides for k in missing) or "precompute_ref_log_probs" in missing:
-        raise RuntimeError(f"this trl has no DPOConfig field(s) {missing}")
-    if missing:
-        print(f"  note: trl.DPOConfig has no {missing}; left at defaults", file=sys.stderr)
-    dpo_config = trl.DPOConfig(**{k: v for k, v in wanted.items() if k in fields})
+    own = dict(loss_type=["sigmoid"], beta=args.beta, label_smoothing=0.0, padding_free=False,
+               precompute_ref_log_probs=True, precompute_ref_batch_size=args.ref_batch_size)
+    dpo_config = trl_config(trl.DPOConfig, args, out_dir, steps, own, overrides, required=("precompute_ref_log_probs",))
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -280,10 +241,7 @@ def run_trl(args, model_dir: str, pairs: list[dict], overrides: dict, steps: int
 
 def run_variant(name: str, args, model_dir: str, pairs: list[dict], steps: int, workdir: Path) -> dict:
     out_dir = workdir / f"run-{name}"
-    sink = contextlib.nullcontext() if args.verbose else contextlib.redirect_stdout(io.StringIO())
-    with sink, warnings.catch_warnings():
-        if not args.verbose:
-            warnings.simplefilter("ignore")
+    with quietly(args.verbose):
         if name in OURS_VARIANTS:
             return run_ours(args, model_dir, pairs, OURS_VARIANTS[name], steps, out_dir)
         return run_trl(args, model_dir, pairs, TRL_VARIANTS[name], steps, out_dir)
@@ -292,14 +250,7 @@ def run_variant(name: str, args, model_dir: str, pairs: list[dict], steps: int, 
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if not args.verbose:
-        import datasets
-        import transformers
-        os.environ["TQDM_DISABLE"] = "1"  # TRL's reference-precompute bar reads it
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
+    quiet_libraries(args.verbose)
 
     print("command:", shlex.join([sys.executable, *(sys.argv if argv is None else [sys.argv[0], *argv])]))
     print("versions:", versions())
@@ -312,33 +263,13 @@ def main(argv=None) -> int:
               f"(timed: steps 2..{args.steps}), reference precompute in batches of {args.ref_batch_size}, "
               f"threads {args.threads}, cpu count {os.cpu_count()}")
 
-        failed: dict[str, str] = {}
-        results: dict[str, list[dict]] = {v: [] for v in args.variant_list}
-        plan = [("warmup", v, args.warmup) for v in args.variant_list] if args.warmup >= 2 else []
-        for r in range(args.rounds):
-            order = args.variant_list if r % 2 == 0 else args.variant_list[::-1]
-            plan += [(f"round {r + 1}", v, args.steps) for v in order]
-        for label, name, steps in plan:
-            if name in failed:
-                continue
+        def run_one(name: str, steps: int) -> dict:
             run_pairs = pairs if args.rows else pairs[:steps * args.batch_size]
-            try:
-                res = run_variant(name, args, model_dir, run_pairs, steps, workdir)
-            except Exception as e:  # a variant that doesn't run on this setup is reported, not fatal
-                failed[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                print(f"  {label:8s} {name:12s} FAILED {failed[name]}", flush=True)
-                if args.verbose:
-                    traceback.print_exc()
-                continue
-            rate = res["pairs"] / res["seconds"]
-            print(f"  {label:8s} {name:12s} {res['steps']:4d} steps {res['seconds']:8.2f} s {rate:8.1f} pairs/s "
-                  f"{res['tokens'] / res['seconds']:9.0f} tok/s  ref {res['ref_seconds']:6.2f} s "
-                  f"({len(run_pairs)} pairs)  loss@1 {res['first_loss']:.4f}", flush=True)
-            if label != "warmup":
-                results[name].append(res)
+            return {**run_variant(name, args, model_dir, run_pairs, steps, workdir), "num_pairs": len(run_pairs)}
 
-    def pairs_per_s(res: dict) -> float:
-        return res["pairs"] / res["seconds"]
+        results, failed = run_rounds(args, run_one, lambda res: (
+            f"{pairs_per_s(res):8.1f} pairs/s {res['tokens'] / res['seconds']:9.0f} tok/s  ref "
+            f"{res['ref_seconds']:6.2f} s ({res['num_pairs']} pairs)  loss@1 {res['first_loss']:.4f}"), width=12)
 
     best = {v: max(rs, key=pairs_per_s) for v, rs in results.items() if rs}
     rate = {v: pairs_per_s(b) for v, b in best.items()}
@@ -368,14 +299,12 @@ def main(argv=None) -> int:
         print("warning: step-1 loss is not ln 2 = 0.6931 (policy = reference there) for "
               + ", ".join(f"{v} {loss:.4f}" for v, loss in off.items()) + " — the two sides do not train the same "
               "objective from the same start")
-    spread = {v: max(r) / min(r) - 1 for v, rs in results.items()
-              if len(rs) > 1 for r in [[pairs_per_s(x) for x in rs]]}
-    noisy = {v: s for v, s in spread.items() if s > 0.25}
-    if noisy:
-        print("warning: timed runs of the same variant differ by "
-              + ", ".join(f"{v} {s:.0%}" for v, s in noisy.items())
-              + " — the machine was busy; rerun, or raise --rounds, before trusting the ratios")
+    warn_if_noisy(results, pairs_per_s)
     return 1 if failed else 0
+
+
+def pairs_per_s(res: dict) -> float:
+    return res["pairs"] / res["seconds"]
 
 
 if __name__ == "__main__":

@@ -82,39 +82,48 @@ TRL_VARIANTS = {  # name -> SFTConfig fields that differ from the shared ones
 DEFAULT_VARIANTS = "ours,ours-padded,trl,trl-padding-free"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps per timed run (window = steps 2..N)")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per step (micro-batch, no accumulation)")
+def add_shared_arguments(p: argparse.ArgumentParser, variants: list[str], default_variants: str) -> None:
+    """The options every throughput benchmark takes: model, threads, rounds, variants."""
     p.add_argument("--model", default="tiny", help="'tiny' or a Hugging Face model directory")
     p.add_argument("--hidden-size", type=int, default=None,
                    help="build a model from the tiny config with this hidden size (intermediate = 4x) instead")
     p.add_argument("--layers", type=int, default=None, help="layers of the built model (with --hidden-size)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--max-length", type=int, default=256, help="posttrain data.max_length (= pack row length) "
-                                                                "and TRL max_length")
     p.add_argument("--max-digits", type=int, default=3, help="arith task operand digits")
-    p.add_argument("--solution", choices=["steps", "answer"], default="steps",
-                   help="arith completions: written-out column steps (what the demo trains on; 20-70 tokens, "
-                        "lengths vary) or the bare answer (~18 tokens, nearly uniform)")
-    p.add_argument("--rows", type=int, default=0, help="training rows; 0: steps × batch-size (no repeats)")
     p.add_argument("--warmup", type=int, default=5, help="steps of the discarded warmup run of each variant")
     p.add_argument("--rounds", type=int, default=2, help="timed runs of each variant; the best is reported")
-    p.add_argument("--variants", default=DEFAULT_VARIANTS,
-                   help=f"comma-separated subset of {','.join([*OURS_VARIANTS, *TRL_VARIANTS])}")
+    p.add_argument("--variants", default=default_variants, help=f"comma-separated subset of {','.join(variants)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true", help="show the tools' own output")
-    args = p.parse_args(argv)
+
+
+def check_shared_arguments(p: argparse.ArgumentParser, args, variants: list[str]) -> None:
+    """Validate the shared options; sets args.variant_list."""
     if args.steps < 3:
         p.error("--steps must be at least 3 (step 1 is excluded from the timed window)")
     if (args.hidden_size is None) != (args.layers is None):
         p.error("--hidden-size and --layers go together")
     args.variant_list = list(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))
-    unknown = [v for v in args.variant_list if v not in OURS_VARIANTS and v not in TRL_VARIANTS]
+    unknown = [v for v in args.variant_list if v not in variants]
     if unknown:
-        p.error(f"unknown variant(s) {unknown}; choose from {','.join([*OURS_VARIANTS, *TRL_VARIANTS])}")
+        p.error(f"unknown variant(s) {unknown}; choose from {','.join(variants)}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps per timed run (window = steps 2..N)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per step (micro-batch, no accumulation)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-length", type=int, default=256, help="posttrain data.max_length (= pack row length) "
+                                                                "and TRL max_length")
+    p.add_argument("--solution", choices=["steps", "answer"], default="steps",
+                   help="arith completions: written-out column steps (what the demo trains on; 20-70 tokens, "
+                        "lengths vary) or the bare answer (~18 tokens, nearly uniform)")
+    p.add_argument("--rows", type=int, default=0, help="training rows; 0: steps × batch-size (no repeats)")
+    add_shared_arguments(p, [*OURS_VARIANTS, *TRL_VARIANTS], DEFAULT_VARIANTS)
+    args = p.parse_args(argv)
+    check_shared_arguments(p, args, [*OURS_VARIANTS, *TRL_VARIANTS])
     return args
 
 
@@ -199,13 +208,12 @@ def run_ours(args, model_dir: str, data_path: str, packing: bool, steps: int, ou
     return window(marks, steps)
 
 
-def run_trl(args, model_dir: str, rows: list[dict], overrides: dict, steps: int, out_dir: Path) -> dict:
-    import datasets
-    import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-
-    torch.set_num_threads(args.threads)
-    fields = {f.name for f in dataclasses.fields(trl.SFTConfig)}
+def trl_config(config_class, args, out_dir: Path, steps: int, own: dict, overrides: dict, required=()):
+    """A TRL config (SFTConfig, DPOConfig, …) with the settings both tools share in every benchmark — steps,
+    batch, AdamW, clip, cosine schedule, fp32, no checkpointing, no logging/saving/eval, dataloader in the main
+    process — then the tool's `own` fields and the variant's `overrides`. A field this trl lacks is an error when
+    the variant or `required` names it, else a note."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
     wanted = dict(
         output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=1, learning_rate=args.lr, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.99,
@@ -214,17 +222,37 @@ def run_trl(args, model_dir: str, rows: list[dict], overrides: dict, steps: int,
         use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
         logging_strategy="no", logging_steps=10**9, disable_tqdm=True, dataloader_num_workers=0,
         dataloader_pin_memory=False, seed=args.seed, data_seed=args.seed, max_length=args.max_length,
-        packing=False, padding_free=False, dataset_num_proc=None,
+        dataset_num_proc=None, **own,
     )
     # transformers >= 5.x renamed gradient_checkpointing (TRL's default: True) to activation_checkpointing
     wanted["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
     wanted.update(overrides)
     missing = sorted(k for k in wanted if k not in fields)
-    if any(k in overrides for k in missing):
-        raise RuntimeError(f"this trl has no SFTConfig field(s) {missing}")
+    name = config_class.__name__
+    if any(k in overrides or k in required for k in missing):
+        raise RuntimeError(f"this trl has no {name} field(s) {missing}")
     if missing:
-        print(f"  note: trl.SFTConfig has no {missing}; left at defaults", file=sys.stderr)
-    sft_config = trl.SFTConfig(**{k: v for k, v in wanted.items() if k in fields})
+        print(f"  note: trl.{name} has no {missing}; left at defaults", file=sys.stderr)
+    return config_class(**{k: v for k, v in wanted.items() if k in fields})
+
+
+def quietly(verbose: bool):
+    """A context that swallows a run's stdout and warnings unless --verbose."""
+    stack = contextlib.ExitStack()
+    if not verbose:
+        stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")
+    return stack
+
+
+def run_trl(args, model_dir: str, rows: list[dict], overrides: dict, steps: int, out_dir: Path) -> dict:
+    import datasets
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    torch.set_num_threads(args.threads)
+    sft_config = trl_config(trl.SFTConfig, args, out_dir, steps, dict(packing=False, padding_free=False), overrides)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -256,10 +284,7 @@ def run_trl(args, model_dir: str, rows: list[dict], overrides: dict, steps: int,
 
 def run_variant(name: str, args, model_dir: str, rows, data_path: str, steps: int, workdir: Path) -> dict:
     out_dir = workdir / f"run-{name}"
-    sink = contextlib.nullcontext() if args.verbose else contextlib.redirect_stdout(io.StringIO())
-    with sink, warnings.catch_warnings():
-        if not args.verbose:
-            warnings.simplefilter("ignore")
+    with quietly(args.verbose):
         if name in OURS_VARIANTS:
             return run_ours(args, model_dir, data_path, OURS_VARIANTS[name], steps, out_dir)
         return run_trl(args, model_dir, rows, TRL_VARIANTS[name], steps, out_dir)
@@ -273,16 +298,63 @@ def versions() -> str:
             f"posttrain {getattr(posttrain, '__version__', '?')}, python {sys.version.split()[0]}")
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """Silence transformers/datasets logging and progress bars unless --verbose."""
+    if verbose:
+        return
+    import datasets
+    import transformers
+    os.environ["TQDM_DISABLE"] = "1"  # bars that read it (e.g. TRL's reference precompute)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def run_rounds(args, run_one, describe, width: int) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """Warm up every variant once (discarded), then --rounds timed rounds, alternating the order.
+
+    run_one(name, steps) → result dict; describe(result) → the rest of its console line.
+    Returns ({variant: [timed results]}, {variant: why it failed}); a failing variant is reported, not fatal.
+    """
+    failed: dict[str, str] = {}
+    results: dict[str, list[dict]] = {v: [] for v in args.variant_list}
+    plan = [("warmup", v, args.warmup) for v in args.variant_list] if args.warmup >= 2 else []
+    for r in range(args.rounds):
+        order = args.variant_list if r % 2 == 0 else args.variant_list[::-1]
+        plan += [(f"round {r + 1}", v, args.steps) for v in order]
+    for label, name, steps in plan:
+        if name in failed:
+            continue
+        try:
+            res = run_one(name, steps)
+        except Exception as e:  # a variant that doesn't run on this setup is reported, not fatal
+            failed[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            print(f"  {label:8s} {name:{width}s} FAILED {failed[name]}", flush=True)
+            if args.verbose:
+                traceback.print_exc()
+            continue
+        print(f"  {label:8s} {name:{width}s} {res['steps']:4d} steps {res['seconds']:8.2f} s {describe(res)}",
+              flush=True)
+        if label != "warmup":
+            results[name].append(res)
+    return results, failed
+
+
+def warn_if_noisy(results: dict[str, list[dict]], rate) -> None:
+    """Warn when the timed runs of one variant differ by more than 25% (rate(result) → a speed)."""
+    spread = {v: max(r) / min(r) - 1 for v, rs in results.items() if len(rs) > 1 for r in [[rate(x) for x in rs]]}
+    noisy = {v: s for v, s in spread.items() if s > 0.25}
+    if noisy:
+        print("warning: timed runs of the same variant differ by "
+              + ", ".join(f"{v} {s:.0%}" for v, s in noisy.items())
+              + " — the machine was busy; rerun, or raise --rounds, before trusting the ratios")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if not args.verbose:
-        import datasets
-        import transformers
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
+    quiet_libraries(args.verbose)
 
     print("command:", shlex.join([sys.executable, *(sys.argv if argv is None else [sys.argv[0], *argv])]))
     print("versions:", versions())
@@ -295,29 +367,9 @@ def main(argv=None) -> int:
         print(f"model: {model_desc}")
         print(f"data: {len(rows)} arith prompt-completion rows; batch {args.batch_size}, {args.steps} steps "
               f"(timed: steps 2..{args.steps}), threads {args.threads}, cpu count {os.cpu_count()}")
-
-        failed: dict[str, str] = {}
-        results: dict[str, list[dict]] = {v: [] for v in args.variant_list}
-        plan = [("warmup", v, args.warmup) for v in args.variant_list] if args.warmup >= 2 else []
-        for r in range(args.rounds):
-            order = args.variant_list if r % 2 == 0 else args.variant_list[::-1]
-            plan += [(f"round {r + 1}", v, args.steps) for v in order]
-        for label, name, steps in plan:
-            if name in failed:
-                continue
-            try:
-                res = run_variant(name, args, model_dir, rows, str(data_path), steps, workdir)
-            except Exception as e:  # a variant that doesn't run on this setup is reported, not fatal
-                failed[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                print(f"  {label:8s} {name:17s} FAILED {failed[name]}", flush=True)
-                if args.verbose:
-                    traceback.print_exc()
-                continue
-            rate = res["tokens"] / res["seconds"]
-            print(f"  {label:8s} {name:17s} {res['steps']:4d} steps {res['seconds']:8.2f} s {rate:10.0f} tok/s",
-                  flush=True)
-            if label != "warmup":
-                results[name].append(res)
+        results, failed = run_rounds(
+            args, lambda name, steps: run_variant(name, args, model_dir, rows, str(data_path), steps, workdir),
+            lambda res: f"{res['tokens'] / res['seconds']:10.0f} tok/s", width=17)
 
     best = {v: max(rs, key=lambda x: x["tokens"] / x["seconds"]) for v, rs in results.items() if rs}
     rate = {v: b["tokens"] / b["seconds"] for v, b in best.items()}
@@ -336,13 +388,7 @@ def main(argv=None) -> int:
     shown = [f"{what} ({a}/{b}) {rate[a] / rate[b]:.2f}" for a, b, what in pairs if a in rate and b in rate]
     if shown:
         print("ratio ours/TRL: " + "; ".join(shown))
-    spread = {v: max(r) / min(r) - 1 for v, rs in results.items()
-              if len(rs) > 1 for r in [[x["tokens"] / x["seconds"] for x in rs]]}
-    noisy = {v: s for v, s in spread.items() if s > 0.25}
-    if noisy:
-        print("warning: timed runs of the same variant differ by "
-              + ", ".join(f"{v} {s:.0%}" for v, s in noisy.items())
-              + " — the machine was busy; rerun, or raise --rounds, before trusting the ratios")
+    warn_if_noisy(results, lambda x: x["tokens"] / x["seconds"])
     return 1 if failed else 0
 
 
