@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from posttrain import checkpoint, config as C, distributed, tasks
+from posttrain.data import load_rows
 from posttrain.errors import ConfigError, UserError
 
 
@@ -69,6 +70,21 @@ def task_and_problems(cfg) -> tuple[object | None, list[dict]]:
     task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
     problems = task.rows("eval", min(cfg.eval.num_samples, cfg.task.num_eval), cfg.seed) if wanted else []
     return task, problems
+
+
+def train_and_eval_rows(cfg, task_rows) -> tuple[list[dict], list[dict] | None]:
+    """Raw rows from data.train_path / data.eval_path, else from the task: task_rows(split, n, seed), e.g.
+    `task.preference_rows`. No eval rows (None) when training on a user file without an eval file."""
+    def from_file(path):
+        return load_rows(path, columns=cfg.data.columns)
+
+    train = from_file(cfg.data.train_path) if cfg.data.train_path is not None else \
+        task_rows("train", cfg.task.num_train, cfg.seed)
+    if cfg.data.eval_path is not None:
+        return train, from_file(cfg.data.eval_path)
+    if cfg.data.train_path is None:
+        return train, task_rows("eval", cfg.task.num_eval, cfg.seed)
+    return train, None
 
 
 def batch_indices(step: int, global_batch: int, num_examples: int, seed: int) -> list[int]:

@@ -31,13 +31,14 @@ from posttrain import checkpoint, distributed
 from posttrain.algos import preference as losses
 from posttrain.algos.logprobs import token_logprobs
 from posttrain.config import DPOConfig
-from posttrain.data import collate, load_rows
+from posttrain.data import collate
 from posttrain.data.preference import build_preference_pairs, build_unpaired_examples
 from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, optimizer_step,
-                                    prepare_run_dir, start_training, task_and_problems, total_steps)
+                                    prepare_run_dir, start_training, task_and_problems, total_steps,
+                                    train_and_eval_rows)
 from posttrain.train.sft import format_metrics, save_final
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -322,16 +323,11 @@ def load_preference_data(cfg: DPOConfig, tokenizer, unpaired: bool = False) -> P
     def build(rows):
         builder = build_unpaired_examples if unpaired else build_preference_pairs
         return builder(rows, tokenizer, max_length=cfg.data.max_length, policy=cfg.data.truncation,
-                                      use_chat_template=use_template)
+                       use_chat_template=use_template)
 
-    train_rows = (load_rows(cfg.data.train_path, columns=cfg.data.columns) if cfg.data.train_path is not None
-                  else task.preference_rows("train", cfg.task.num_train, cfg.seed))
+    train_rows, eval_rows = train_and_eval_rows(cfg, task.preference_rows if task else None)
     train, report = build(train_rows)
-    eval_pairs = []
-    if cfg.data.eval_path is not None:
-        eval_pairs, _ = build(load_rows(cfg.data.eval_path, columns=cfg.data.columns))
-    elif cfg.data.train_path is None:
-        eval_pairs, _ = build(task.preference_rows("eval", cfg.task.num_eval, cfg.seed))
+    eval_pairs = build(eval_rows)[0] if eval_rows is not None else []
     dropped = f" ({report.summary()})" if report.dropped else ""
     return PreferenceData(train, eval_pairs, problems, task.score if task else None, use_template, dropped, unpaired)
 

@@ -29,11 +29,10 @@ import torch
 from posttrain import distributed, tasks
 from posttrain.algos.reward import prm_step_loss
 from posttrain.config import RMConfig
-from posttrain.data import load_rows
 from posttrain.data.process import build_step_examples, step_example
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, optimizer_step,
-                                    prepare_run_dir, start_training, total_steps)
+                                    prepare_run_dir, start_training, total_steps, train_and_eval_rows)
 from posttrain.train.sft import format_metrics, save_checkpoint, save_final
 
 METRICS = ("loss", "step_accuracy")
@@ -205,12 +204,7 @@ def load_step_data(cfg: RMConfig, tokenizer) -> StepData:
         return build_step_examples(rows, tokenizer, max_length=cfg.data.max_length, policy=cfg.data.truncation,
                                    separator=cfg.reward.step_separator)
 
-    train_rows = (load_rows(cfg.data.train_path, columns=cfg.data.columns) if cfg.data.train_path is not None
-                  else task.process_rows("train", cfg.task.num_train, cfg.seed))
+    train_rows, eval_rows = train_and_eval_rows(cfg, task.process_rows if task else None)
     train, report = build(train_rows)
-    eval_examples = []
-    if cfg.data.eval_path is not None:
-        eval_examples, _ = build(load_rows(cfg.data.eval_path, columns=cfg.data.columns))
-    elif cfg.data.train_path is None:
-        eval_examples, _ = build(task.process_rows("eval", cfg.task.num_eval, cfg.seed))
+    eval_examples = build(eval_rows)[0] if eval_rows is not None else []
     return StepData(train, eval_examples, f" ({report.summary()})" if report.dropped else "")
