@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from posttrain.algos import kl
+
 from posttrain.algos.logprobs import IGNORE_INDEX, token_logprobs
 from posttrain.rollout.engine import Generation
 
@@ -61,4 +63,5 @@ def logprob_mismatch(model, prompts: list[list[int]], generations: list[Generati
         return {}
     d = torch.cat(train) - torch.cat(rollout)
     return {"rollout/logprob_diff_max": d.abs().max().item(), "rollout/logprob_diff_mean": d.abs().mean().item(),
-            "rollout/kl_rollout_train": (d.exp() - 1 - d).mean().item(), "rollout/ratio_max": d.exp().max().item()}
+            "rollout/kl_rollout_train": kl.k3(torch.cat(rollout), torch.cat(train)).mean().item(),
+            "rollout/ratio_max": d.exp().max().item()}
