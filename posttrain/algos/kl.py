@@ -77,7 +77,8 @@ class AdaptiveKLController(FixedKLController):
 
     where n_steps is the number of samples (or steps) the KL was measured over, so β changes by at most 20% per
     `horizon` of them. Example: β = 0.1, target 6, horizon 10000, measured KL 12 over 512 samples →
-    e = 0.2, β = 0.1 · (1 + 0.2·512/10000) = 0.101024; measured 3 → e = −0.2 (clipped from −0.5), β = 0.098976.
+    e = 0.2, β = 0.1 · (1 + 0.2·512/10000) = 0.101024; measured 3 → e = −0.2 (clipped from −0.5),
+    β = 0.098976.
     """
 
     def __init__(self, value: float, target: float, horizon: float):
