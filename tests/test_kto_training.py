@@ -13,6 +13,7 @@ from posttrain.algos import preference as algos
 from posttrain.data.preference import build_unpaired_examples
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.train import preference
+from posttrain.train.common import batch_indices
 
 ARGS = ["preference.loss=kto", "train.lr=1e-3", "log.every=1", "log.progress=false", "eval.num_samples=8",
         "task.num_train=96", "task.num_eval=16", "task.max_digits=2", "threads=1"]
@@ -73,12 +74,14 @@ def test_first_step_is_half_with_zero_kl_then_desirable_rewards_lead(tmp_path):
 
 
 def test_weights_scale_the_first_step_loss(tmp_path):
-    # 8 examples per step; with w_d = 3, w_u = 1 the first loss is (3·n_d + n_u)/(2·8), n_d + n_u = 8.
+    # Step 1 (π = π_ref): each loss is w/2, so with w_d = 3, w_u = 1 the mean over the step's 8 examples is
+    # (3·n_d + n_u)/16. The task's pairs become items chosen, rejected, chosen, …: even items are desirable.
     run_cli("dpo", f"output_dir={tmp_path}", *ARGS, "train.micro_batch_size=8", "train.max_steps=1",
             "preference.desirable_weight=3.0", check=True)
-    loss = records(tmp_path)[0]["loss"]
-    n_desirable = (loss * 16 - 8) / 2
-    assert n_desirable == pytest.approx(round(n_desirable), abs=1e-5) and 0 <= round(n_desirable) <= 8
+    step = batch_indices(0, 8, 192, seed=0)
+    n_desirable = sum(i % 2 == 0 for i in step)
+    assert 0 < n_desirable < 8  # the check below tells the two weights apart
+    assert records(tmp_path)[0]["loss"] == pytest.approx((3 * n_desirable + (8 - n_desirable)) / 16, abs=1e-6)
 
 
 def test_micro_batch_times_accumulation_is_invariant(tmp_path):

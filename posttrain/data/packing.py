@@ -71,7 +71,8 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
 
 def collate(examples: list[dict], *, pad_id: int, packing: bool,
             pack_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Make a batch from examples {"input_ids": list[int], "labels": list[int]} (labels unshifted, -100 = no loss).
+    """Make a batch from examples {"input_ids": list[int], "labels": list[int]} (labels unshifted, -100 = no loss;
+    an example without "labels" — one only scored, e.g. by a reward model — has no targets).
 
     Args:
         examples: E tokenized examples, each non-empty.
@@ -114,7 +115,8 @@ def _build_row(examples: list[dict], members: list[int], width: int, pad_id: int
     """Concatenate examples `members` into one row of `width` tokens, padding on the right."""
     row = {"input_ids": [], "targets": [], "position_ids": [], "seq_index": []}
     for i in members:
-        ids, labels = examples[i]["input_ids"], examples[i]["labels"]
+        ids = examples[i]["input_ids"]
+        labels = examples[i].get("labels", [IGNORE_INDEX] * len(ids))
         row["input_ids"] += ids
         row["targets"] += list(labels[1:]) + [IGNORE_INDEX]  # shift within the example only
         row["position_ids"] += list(range(len(ids)))

@@ -22,9 +22,9 @@ Bad rows follow `policy` (data.truncation): "error" stops at the first one with 
 from __future__ import annotations
 
 from posttrain.data.formats import _normalize_row
-from posttrain.data.loading import Rows, load_rows
-from posttrain.data.tokenize import IGNORE_INDEX, TRUNCATION_POLICIES, DropReport, tokenize_sft
-from posttrain.errors import ConfigError, DataError
+from posttrain.data.loading import Rows
+from posttrain.data.tokenize import IGNORE_INDEX, DropReport, SkipRow, handle_bad_row, start_rows, tokenize_sft
+from posttrain.errors import DataError
 
 
 def build_preference_pairs(rows: Rows | list[dict], tokenizer, *, max_length: int, policy: str = "error",
@@ -34,22 +34,22 @@ def build_preference_pairs(rows: Rows | list[dict], tokenizer, *, max_length: in
     margin: the row's optional numeric `margin` column (how much better chosen is; used by the reward model's
     margin loss), else 0.0.
     """
-    rows, report = _check(rows, policy, max_length)
+    rows, report = start_rows(rows, policy, max_length)
     pairs = []
     for i, raw in enumerate(rows):
         try:
             row = _normalize_row(raw, "preference")
             if row["chosen"] == row["rejected"]:
-                raise _Skip("identical_responses", "chosen and rejected are the same response",
-                            "chosen", "remove the row: a pair with no preference teaches nothing")
+                raise SkipRow("identical_responses", "chosen and rejected are the same response",
+                              "chosen", "remove the row: a pair with no preference teaches nothing")
             margin = raw.get("margin", 0.0)
             if isinstance(margin, bool) or not isinstance(margin, (int, float)):
                 raise DataError(f"margin must be a number, got {margin!r}", field="margin",
                                 fix="store margin as a number, or drop the column")
             pair = {name: _example(row["prompt"], row[name], name, tokenizer, max_length, policy, use_chat_template)
                     for name in ("chosen", "rejected")}
-        except (DataError, _Skip) as e:
-            _handle(rows, i, e, policy, report)
+        except (DataError, SkipRow) as e:
+            handle_bad_row(rows, i, e, policy, report)
             continue
         pairs.append({**pair, "margin": float(margin)})
     if not pairs:
@@ -73,42 +73,39 @@ def build_unpaired_examples(rows: Rows | list[dict], tokenizer, *, max_length: i
     max_length is cut (it only feeds a KL estimate); it keeps at least one completion token, since the prompt
     fitted with its own completion.
     """
-    rows, report = _check(rows, policy, max_length)
-    items = []
+    rows, report = start_rows(rows, policy, max_length)
+    items, sources = [], []  # sources[k]: (prompt, response text) of items[k], for the mismatched partners
     for i, raw in enumerate(rows):
         try:
             paired = {"chosen", "rejected"} <= set(raw)
             row = _normalize_row(raw, "preference" if paired else "unpaired")
-            responses = ([("chosen", True), ("rejected", False)] if paired
-                         else [("completion", row["label"])])
-            built = [(row[name], _example(row["prompt"], row[name], name, tokenizer, max_length, policy,
-                                          use_chat_template), good) for name, good in responses]
-        except (DataError, _Skip) as e:
-            _handle(rows, i, e, policy, report)
+            responses = [("chosen", True), ("rejected", False)] if paired else [("completion", row["label"])]
+            built = [(name, _example(row["prompt"], row[name], name, tokenizer, max_length, policy,
+                                     use_chat_template), good) for name, good in responses]
+        except (DataError, SkipRow) as e:
+            handle_bad_row(rows, i, e, policy, report)
             continue
-        items += [{"prompt": row["prompt"], "response": text, "completion": example, "desirable": bool(good)}
-                  for text, example, good in built]
+        items += [{"completion": example, "desirable": bool(good)} for _, example, good in built]
+        sources += [(row["prompt"], row[name]) for name, _, _ in built]
     if not items:
         raise DataError(f"no usable example: {report.summary()}", file=rows.source,
                         fix="check the data (fields prompt, completion, label — or prompt, chosen, rejected) "
                         "or data.max_length")
+    prompts = [prompt for prompt, _ in sources]
     for i, item in enumerate(items):
-        partner = items[_mismatch_partner(items, i)]
-        example = response_example(item["prompt"], partner["response"], tokenizer,
-                                   use_chat_template=use_chat_template)
+        partner_response = sources[_mismatch_partner(prompts, i)][1]
+        example = response_example(prompts[i], partner_response, tokenizer, use_chat_template=use_chat_template)
         item["mismatched"] = {key: ids[:max_length] for key, ids in example.items()}
-    for item in items:
-        del item["prompt"], item["response"]
     return items, report
 
 
-def _mismatch_partner(items: list[dict], i: int, search: int = 64) -> int:
+def _mismatch_partner(prompts: list, i: int, search: int = 64) -> int:
     """The next item (cyclically, within `search` items) whose prompt differs from item i's and has the same kind
     (text or messages); failing that the next of the same kind (every prompt is the same), else i itself."""
-    prompt = items[i]["prompt"]
-    same_kind = [j for j in ((i + offset) % len(items) for offset in range(1, min(search, len(items))))
-                 if isinstance(items[j]["prompt"], str) == isinstance(prompt, str)]
-    different = [j for j in same_kind if items[j]["prompt"] != prompt]
+    prompt = prompts[i]
+    same_kind = [j for j in ((i + offset) % len(prompts) for offset in range(1, min(search, len(prompts))))
+                 if isinstance(prompts[j], str) == isinstance(prompt, str)]
+    different = [j for j in same_kind if prompts[j] != prompt]
     return (different or same_kind or [i])[0]
 
 
@@ -140,42 +137,15 @@ def response_example(prompt, response, tokenizer, *, use_chat_template: bool | N
 
 # ---------------------------------------------------------------------------------------------------------------------
 
-class _Skip(Exception):
-    """A row that is well-formed but unusable; carries its drop reason."""
-
-    def __init__(self, reason_key: str, reason: str, field: str, fix: str):
-        super().__init__(reason)
-        self.reason_key, self.reason, self.field, self.fix = reason_key, reason, field, fix
-
-
-def _check(rows, policy: str, max_length: int) -> tuple[Rows, DropReport]:
-    if policy not in TRUNCATION_POLICIES:
-        raise ConfigError(f"data.truncation must be one of {', '.join(TRUNCATION_POLICIES)}, got {policy!r}")
-    if max_length < 2:
-        raise ConfigError(f"data.max_length must be at least 2, got {max_length}")
-    rows = rows if isinstance(rows, Rows) else load_rows(rows)
-    return rows, DropReport(total=len(rows))
-
-
 def _example(prompt, response, name: str, tokenizer, max_length: int, policy: str, use_chat_template) -> dict:
     example = response_example(prompt, response, tokenizer, use_chat_template=use_chat_template)
     if len(example["input_ids"]) > max_length:
         if policy != "truncate":
-            raise _Skip("too_long", f"{name}: {len(example['input_ids'])} tokens is longer than "
-                        f"data.max_length={max_length}", name, "raise data.max_length, or set data.truncation "
-                        "to drop or truncate")
+            raise SkipRow("too_long", f"{name}: {len(example['input_ids'])} tokens is longer than "
+                          f"data.max_length={max_length}", name, "raise data.max_length, or set data.truncation "
+                          "to drop or truncate")
         example = {key: ids[:max_length] for key, ids in example.items()}
     if all(label == IGNORE_INDEX for label in example["labels"]):
-        raise _Skip("no_response_tokens", f"{name}: no response token left within data.max_length={max_length}",
-                    name, "raise data.max_length or shorten the prompt")
+        raise SkipRow("no_response_tokens", f"{name}: no response token left within data.max_length={max_length}",
+                      name, "raise data.max_length or shorten the prompt")
     return example
-
-
-def _handle(rows: Rows, i: int, e: Exception, policy: str, report: DropReport) -> None:
-    """Raise a located DataError under policy "error"; otherwise count the row as dropped."""
-    if policy == "error":
-        raise rows.error(i, e.reason, field=e.field, fix=e.fix) from None
-    if isinstance(e, _Skip):
-        report.add(e.reason_key)
-    else:
-        report.add("missing_field" if e.reason.startswith("missing field") else "invalid_field")

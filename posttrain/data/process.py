@@ -31,8 +31,8 @@ Bad rows follow `policy` (data.truncation): "error" stops at the first with file
 from __future__ import annotations
 
 from posttrain.data.formats import _turns
-from posttrain.data.loading import Rows, load_rows
-from posttrain.data.tokenize import TRUNCATION_POLICIES, DropReport, _render, _should_use_template
+from posttrain.data.loading import Rows
+from posttrain.data.tokenize import DropReport, SkipRow, _render, _should_use_template, handle_bad_row, start_rows
 from posttrain.errors import ConfigError, DataError
 
 FIELDS = ("prompt", "completions", "labels")
@@ -46,14 +46,9 @@ def build_step_examples(rows: Rows | list[dict], tokenizer, *, max_length: int, 
     step_labels [S] floats in [0, 1] (1 = the step is correct). Rows keep their order; raises DataError when
     every row is dropped. use_chat_template: None = use the tokenizer's template when it has one.
     """
-    if policy not in TRUNCATION_POLICIES:
-        raise ConfigError(f"data.truncation must be one of {', '.join(TRUNCATION_POLICIES)}, got {policy!r}")
-    if max_length < 2:
-        raise ConfigError(f"data.max_length must be at least 2, got {max_length}")
     if not separator:
         raise ConfigError("reward.step_separator must not be empty — fix: use \"\\n\" (one step per line)")
-    rows = rows if isinstance(rows, Rows) else load_rows(rows)
-    report = DropReport(total=len(rows))
+    rows, report = start_rows(rows, policy, max_length)
     examples = []
     for i, row in enumerate(rows):
         try:
@@ -62,16 +57,12 @@ def build_step_examples(rows: Rows | list[dict], tokenizer, *, max_length: int, 
                                    use_chat_template=use_chat_template)
             if len(example["input_ids"]) > max_length:
                 if policy != "truncate":
-                    raise _Skip("too_long", f"{len(example['input_ids'])} tokens is longer than data.max_length="
-                                f"{max_length}", "completions", "raise data.max_length, or set data.truncation to "
-                                "drop or truncate (which keeps the whole steps that fit)")
+                    raise SkipRow("too_long", f"{len(example['input_ids'])} tokens is longer than data.max_length="
+                                  f"{max_length}", "completions", "raise data.max_length, or set data.truncation to "
+                                  "drop or truncate (which keeps the whole steps that fit)")
                 example = _keep_whole_steps(example, max_length)
-        except (DataError, _Skip) as e:
-            if policy == "error":
-                raise rows.error(i, e.reason, field=e.field, fix=e.fix) from None
-            key = e.reason_key if isinstance(e, _Skip) else (
-                "missing_field" if e.reason.startswith("missing field") else "invalid_field")
-            report.add(key)
+        except (DataError, SkipRow) as e:
+            handle_bad_row(rows, i, e, policy, report)
             continue
         examples.append(example)
     if not examples:
@@ -122,14 +113,6 @@ def step_example(prompt, steps: list[str], tokenizer, *, labels: list[float] | N
 
 # ---------------------------------------------------------------------------------------------------------------------
 
-class _Skip(Exception):
-    """A row that is well-formed but unusable; carries its drop reason."""
-
-    def __init__(self, reason_key: str, reason: str, field: str, fix: str):
-        super().__init__(reason)
-        self.reason_key, self.reason, self.field, self.fix = reason_key, reason, field, fix
-
-
 def _validate(row: dict, separator: str) -> tuple:
     """(prompt, steps, labels as floats) of a row, or DataError naming the field."""
     for name in FIELDS:
@@ -142,7 +125,7 @@ def _validate(row: dict, separator: str) -> tuple:
         raise DataError("expected a list of non-empty strings, one per step", field="completions",
                         fix='write the steps as ["step 1", "step 2", ...]')
     if not steps:
-        raise _Skip("no_steps", "the solution has no steps", "completions", "add its steps, or remove the row")
+        raise SkipRow("no_steps", "the solution has no steps", "completions", "add its steps, or remove the row")
     for k, step in enumerate(steps):
         if separator in step:
             raise DataError(f"step {k} contains the step separator {separator!r}, so it would read as two steps",
@@ -163,8 +146,8 @@ def _keep_whole_steps(example: dict, max_length: int) -> dict:
     """The longest prefix of example that ends at a step's end and fits in max_length tokens."""
     kept = sum(1 for p in example["step_positions"] if p < max_length)
     if kept == 0:
-        raise _Skip("no_steps", f"not one whole step fits in data.max_length={max_length}", "completions",
-                    "raise data.max_length or shorten the prompt")
+        raise SkipRow("no_steps", f"not one whole step fits in data.max_length={max_length}", "completions",
+                      "raise data.max_length or shorten the prompt")
     end = example["step_positions"][kept - 1] + 1
     return {"input_ids": example["input_ids"][:end], "step_positions": example["step_positions"][:kept],
             "step_labels": example["step_labels"][:kept]}

@@ -160,6 +160,36 @@ class DropReport:
         return text
 
 
+class SkipRow(Exception):
+    """A row that is well-formed but unusable; carries its drop reason (a DropReport key), field and fix."""
+
+    def __init__(self, reason_key: str, reason: str, field: str, fix: str):
+        super().__init__(reason)
+        self.reason_key, self.reason, self.field, self.fix = reason_key, reason, field, fix
+
+
+def start_rows(rows: Rows | list[dict], policy: str, max_length: int) -> tuple[Rows, DropReport]:
+    """Check the bad-row policy and length limit, and wrap the rows (file/row numbers for errors) with an empty
+    DropReport: the common start of the row builders (preference pairs, step-labelled rows)."""
+    if policy not in TRUNCATION_POLICIES:
+        raise ConfigError(f"data.truncation must be one of {', '.join(TRUNCATION_POLICIES)}, got {policy!r}")
+    if max_length < 2:
+        raise ConfigError(f"data.max_length must be at least 2, got {max_length}")
+    rows = rows if isinstance(rows, Rows) else load_rows(rows)
+    return rows, DropReport(total=len(rows))
+
+
+def handle_bad_row(rows: Rows, i: int, e: DataError | SkipRow, policy: str, report: DropReport) -> None:
+    """Policy "error": raise a DataError naming file, row, field and fix. Otherwise count row i as dropped under
+    its reason (a DataError counts as missing_field or invalid_field)."""
+    if policy == "error":
+        raise rows.error(i, e.reason, field=e.field, fix=e.fix) from None
+    if isinstance(e, SkipRow):
+        report.add(e.reason_key)
+    else:
+        report.add("missing_field" if e.reason.startswith("missing field") else "invalid_field")
+
+
 def build_sft_examples(rows: Rows | list[dict], tokenizer, *, max_length: int, truncation: str = "error",
                        use_chat_template: bool | None = None) -> tuple[list[dict], DropReport]:
     """Tokenize canonical SFT rows and apply the length policy.

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from posttrain import checkpoint, config as C, distributed, tasks
-from posttrain.data import load_rows
+from posttrain.data import collate, load_rows
 from posttrain.errors import ConfigError, UserError
 
 
@@ -199,6 +199,16 @@ def forward_logits(model, batch: dict, precision: str = "fp32") -> tuple[torch.T
         logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                        position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep).logits
     return logits, batch["targets"][:, keep]
+
+
+def padded_forward(model, examples: list[dict], pad_id: int, precision: str = "fp32") -> torch.Tensor:
+    """The model's output logits for tokenized examples, one per row, right-padded: [E, T, …] (a score head's
+    output for reward models). With causal attention, padding on the right changes no real token's output."""
+    device = device_of(model)
+    batch = collate(examples, pad_id=pad_id, packing=False)
+    with autocast(precision, device):
+        return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                     use_cache=False).logits
 
 
 def device_of(model) -> torch.device:

@@ -31,7 +31,7 @@ from posttrain.algos.reward import prm_step_loss
 from posttrain.config import RMConfig
 from posttrain.data.process import build_step_examples, step_example
 from posttrain.models.loading import load_model, load_tokenizer
-from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, optimizer_step,
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step, padded_forward,
                                     prepare_run_dir, start_training, total_steps, train_and_eval_rows)
 from posttrain.train.sft import format_metrics, save_checkpoint, save_final
 
@@ -112,21 +112,14 @@ def step_logits(model, examples: list[dict], pad_id: int, precision: str = "fp32
     """The head's logit at every step's end: (logits [N], labels [N], solution index [N]), N = all steps of the
     examples in order.
 
-    One right-padded forward; with causal attention padding on the right changes no real token's output.
+    One right-padded forward (`padded_forward`).
     """
-    device = device_of(model)
-    longest = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
-    for i, e in enumerate(examples):
-        input_ids[i, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
-        attention_mask[i, :len(e["input_ids"])] = 1
-    with autocast(precision, device):
-        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+    logits = padded_forward(model, examples, pad_id, precision)
+    device = logits.device
     solution = torch.tensor([i for i, e in enumerate(examples) for _ in e["step_positions"]], device=device)
     position = torch.tensor([p for e in examples for p in e["step_positions"]], device=device)
     labels = torch.tensor([y for e in examples for y in e["step_labels"]], device=device)
-    return out.logits[solution, position, 0].float(), labels, solution
+    return logits[solution, position, 0].float(), labels, solution
 
 
 def step_sums(losses, logits, labels) -> torch.Tensor:

@@ -20,9 +20,8 @@ import torch
 from posttrain import distributed
 from posttrain.algos.reward import bradley_terry, reward_centering
 from posttrain.config import RMConfig
-from posttrain.data import collate
 from posttrain.models.loading import load_model, load_tokenizer
-from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, optimizer_step,
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step, padded_forward,
                                     prepare_run_dir, start_training, total_steps)
 from posttrain.train import process_reward
 from posttrain.train.preference import load_preference_data
@@ -102,12 +101,7 @@ def run(cfg: RMConfig) -> dict:
 
 def scores(model, examples: list[dict], pad_id: int, precision: str = "fp32") -> torch.Tensor:
     """The scalar reward of each tokenized response (right-padded; the head reads its last real token) → [E]."""
-    device = device_of(model)
-    batch = collate(examples, pad_id=pad_id, packing=False)
-    with autocast(precision, device):
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                       use_cache=False).logits
-    return logits[:, 0].float()
+    return padded_forward(model, examples, pad_id, precision)[:, 0].float()
 
 
 def pair_losses(model, pairs: list[dict], tokenizer, cfg: RMConfig):
