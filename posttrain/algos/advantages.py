@@ -9,8 +9,18 @@ tokens (right-padded; `mask` is 1 on real tokens). Sequence-level estimators bro
 response's tokens. Responses whose reward could not be computed (`scored` False: the reward function raised,
 returned None/NaN or timed out) are left out of every baseline and get advantage 0.
 
+    grpo                   (r − group mean) / group std                    sequence level
+    dr_grpo                r − group mean                                  sequence level
+    rloo                   r − mean of the group's other responses         sequence level
+    remax                  r − reward of the greedy response               sequence level
+    reinforce              r (no baseline)                                 sequence level
+    reinforce_pp           return-to-go, whitened over the batch's tokens  token level
+    reinforce_pp_baseline  group-centred return-to-go ÷ batch token std    token level
+    gae                    GAE(γ, λ) from a critic's values                token level
+
 Group baselines here (grpo, dr_grpo, rloo) and the returns helper (`discounted_returns`) are also what the
-classic-RL side uses; `gae` is shared with classic PPO.
+classic-RL side uses; `gae` is shared with classic PPO. `token_level_rewards` builds the per-token rewards
+(sequence reward on the last token, minus the KL penalty) that the token-level estimators read.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ class AdvantageInputs:
     values: torch.Tensor | None = None         # [B, T] critic values V(s_t) (gae)
     bootstrap: torch.Tensor | None = None      # [B] value after the last token: 0 = terminal (default), V for
     #                                            a truncated response
+    baseline_rewards: torch.Tensor | None = None  # [B] reward of the greedy response to the same prompt (remax)
 
     def scored_mask(self) -> torch.Tensor:
         return torch.ones_like(self.rewards, dtype=torch.bool) if self.scored is None else self.scored.bool()
@@ -56,11 +67,11 @@ class AdvantageInputs:
 # Group statistics (shared by the group baselines)
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _group_stats(rewards: torch.Tensor, group_index: torch.Tensor, scored: torch.Tensor):
-    """Per response: (number of scored responses in its group, their mean reward, their sample std), each [B].
+def _group_stats(rewards: torch.Tensor, group_index: torch.Tensor, scored: torch.Tensor, correction: int = 1):
+    """Per response: (number of scored responses in its group, their mean reward, their std), each [B].
 
-    Sample std uses Bessel's correction (÷ (n − 1)), as torch.std, TRL and verl do; a group with fewer than two
-    scored responses has std 0."""
+    The std divides by n − correction: 1 = sample std with Bessel's correction, as torch.std, TRL and verl do;
+    0 = population std. A group with n ≤ correction scored responses has std 0."""
     groups, inverse = torch.unique(group_index, return_inverse=True)
     weight = scored.to(rewards.dtype)
     count = torch.zeros(len(groups), dtype=rewards.dtype).index_add(0, inverse, weight)
@@ -68,7 +79,8 @@ def _group_stats(rewards: torch.Tensor, group_index: torch.Tensor, scored: torch
     mean = total / count.clamp(min=1)
     squares = torch.zeros(len(groups), dtype=rewards.dtype).index_add(0, inverse,
                                                                       (rewards - mean[inverse]) ** 2 * weight)
-    std = torch.where(count > 1, (squares / (count - 1).clamp(min=1)).sqrt(), torch.zeros_like(count))
+    std = torch.where(count > correction, (squares / (count - correction).clamp(min=1)).sqrt(),
+                      torch.zeros_like(count))
     return count[inverse], mean[inverse], std[inverse]
 
 
@@ -79,22 +91,30 @@ def _broadcast(per_sequence: torch.Tensor, batch: AdvantageInputs) -> torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Critic-free, group baselines
+# Critic-free, sequence level: group baselines, the greedy baseline, none
 # ---------------------------------------------------------------------------------------------------------------------
 
+STD_MODES = {"sample": 1, "population": 0}  # grpo's std choices → the correction subtracted from n
+
+
 @register("grpo")
-def grpo(batch: AdvantageInputs, *, eps: float = 1e-6) -> torch.Tensor:
+def grpo(batch: AdvantageInputs, *, eps: float = 1e-6, std: str = "sample") -> torch.Tensor:
     """Group-relative advantage: A_i = (r_i − mean_g) / (std_g + ε), the same for every token of response i.
 
-    Shao et al. 2024, "DeepSeekMath", arXiv:2402.03300, §4.1.2 (outcome supervision). std is the *sample*
-    std of the group's scored rewards (÷ (n − 1)). A group whose rewards are all equal has numerator 0 and gets
-    advantage 0 (never NaN); so does a group with a single scored response.
+    Shao et al. 2024, "DeepSeekMath", arXiv:2402.03300, §4.1.2 (outcome supervision). std_g is the std of the
+    group's scored rewards: `std="sample"` (÷ (n − 1), what TRL and verl use) or "population" (÷ n). A group
+    whose rewards are all equal has numerator 0 and gets advantage 0 (never NaN); so does a group with a single
+    scored response.
 
-    Example: one group, rewards [1, 0, 0, 1] → mean 0.5, sample std √(1/3) = 0.57735 →
-    A = [0.86603, −0.86603, −0.86603, 0.86603] (ε = 0); rewards [1, 1, 1] → [0, 0, 0].
+    Example: one group, rewards [1, 0, 0, 1] → mean 0.5; sample std √(1/3) = 0.57735 →
+    A = [0.86603, −0.86603, −0.86603, 0.86603]; population std 0.5 → A = [1, −1, −1, 1] exactly (ε = 0);
+    rewards [1, 1, 1] → [0, 0, 0].
     """
-    count, mean, std = _group_stats(batch.rewards, batch.group_index, batch.scored_mask())
-    return _broadcast((batch.rewards - mean) / (std + eps), batch)
+    if std not in STD_MODES:
+        raise ValueError(f"grpo std must be one of {', '.join(STD_MODES)}, got {std!r}")
+    _, mean, group_std = _group_stats(batch.rewards, batch.group_index, batch.scored_mask(),
+                                      correction=STD_MODES[std])
+    return _broadcast((batch.rewards - mean) / (group_std + eps), batch)
 
 
 @register("dr_grpo")
@@ -125,8 +145,33 @@ def rloo(batch: AdvantageInputs) -> torch.Tensor:
     return _broadcast(scale * (batch.rewards - mean), batch)
 
 
+@register("remax")
+def remax(batch: AdvantageInputs) -> torch.Tensor:
+    """ReMax: A_i = r_i − r(greedy response to the same prompt), the same for every token of response i.
+
+    Li et al. 2023, "ReMax: A Simple, Effective, and Efficient Reinforcement Learning Method for Aligning Large
+    Language Models", arXiv:2310.10505: the greedy response's reward is a baseline that does not depend on the
+    sampled one, so the REINFORCE estimate stays unbiased with much less variance, and no critic is needed.
+    Needs batch.baseline_rewards [B] (the loop decodes greedily once per prompt and scores it).
+    Example: rewards [1, 0, 1], greedy rewards [0, 0, 1] → A = [1, 0, 0].
+    """
+    if batch.baseline_rewards is None:
+        raise ValueError("advantage 'remax' needs baseline_rewards: the reward of a greedy response to each "
+                         "prompt — let the loop generate it, or pick grpo / rloo")
+    return _broadcast(batch.rewards - batch.baseline_rewards.to(batch.rewards.dtype), batch)
+
+
+@register("reinforce")
+def reinforce(batch: AdvantageInputs) -> torch.Tensor:
+    """Plain REINFORCE (Williams 1992, "Simple Statistical Gradient-Following Algorithms for Connectionist
+    Reinforcement Learning"): A_i = r_i, no baseline, the same for every token of response i. Unbiased but
+    high-variance: the reference point for every baseline above. Example: rewards [1, 0] → A = [1, 0].
+    """
+    return _broadcast(batch.rewards, batch)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# Returns and GAE (token level)
+# Returns, REINFORCE++ and GAE (token level)
 # ---------------------------------------------------------------------------------------------------------------------
 
 def discounted_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
@@ -148,6 +193,83 @@ def discounted_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: f
         out[:, t] = g * m
         running = torch.where(m > 0, g, running)  # padding passes the running return through unchanged
     return out
+
+
+def token_level_rewards(rewards: torch.Tensor, mask: torch.Tensor,
+                        kl_penalty: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token rewards from sequence rewards: r_i on response i's last masked token, minus `kl_penalty`
+    (β·k per token, already multiplied by β by the caller) on every masked token; 0 on padding.
+
+    rewards [B], mask [B, T], kl_penalty [B, T] → [B, T]. This is how PPO and REINFORCE++ fold the KL into the
+    reward (kl.py, `where: reward`). Example: rewards [1, 0.5], mask [[1, 1, 1], [1, 1, 0]],
+    kl_penalty [[0.1, 0.2, 0.1], [0.05, 0.05, 0.3]] → [[−0.1, −0.2, 0.9], [−0.05, 0.45, 0]].
+    """
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (mask.bool() * positions).argmax(-1)  # index of each row's last response token
+    dtype = rewards.dtype if kl_penalty is None else torch.promote_types(rewards.dtype, kl_penalty.dtype)
+    m = mask.to(dtype)
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    out[torch.arange(mask.shape[0]), last] = rewards.to(dtype)
+    if kl_penalty is not None:
+        out = out - kl_penalty.to(dtype)
+    return out * m
+
+
+def _whiten_over_tokens(values: torch.Tensor, valid: torch.Tensor, eps: float, center: bool) -> torch.Tensor:
+    """(values − mean) / (std + ε) with the mean and population std over the `valid` tokens of the whole batch
+    (without `center` the mean is still used for the std but not subtracted); 0 where not valid."""
+    weight = valid.to(values.dtype)
+    n = weight.sum().clamp(min=1)
+    mean = (values * weight).sum() / n
+    std = (((values - mean) ** 2 * weight).sum() / n).sqrt()
+    return ((values - mean) if center else values) / (std + eps) * weight
+
+
+@register("reinforce_pp")
+def reinforce_pp(batch: AdvantageInputs, *, gamma: float = 1.0, eps: float = 1e-8) -> torch.Tensor:
+    """REINFORCE++: the per-token return-to-go G_t, normalized over ALL response tokens of the batch:
+    A_t = (G_t − mean) / (std + ε).
+
+    Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models",
+    arXiv:2501.03262. Needs batch.token_rewards [B, T] with the KL penalty already folded in (e.g.
+    `token_level_rewards(rewards, mask, β·k1)`). The batch-wide (not per-group) normalization is the point: no
+    critic, and no per-prompt std that would over-weight easy prompts. mean and std are over the masked tokens
+    of scored responses (std ÷ N, as the paper's OpenRLHF code); unscored responses get 0.
+
+    Example: token_rewards [[0, 0, 1], [0, 0, ·]], mask [[1, 1, 1], [1, 1, 0]], γ = 1 → returns
+    [[1, 1, 1], [0, 0, ·]]; over the 5 tokens mean 0.6, std √0.24 = 0.48990 →
+    A = [[0.81650, 0.81650, 0.81650], [−1.22474, −1.22474, 0]].
+    """
+    if batch.token_rewards is None:
+        raise ValueError("advantage 'reinforce_pp' needs token_rewards (e.g. token_level_rewards(rewards, mask, "
+                         "kl_penalty)) — or pick a sequence-level estimator (grpo, rloo, …)")
+    returns = discounted_returns(batch.token_rewards, batch.mask, gamma)
+    valid = batch.mask.bool() & batch.scored_mask()[:, None]
+    return _whiten_over_tokens(returns, valid, eps, center=True)
+
+
+@register("reinforce_pp_baseline")
+def reinforce_pp_baseline(batch: AdvantageInputs, *, gamma: float = 1.0, eps: float = 1e-8) -> torch.Tensor:
+    """REINFORCE++-baseline (for reasoning tasks with several samples per prompt): subtract the group mean of the
+    scored rewards from each response's reward, take the return-to-go, and divide by the std over all response
+    tokens of the batch (no second mean subtraction): A_t = G'_t / (std + ε).
+
+    Hu 2025, arXiv:2501.03262 (same paper as reinforce_pp). With batch.token_rewards (the loop's KL-folded
+    rewards) the group mean is subtracted on each response's last token; without, the token rewards are
+    token_level_rewards(r − mean_g). std ÷ N over the masked tokens of scored responses; unscored get 0.
+
+    Example: one group, rewards [1, 0, 0, 1] (mean 0.5), response lengths [3, 1, 1, 3], γ = 1 → every token of
+    response i carries r_i − 0.5 = ±0.5: six tokens of 0.5, two of −0.5 → token mean 0.25, std √0.1875 =
+    0.43301 → A = ±0.5/0.43301 = ±1.15470 (= 2/√3) on each response's tokens.
+    """
+    _, mean, _ = _group_stats(batch.rewards, batch.group_index, batch.scored_mask())
+    if batch.token_rewards is None:
+        token_rewards = token_level_rewards(batch.rewards - mean, batch.mask)
+    else:
+        token_rewards = batch.token_rewards - token_level_rewards(mean.to(batch.token_rewards.dtype), batch.mask)
+    returns = discounted_returns(token_rewards, batch.mask, gamma)
+    valid = batch.mask.bool() & batch.scored_mask()[:, None]
+    return _whiten_over_tokens(returns, valid, eps, center=False)
 
 
 @register("gae")

@@ -1,0 +1,166 @@
+"""Policy losses for online RL (a registry) and the critic's value loss.
+
+One signature for the registry (DESIGN §3):
+
+    policy.get(name)(logps, old_logps, advantages, mask, **hyperparameters) -> PolicyLoss
+
+All inputs are [B, T] float: `logps` = log π_θ(y_t) of the sampled tokens under the policy being trained (with
+gradient), `old_logps` = the same under the policy that generated them (no gradient), `advantages` from
+advantages.py, `mask` 1 on response tokens. Losses are per token, to be MINIMIZED, and are not reduced here:
+the loop reduces `PolicyLoss.losses` with aggregate.py (the mode decides how tokens and sequences weigh).
+
+With r = π_θ(y_t) / π_old(y_t) the importance ratio and A the advantage:
+
+    ppo_clip   −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A), optionally dual-clipped for A < 0   (PPO, DAPO)
+    gspo       the same with one sequence-level ratio s_i = exp(mean_t log r_t) per response   (GSPO)
+    vanilla    −r·A: plain policy gradient (REINFORCE); on-policy r = 1 and ∇ = −A·∇log π
+
+and `value_loss` (not in the registry: there is one) for the critic of PPO.
+
+Worked example (one token, A = +1, ε = 0.2): r = 1.5 → ppo_clip objective min(1.5, 1.2) = 1.2, loss −1.2, and
+its gradient w.r.t. log π is 0 (the clip is active); r = 1.1 → loss −1.1, gradient −1.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from posttrain.algos.kl import MAX_LOG_RATIO
+
+
+@dataclass
+class PolicyLoss:
+    losses: torch.Tensor        # [B, T] per-token loss (0 on padding); reduce with aggregate.py
+    ratio: torch.Tensor         # [B, T] detached importance ratio (the sequence ratio, per token, for gspo)
+    clipped_low: torch.Tensor   # [B, T] bool: A < 0 and r < 1 − ε_low, so the clip zeroed the gradient
+    clipped_high: torch.Tensor  # [B, T] bool: A > 0 and r > 1 + ε_high, so the clip zeroed the gradient
+    dual_clipped: torch.Tensor  # [B, T] bool: A < 0 and the dual clip capped the loss at −c·A (else all False)
+
+
+POLICY_LOSSES: dict[str, Callable[..., PolicyLoss]] = {}
+
+
+def register(name: str):
+    def wrap(fn):
+        POLICY_LOSSES[name] = fn
+        return fn
+    return wrap
+
+
+def get(name: str) -> Callable[..., PolicyLoss]:
+    """The loss registered under `name`; an unknown name raises ValueError listing the valid ones."""
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss '{name}' — valid: {', '.join(sorted(POLICY_LOSSES))}")
+    return POLICY_LOSSES[name]
+
+
+def _clipped_objective(ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, eps_low: float,
+                       eps_high: float | None) -> PolicyLoss:
+    """−min(r·A, clip(r, 1−ε_low, 1+ε_high)·A) per token, with its clip masks (shared by ppo_clip and gspo)."""
+    eps_high = eps_low if eps_high is None else eps_high
+    clipped_ratio = ratio.clamp(1 - eps_low, 1 + eps_high)
+    losses = -torch.minimum(ratio * advantages, clipped_ratio * advantages)
+    valid = mask.bool()
+    detached = ratio.detach()
+    return PolicyLoss(losses=torch.where(valid, losses, torch.zeros_like(losses)), ratio=detached,
+                      clipped_low=valid & (advantages < 0) & (detached < 1 - eps_low),
+                      clipped_high=valid & (advantages > 0) & (detached > 1 + eps_high),
+                      dual_clipped=torch.zeros_like(valid))
+
+
+@register("ppo_clip")
+def ppo_clip(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+             eps_low: float = 0.2, eps_high: float | None = None, dual_clip: float | None = None) -> PolicyLoss:
+    """PPO's clipped surrogate per token: loss = −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A), r = π_θ / π_old.
+
+    Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv:1707.06347, eq. 7. Where the ratio
+    has left the trust region in the direction A pushes it, the clipped term wins the min and the gradient is 0.
+    ε_high > ε_low is DAPO's "clip-higher" (Yu et al. 2025, arXiv:2503.14476, e.g. 0.2 / 0.28): it leaves room
+    to raise unlikely tokens, against entropy collapse. `dual_clip` = c > 1 (e.g. 3) is the dual clip of Ye et
+    al. 2020, "Mastering Complex Control in MOBA Games with Deep RL", arXiv:1912.09729: for A < 0 the objective
+    is max(min(r·A, clip(r)·A), c·A), i.e. loss = min(loss, −c·A), so a huge ratio cannot give a huge step.
+    The log-ratio is clamped to ±MAX_LOG_RATIO before e^.
+
+    Examples (one token): ε = 0.2, r = 1.5, A = +1 → objective 1.2 (loss −1.2), gradient 0, clipped_high;
+    ε_low = 0.2, ε_high = 0.28, r = 1.25, A = +1 → objective 1.25 (not clipped), d objective / d log π = 1.25;
+    r = 0.5, A = −1 → objective clip(0.5)·A = −0.8, gradient 0, clipped_low;
+    dual clip c = 3, r = 5, A = −1 → objective max(min(−5, −1.2), −3) = −3 (loss 3), gradient 0.
+    """
+    ratio = (logps - old_logps).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
+    out = _clipped_objective(ratio, advantages, mask, eps_low, eps_high)
+    if dual_clip is not None:
+        if dual_clip <= 1:
+            raise ValueError(f"dual_clip must be a constant c > 1 (e.g. 3), got {dual_clip}")
+        cap = -dual_clip * advantages  # the largest loss a token with A < 0 may contribute
+        out.dual_clipped = mask.bool() & (advantages < 0) & (out.losses > cap)
+        out.losses = torch.where(out.dual_clipped, cap, out.losses)
+    return out
+
+
+@register("gspo")
+def gspo(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+         eps_low: float = 3e-4, eps_high: float = 4e-4) -> PolicyLoss:
+    """Group Sequence Policy Optimization: PPO's clip on one ratio per response, its length-normalized likelihood
+    ratio s_i = exp((1/|y_i|) Σ_t (log π_θ − log π_old)), instead of one per token.
+
+    Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv:2507.18071. Written in the paper's GSPO-token
+    form s_{i,t} = sg[s_i] · π_θ(y_t) / sg[π_θ(y_t)] (sg = stop-gradient): its value is s_i at every token, its
+    gradient flows per token, and with sequence-level advantages and aggregate mode `seq_mean_token_mean` the
+    gradient is exactly GSPO's: s_i·A_i·(1/|y_i|)·Σ_t ∇log π_θ(y_t). Default ε's are the paper's (3e-4, 4e-4):
+    sequence ratios stay much closer to 1 than token ratios.
+
+    Example: one response, log-ratios [0.1, −0.1, 0.3] → mean 0.1, s = e^0.1 = 1.10517; A = +1, ε = 0.2 → not
+    clipped, objective 1.10517 at every token; after seq_mean_token_mean the gradient w.r.t. each log π_t is
+    s/|y| = 0.36839 (for the objective; −0.36839 for the loss).
+    """
+    m = mask.to(logps.dtype)
+    seq_log_ratio = ((logps - old_logps) * m).sum(-1) / m.sum(-1).clamp(min=1)
+    seq_log_ratio = seq_log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    token_log_ratio = seq_log_ratio.detach()[:, None] + logps - logps.detach()  # value s_i, gradient per token
+    return _clipped_objective(token_log_ratio.exp(), advantages, mask, eps_low, eps_high)
+
+
+@register("vanilla")
+def vanilla_pg(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
+               mask: torch.Tensor) -> PolicyLoss:
+    """Plain policy gradient (REINFORCE; Williams 1992, "Simple Statistical Gradient-Following Algorithms for
+    Connectionist Reinforcement Learning"): loss = −A·r per token, r = e^(log π − log π_old), no clipping.
+
+    On-policy (one update per batch) r = 1 and the gradient is −A·∇log π, the textbook estimator; the ratio
+    keeps it correct (importance-weighted) when a batch is reused. Example: r = 1, A = 2 → loss −2, gradient −2.
+    """
+    ratio = (logps - old_logps).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
+    valid = mask.bool()
+    losses = torch.where(valid, -advantages * ratio, torch.zeros_like(ratio))
+    never = torch.zeros_like(valid)
+    return PolicyLoss(losses=losses, ratio=ratio.detach(), clipped_low=never, clipped_high=never.clone(),
+                      dual_clipped=never.clone())
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *,
+               clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The critic's regression loss per token: ½(V − R)², or with `clip` = ε PPO2's clipped value loss
+
+        ½ · max((V − R)², (V_old + clip(V − V_old, −ε, ε) − R)²)
+
+    (OpenAI baselines ppo2, OpenRLHF): the critic may not move more than ε from the value it had at rollout
+    unless that moves it away from the target. values, old_values, returns, mask [B, T] →
+    (losses [B, T] (0 on padding; reduce with aggregate.py), clipped [B, T] bool: the clipped term was larger,
+    so the token's gradient is 0).
+
+    Example: V_old = 0.5, V = 1.0, R = 1.0, ε = 0.2 → unclipped (1 − 1)² = 0; clipped V = 0.7 →
+    (0.7 − 1)² = 0.09; the max picks the clipped term: loss 0.5·0.09 = 0.045, gradient 0. Without clip: loss 0.
+    """
+    valid = mask.bool()
+    unclipped = (values - returns) ** 2
+    if clip is None:
+        squares, clipped = unclipped, torch.zeros_like(valid)
+    else:
+        clipped_values = old_values + (values - old_values).clamp(-clip, clip)
+        clipped_squares = (clipped_values - returns) ** 2
+        squares = torch.maximum(unclipped, clipped_squares)
+        clipped = valid & (clipped_squares > unclipped)
+    return torch.where(valid, 0.5 * squares, torch.zeros_like(squares)), clipped
