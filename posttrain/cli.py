@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "sft": (C.SFTConfig, "posttrain.train.sft:run", "supervised fine-tuning, full or LoRA"),
     "rm": (C.RMConfig, "posttrain.train.reward:run", "reward model on pairs (Bradley–Terry), or per step (prm)"),
     "dpo": (C.DPOConfig, "posttrain.train.preference:run", "preference optimization: DPO, IPO, SimPO, ORPO, KTO, …"),
+    "rl": (C.RLConfig, "posttrain.train.rl:run", "online RL: PPO, GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++, GSPO, …"),
+    "explain": (C.RLConfig, "posttrain.explain:run", "print an rl config's batch arithmetic; refuse zero updates"),
     "generate": (C.GenerateConfig, "posttrain.generate:run_generate", "sample completions for a prompt file → JSONL"),
     "chat": (C.ChatConfig, "posttrain.generate:run_chat", "talk to a model in the terminal"),
     "export": (C.ExportConfig, "posttrain.export:run", "write a plain HF model directory (LoRA merged)"),
@@ -46,7 +48,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"unknown command '{command}' — {hint}")
         _quiet_libraries()
         cls, target, _ = COMMANDS[command]
+        print_config = command == "rl" and "--print-config" in args
+        args = _rl_arguments(command, args)
         cfg = parse_config(cls, args, prog=f"posttrain {command}")
+        if print_config:
+            import yaml
+            from posttrain.presets import expand
+            print(yaml.safe_dump(C.to_dict(expand(cfg)), sort_keys=False), end="")
+            return 0
         module, function = target.split(":")
         getattr(importlib.import_module(module), function)(cfg)
     except UserError as e:
@@ -69,6 +78,18 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _rl_arguments(command: str, args: list[str]) -> list[str]:
+    """rl: `--algo NAME` is `algo.name=NAME`, `--print-config` is handled by main; explain: `explain CONFIG`
+    is `explain -c CONFIG`."""
+    if command == "explain" and args and not args[0].startswith("-") and "=" not in args[0]:
+        args = ["-c", *args]
+    if command not in ("rl", "explain"):
+        return args
+    algo, args = _pop_option(args, ("--algo",))
+    args = [a for a in args if a != "--print-config"]
+    return args + ([f"algo.name={algo}"] if algo else [])
+
+
 def usage() -> str:
     lines = ["usage: posttrain <command> [-c config.yaml] [key=value ...] [--debug]", "", "commands:"]
     lines += [f"  {name:<10} {desc}" for name, (_, _, desc) in COMMANDS.items()]
@@ -85,7 +106,7 @@ def parse_config(cls: type, args: list[str], prog: str):
     paths = C.field_paths(cls)
     cfg = tyro.cli(cls, args=_to_tyro_args(args, paths), prog=prog, default=base,
                    config=(tyro.conf.FlagConversionOff,), use_underscores=True)
-    if isinstance(cfg, (C.SFTConfig, C.DPOConfig, C.RMConfig)):
+    if isinstance(cfg, (C.SFTConfig, C.DPOConfig, C.RMConfig, C.RLConfig)):
         C.validate(cfg)
     return cfg
 

@@ -285,6 +285,149 @@ class RMConfig:
 
 
 @dataclass
+class AlgoConfig:
+    """Which registered functions the online-RL loop composes. `name` is a preset (posttrain/presets.py) that
+    fills every field left unset here; any field set explicitly wins over the preset."""
+
+    name: str = "grpo"
+    """The preset: ppo, grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, gspo, remax, reinforce
+    (also `posttrain rl --algo NAME`; `--print-config` shows what it expands to)."""
+    advantage: str | None = None
+    """Advantage estimator (posttrain.algos.advantages): gae, grpo, dr_grpo, rloo, reinforce_pp,
+    reinforce_pp_baseline, remax, reinforce. Unset: the preset's."""
+    policy_loss: str | None = None
+    """Policy loss (posttrain.algos.policy): ppo_clip, gspo, vanilla. Unset: the preset's."""
+    aggregate: str | None = None
+    """Loss reduction (posttrain.algos.aggregate): token_mean, seq_mean_token_mean, seq_mean_token_sum_norm."""
+    critic: Literal["none", "value"] | None = None
+    """value: train a value model (PPO's critic, GAE needs it); none: critic-free. Unset: the preset's."""
+    eps_low: float | None = None
+    """Clip range below 1 for the importance ratio (PPO's ε)."""
+    eps_high: float | None = None
+    """Clip range above 1 (DAPO's clip-higher uses 0.28 with eps_low 0.2)."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens (0 or unset: off)."""
+    grpo_std: Literal["sample", "population"] = "sample"
+    """grpo: the group std divides by n − 1 (sample, as TRL and verl) or n (population)."""
+    normalize_advantages: bool | None = None
+    """Whiten advantages over the whole batch (masked mean 0, std 1); PPO's usual practice."""
+    gamma: float = 1.0
+    """Discount per token (gae, reinforce_pp)."""
+    lam: float = 0.95
+    """GAE's λ."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus (subtracted from the loss); 0 disables."""
+    value_clip: float = 0.2
+    """Critic: clip the new value to old ± this in the value loss (0 disables)."""
+    critic_lr: float = 0.0
+    """Critic learning rate; 0: the policy's train.lr."""
+    critic_init: str = ""
+    """Where the critic's backbone comes from: a reward-model or causal-LM directory. Empty: reward.model when
+    set (its score head becomes the value head), else the policy's model."""
+
+
+@dataclass
+class KLSection:
+    """The KL penalty against the frozen reference model (posttrain.algos.kl)."""
+
+    estimator: Literal["k1", "k2", "k3"] | None = None
+    """Per-token estimator: k1 (log-ratio), k2 (½ log-ratio²), k3 ((r − 1) − log r). Unset: the preset's."""
+    where: Literal["reward", "loss", "none"] | None = None
+    """reward: subtract β·KL per token from the reward (PPO); loss: add β·KL to the loss (GRPO); none: no
+    reference model at all. Unset: the preset's."""
+    coef: float | None = None
+    """β. 0 means no penalty (and no reference model is loaded). Unset: the preset's."""
+    target: float = 0.0
+    """Adaptive controller: steer β towards this KL per sequence (Ziegler et al. 2019); 0: fixed β."""
+    horizon: float = 10000.0
+    """Adaptive controller: samples over which β may change by at most 20%."""
+
+
+@dataclass
+class RLBatchConfig:
+    """How much is generated per step and how it is cut into optimizer updates (`posttrain explain` shows it)."""
+
+    prompts_per_step: int = 8
+    """Prompts drawn per RL step."""
+    generations: int | None = None
+    """Completions sampled per prompt (the group size of group baselines). Unset: the preset's."""
+    mini_batch_size: int = 0
+    """Samples per optimizer update; 0: all samples of the step (one update per epoch)."""
+    update_epochs: int = 1
+    """Passes over the step's samples (PPO epochs). With 1 epoch and one mini-batch the update is on-policy."""
+    dynamic_sampling: bool | None = None
+    """DAPO: drop groups whose rewards are all equal and draw more prompts until the step is full."""
+    max_sampling_rounds: int = 4
+    """Dynamic sampling: generation rounds per step at most (the step goes on with what it has)."""
+    overlong_buffer: float | None = None
+    """DAPO's soft overlong punishment: a penalty growing linearly to −1 over the last fraction of
+    sampling.max_new_tokens (L_cache = overlong_buffer × L_max); 0 disables."""
+    mask_truncated: bool = False
+    """Leave completions cut at sampling.max_new_tokens out of the loss (DAPO's overlong filtering)."""
+    length_penalty: float = 0.0
+    """Subtract length_penalty × (completion tokens / max_new_tokens) from every reward; 0 disables."""
+    recompute_old_logprobs: bool = False
+    """Recompute π_old with a forward pass instead of reusing the sampler's log-probs (they are reused when the
+    sampler's distribution is the policy's: no top-k/top-p/min-p/repetition penalty)."""
+
+
+@dataclass
+class RLRewardConfig:
+    """Where rewards come from; several sources are added with their weights (posttrain.rewards)."""
+
+    verifier: bool = True
+    """Score completions with the built-in task's verifier (needs the task's answers: task prompts, or a prompt
+    file with the columns the verifier reads, e.g. `answer`)."""
+    function: str = ""
+    """User reward code, 'path/to/file.py:function_name' — fn(prompt, completion, **row) -> float | None, run in a
+    separate process with a timeout."""
+    function_batched: bool = False
+    """The function takes lists (TRL's convention: fn(prompts, completions, **columns) -> list)."""
+    timeout_s: float = 10.0
+    """Seconds a user reward call may take; past it the worker is killed and the sample is unscorable."""
+    model: str = ""
+    """A trained reward model (an `rm` run directory or its final/), scoring prompt + completion."""
+    verifier_weight: float = 1.0
+    """Weight of the verifier's reward."""
+    function_weight: float = 1.0
+    """Weight of the user function's reward."""
+    model_weight: float = 1.0
+    """Weight of the reward model's score."""
+    max_unscored_fraction: float = 0.5
+    """Abort the run when more than this fraction of a step's samples could not be scored."""
+
+
+@dataclass
+class RLConfig:
+    """Online RL from prompts: PPO with a critic, or the critic-free family (GRPO, Dr. GRPO, DAPO, RLOO,
+    REINFORCE++, GSPO, ReMax) — presets of one loop."""
+
+    output_dir: str = "runs/rl"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
+    overwrite: bool = False
+    """Replace an existing run in output_dir (otherwise it is an error unless checkpoint.resume)."""
+    seed: int = 0
+    """Seeds prompt order, every sample, new heads."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    kl: KLSection = field(default_factory=KLSection)
+    rl: RLBatchConfig = field(default_factory=RLBatchConfig)
+    reward: RLRewardConfig = field(default_factory=RLRewardConfig)
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(max_new_tokens=32))
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig())
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, micro_batch_size=16, max_steps=100,
+                                                                   schedule="constant"))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+@dataclass
 class PretrainConfig(SFTConfig):
     """Pretraining from scratch: the SFT loop on a plain-text corpus with every token in the loss."""
 

@@ -108,6 +108,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def all_gather_objects(obj) -> list:
+    """Every rank's Python object, in rank order, on every rank ([obj] without torch.distributed)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Wrapping the model
 # ---------------------------------------------------------------------------------------------------------------------

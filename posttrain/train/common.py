@@ -94,8 +94,13 @@ def batch_indices(step: int, global_batch: int, num_examples: int, seed: int) ->
     step s takes positions [s·G, (s+1)·G). The data position is therefore a pure function of the step: resume
     needs no iterator state, and any micro-batch × accumulation split of G sees the same examples.
     """
-    out, start = [], step * global_batch
-    for position in range(start, start + global_batch):
+    return stream_indices(step * global_batch, global_batch, num_examples, seed)
+
+
+def stream_indices(start: int, count: int, num_examples: int, seed: int) -> list[int]:
+    """Example indices at positions [start, start + count) of the stream of per-epoch permutations."""
+    out = []
+    for position in range(start, start + count):
         epoch, offset = divmod(position, num_examples)
         out.append(_permutation(num_examples, seed, epoch)[offset])
     return out

@@ -1,0 +1,438 @@
+"""Online RL (`posttrain rl`): PPO with a critic and the critic-free family, one loop.
+
+An algorithm is a preset (presets.py) naming registered functions; this loop composes them:
+
+    setup       preset expanded → batch arithmetic checked (explain.rl_plan) → prompts → reward sources →
+                run dir → policy; the frozen reference only when a KL term needs it (LoRA: the same model
+                with its adapters disabled); the critic only for GAE (a value head on the reward model or the
+                policy's backbone)
+    rollout     rollouts.collect: prompts_per_step × generations samples from the engine, scored, shaped,
+                filtered (DAPO) — on each rank its share, then gathered
+    score       no-grad passes: π_old (the sampler's log-probs reused when its distribution is the policy's),
+                π_ref, the critic's values
+    advantage   KL in the reward (β·k per token; sequence estimators get the sum), then the registered
+                estimator; unscored samples get 0; optional whitening
+    update      rl.update_epochs × mini-batches; per micro-batch the registered policy loss per token
+                (+ β·k in the loss, − entropy bonus), reduced by aggregate.py with the mini-batch's global
+                token and sequence counts, so any micro-batch × accumulation split gives the same gradient;
+                samples whose every advantage is 0 contribute nothing and are skipped when nothing else
+                (KL or entropy in the loss) needs them; the critic's clipped value loss likewise
+    log         rl_diagnostics: rewards, KL, entropy, clipping, ratios, value loss, lengths, … and warnings
+    checkpoint  policy, critic, optimizers, scheduler, KL controller, prompt-stream position, RNGs
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+
+import torch
+
+from posttrain import checkpoint, distributed, presets
+from posttrain.algos import advantages as estimators, kl as kl_algos, policy as policy_losses
+from posttrain.algos.aggregate import aggregate
+from posttrain.algos.logprobs import token_entropy, token_logprobs
+from posttrain.config import LoraConfig, RLConfig
+from posttrain.data import collate
+from posttrain.errors import ConfigError
+from posttrain.eval.accuracy import greedy_accuracy
+from posttrain.explain import TOKEN_ESTIMATORS, needs_reference, rl_plan
+from posttrain.models.loading import load_model, load_tokenizer
+from posttrain.train import rl_diagnostics as diagnostics, rollouts
+from posttrain.train.common import (NonFiniteGuard, autocast, build_optimizer, device_of, optimizer_step,
+                                    prepare_run_dir, start_training)
+from posttrain.train.sft import format_metrics, save_final
+
+
+def run(cfg: RLConfig) -> dict:
+    cfg = presets.expand(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    world = distributed.init()
+
+    # ---- setup: every check on user input happens before the run directory is touched -----------------------------
+    rl_plan(cfg, world.world_size)  # the pieces and the divisibility, before anything is loaded
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    data = rollouts.load_prompts(cfg, tokenizer)
+    plan = rl_plan(cfg, world.world_size, len(data.rows), data.longest_prompt)
+    if cfg.rl.prompts_per_step % world.world_size:
+        raise ConfigError(f"rl.prompts_per_step = {cfg.rl.prompts_per_step} must be a multiple of the "
+                          f"{world.world_size} processes (each generates its share)")
+    distributed.check_strategy(cfg.train, world)
+    sources = rollouts.build_reward_sources(cfg, data, tokenizer, world.device)
+    run_dir, resume_from = prepare_run_dir(cfg)
+
+    model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
+                       weights_dir=resume_from / "model" if resume_from else None).to(world.device)
+    reference = None
+    if needs_reference(cfg) and cfg.lora.r == 0:
+        reference = load_model(cfg.model, LoraConfig(), seed=cfg.seed).to(world.device).eval().requires_grad_(False)
+    critic = critic_optimizer = None
+    if cfg.algo.critic == "value":
+        critic, critic_optimizer = load_critic(cfg, world, resume_from)
+    model, optimizer, scheduler, start_step, tracker = start_training(
+        cfg, model, world, run_dir, resume_from, plan.steps,
+        (plan.micro_batch, plan.accumulation, plan.mini_batch),
+        f"{len(data.rows)} prompts{data.report}; {cfg.algo.name}: {plan.prompts} prompts × {plan.generations} "
+        f"generations per step, {plan.updates_per_step} update(s) per step", unit="samples per update")
+    controller = kl_controller(cfg)
+    state = {"cursor": 0}
+    if resume_from is not None:
+        state = checkpoint_state(resume_from, controller, critic_optimizer)
+    if cfg.eval.at_start and start_step == 0:
+        tracker.log(0, evaluate(model, tokenizer, data, cfg))
+
+    # ---- loop -------------------------------------------------------------------------------------------------------
+    guard = NonFiniteGuard(cfg.train.max_bad_steps)
+    from posttrain.rewards import UnscorableGuard
+    unscorable = UnscorableGuard(cfg.reward.max_unscored_fraction)
+    watch = diagnostics.Watch(cfg)
+    metrics: dict = {}
+    try:
+        for step in range(start_step, plan.steps):
+            t0 = time.perf_counter()
+            rollout, state["cursor"] = rollouts.collect(cfg, model, tokenizer, data, sources, step, state["cursor"],
+                                                        unscorable)
+            t1 = time.perf_counter()
+            batch = prepare(cfg, model, reference, critic, tokenizer, rollout, controller.value)
+            metrics = update(cfg, plan, model, optimizer, critic, critic_optimizer, batch, tokenizer, guard, step)
+            controller.update(batch.kl_per_seq, plan.samples)
+            scheduler.step()
+            done = step + 1
+            metrics.update({**rollout.metrics, **batch.metrics, "kl_coef": controller.value,
+                            "lr": scheduler.get_last_lr()[0], "time/rollout": t1 - t0,
+                            "time/update": time.perf_counter() - t1,
+                            "samples_per_s": plan.samples / (time.perf_counter() - t0)})
+            if guard.skipped:
+                metrics["skipped_steps"] = guard.skipped
+            for message in watch.check(done, metrics, rollout):
+                tracker.write(f"warning (step {done}): {message}")
+            if done == plan.steps or (cfg.eval.every and done % cfg.eval.every == 0):
+                metrics.update(evaluate(model, tokenizer, data, cfg))
+            if done % cfg.log.every == 0 or done == plan.steps:
+                tracker.log(done, metrics)
+            tracker.advance()
+            if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < plan.steps:
+                save_checkpoint(run_dir, done, model, critic, optimizer, critic_optimizer, scheduler, controller,
+                                state, cfg)
+    finally:
+        rollouts.close_sources(sources)
+
+    # ---- outputs ----------------------------------------------------------------------------------------------------
+    tracker.close()
+    save_checkpoint(run_dir, plan.steps, model, critic, optimizer, critic_optimizer, scheduler, controller, state, cfg)
+    save_final(run_dir, model, tokenizer)
+    if world.is_main:
+        shown = {k: v for k, v in metrics.items() if k in ("reward/mean", "kl") or k.startswith("eval/")}
+        print(f"done: {format_metrics(shown)} — model in {run_dir / 'final'}", flush=True)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Scoring tokens: one (packed) forward, outputs scattered back to [samples, completion tokens]
+# ---------------------------------------------------------------------------------------------------------------------
+
+def forward_tokens(model, prompt_ids, completion_ids, width: int, cfg: RLConfig, *, entropy: bool = False):
+    """log π(token) of every completion token of each sample at the sampling temperature → [b, width]
+    (0 past a completion's end), and the policy's entropy at those positions ([b, width] or None)."""
+    device = device_of(model)
+    examples = [{"input_ids": p + c, "labels": [-100] * len(p) + c} for p, c in zip(prompt_ids, completion_ids)]
+    batch = {k: v.to(device) for k, v in collate(examples, pad_id=0, packing=cfg.data.packing).items()}
+    keep = (batch["targets"] != -100).any(0).nonzero().squeeze(-1)
+    with autocast(cfg.train.precision, device):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                       position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep).logits
+    if cfg.sampling.temperature != 1.0:
+        logits = logits.float() / cfg.sampling.temperature  # the policy is the distribution we sample from
+    targets = batch["targets"][:, keep]
+    seq, pos = _completion_positions(batch, keep, targets != -100, prompt_ids)
+    shape = (len(examples), width)
+    found = targets != -100
+    logps = torch.zeros(shape, device=device).index_put((seq, pos), token_logprobs(logits, targets)[found])
+    ent = torch.zeros(shape, device=device).index_put((seq, pos), token_entropy(logits)[found]) if entropy else None
+    return logps, ent
+
+
+def forward_values(critic, prompt_ids, completion_ids, width: int, cfg: RLConfig):
+    """The critic's V(s_t) before each completion token → [b, width], and V after the last token → [b] (the
+    bootstrap value of a truncated completion)."""
+    device = device_of(critic)
+    examples = [{"input_ids": p + c, "labels": [-100] * len(p) + c} for p, c in zip(prompt_ids, completion_ids)]
+    batch = {k: v.to(device) for k, v in collate(examples, pad_id=0, packing=cfg.data.packing).items()}
+    with autocast(cfg.train.precision, device):
+        out = critic(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                     position_ids=batch["position_ids"], use_cache=False).logits[..., 0].float()
+    keep = torch.arange(batch["input_ids"].shape[1], device=device)
+    found = batch["targets"] != -100
+    seq, pos = _completion_positions(batch, keep, found, prompt_ids)
+    values = torch.zeros(len(examples), width, device=device).index_put((seq, pos), out[found])
+    lengths = torch.tensor([len(e["input_ids"]) for e in examples], device=device)
+    index = batch["seq_index"].clamp(min=0)
+    last = (batch["seq_index"] >= 0) & (batch["position_ids"] == lengths[index] - 1)
+    bootstrap = torch.zeros(len(examples), device=device).index_put((batch["seq_index"][last],), out[last])
+    return values, bootstrap
+
+
+def _completion_positions(batch, keep, found, prompt_ids):
+    """(sample, completion token) coordinates of the kept positions that have a target: a sample's prompt of
+    length p predicts its completion token t at position p − 1 + t."""
+    seq = batch["seq_index"][:, keep][found]
+    prompt_len = torch.tensor([len(p) for p in prompt_ids], device=seq.device)
+    return seq, batch["position_ids"][:, keep][found] - (prompt_len[seq] - 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Before the update: π_old, π_ref, values, rewards with KL, advantages
+# ---------------------------------------------------------------------------------------------------------------------
+
+class Batch:
+    """A step's samples as [B, T] tensors (T = longest completion), ready for the update."""
+
+    def __init__(self, rollout: rollouts.Rollout):
+        self.prompt_ids, self.completion_ids = rollout.prompt_ids, rollout.completion_ids
+        self.width = max(1, max(map(len, self.completion_ids)))
+        self.mask = torch.zeros(len(self.completion_ids), self.width)
+        for i, ids in enumerate(self.completion_ids):
+            self.mask[i, :len(ids)] = 1
+        self.old_logps = self.ref_logps = self.old_values = self.returns = None
+        self.advantages = self.loss_mask = None
+        self.kl_per_seq = 0.0
+        self.metrics: dict = {}
+
+
+@torch.no_grad()
+def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollouts.Rollout, beta: float) -> Batch:
+    batch = Batch(rollout)
+    B, chunk = len(batch.completion_ids), cfg.train.micro_batch_size
+
+    def over_chunks(fn):
+        parts = [fn(batch.prompt_ids[s:s + chunk], batch.completion_ids[s:s + chunk]) for s in range(0, B, chunk)]
+        return [torch.cat(p).cpu() for p in zip(*parts)]
+
+    was_training = model.training
+    model.eval()
+    sampler = _sampler_logps(rollout, batch)
+    if sampler is not None and not cfg.rl.recompute_old_logprobs:
+        batch.old_logps = sampler
+    else:
+        batch.old_logps, = over_chunks(lambda p, c: forward_tokens(model, p, c, batch.width, cfg)[:1])
+        if sampler is not None:
+            batch.metrics.update(diagnostics.mismatch(batch.old_logps, sampler, batch.mask))
+    kl_tokens = torch.zeros_like(batch.mask)
+    if needs_reference(cfg):
+        if reference is None:  # LoRA: the reference is the base model, the adapters switched off
+            with distributed.unwrap(model).disable_adapter():
+                batch.ref_logps, = over_chunks(lambda p, c: forward_tokens(model, p, c, batch.width, cfg)[:1])
+        else:
+            batch.ref_logps, = over_chunks(lambda p, c: forward_tokens(reference, p, c, batch.width, cfg)[:1])
+        kl_tokens = kl_algos.get(cfg.kl.estimator)(batch.old_logps, batch.ref_logps) * batch.mask
+        batch.kl_per_seq = (kl_algos.k1(batch.old_logps, batch.ref_logps) * batch.mask).sum(-1).mean().item()
+        batch.metrics.update({"kl": kl_tokens.sum().item() / batch.mask.sum().item(), "kl/seq": batch.kl_per_seq})
+    bootstrap = None
+    if critic is not None:
+        critic.eval()
+        batch.old_values, bootstrap = over_chunks(lambda p, c: forward_values(critic, p, c, batch.width, cfg))
+        bootstrap = torch.where(rollout.truncated, bootstrap, torch.zeros_like(bootstrap))  # eos: terminal
+        critic.train()
+    model.train(was_training)
+
+    # ---- algorithm: rewards with the KL penalty, advantages ----------------------------------------------------
+    rewards, token_rewards = rollout.rewards, None
+    in_reward = cfg.kl.where == "reward" and needs_reference(cfg)
+    if cfg.algo.advantage in TOKEN_ESTIMATORS:
+        token_rewards = estimators.token_level_rewards(rewards, batch.mask, beta * kl_tokens if in_reward else None)
+    elif in_reward:
+        rewards = rewards - beta * kl_tokens.sum(-1)
+    inputs = estimators.AdvantageInputs(
+        rewards=rewards, mask=batch.mask, group_index=rollout.group_index, scored=rollout.scored,
+        token_rewards=token_rewards, values=batch.old_values, bootstrap=bootstrap,
+        baseline_rewards=rollout.baseline_rewards)
+    fn = estimators.get(cfg.algo.advantage)
+    options = {"gamma": cfg.algo.gamma, "lam": cfg.algo.lam, "std": cfg.algo.grpo_std}
+    accepted = inspect.signature(fn).parameters
+    adv = fn(inputs, **{k: v for k, v in options.items() if k in accepted}).float()
+    batch.loss_mask = batch.mask * (~rollout.truncated).float()[:, None] if cfg.rl.mask_truncated else batch.mask
+    if critic is not None:
+        batch.returns = estimators.gae_returns(adv, batch.old_values, batch.mask)
+    valid = batch.loss_mask * rollout.scored.float()[:, None]
+    if cfg.algo.normalize_advantages:
+        mean = (adv * valid).sum() / valid.sum().clamp(min=1)
+        var = ((adv - mean) ** 2 * valid).sum() / valid.sum().clamp(min=1)
+        adv = (adv - mean) / (var.sqrt() + 1e-8)
+    batch.advantages = adv * valid
+    batch.metrics.update(diagnostics.batch_metrics(batch, rollout, sampler is not None))
+    return batch
+
+
+def _sampler_logps(rollout, batch: Batch) -> torch.Tensor | None:
+    """The sampler's log-probs as [B, T], or None when they are not the policy's (top-k/p, penalties: the engine
+    reports them empty or they were sampled from a processed distribution — the caller checks the config)."""
+    if any(len(lp) != len(ids) for lp, ids in zip(rollout.sampler_logps, batch.completion_ids)):
+        return None
+    out = torch.zeros_like(batch.mask)
+    for i, lp in enumerate(rollout.sampler_logps):
+        out[i, :len(lp)] = torch.tensor(lp)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The update
+# ---------------------------------------------------------------------------------------------------------------------
+
+def update(cfg: RLConfig, plan, model, optimizer, critic, critic_optimizer, batch: Batch, tokenizer, guard,
+           step: int) -> dict:
+    """rl.update_epochs passes of mini-batches over the step's samples; one optimizer update per mini-batch.
+    Returns the step's update metrics (means over updates)."""
+    world, rank = distributed.world_size(), distributed.rank()
+    loss_fn = policy_losses.get(cfg.algo.policy_loss)
+    loss_kwargs = {"eps_low": cfg.algo.eps_low, "eps_high": cfg.algo.eps_high}
+    if cfg.algo.policy_loss == "ppo_clip" and cfg.algo.dual_clip:
+        loss_kwargs["dual_clip"] = cfg.algo.dual_clip
+    if cfg.algo.policy_loss == "vanilla":
+        loss_kwargs = {}
+    needs_all = (cfg.kl.where == "loss" and needs_reference(cfg)) or cfg.algo.entropy_coef > 0 or world > 1
+    totals = diagnostics.UpdateTotals()
+    for epoch in range(cfg.rl.update_epochs):
+        order = list(range(plan.samples))
+        if plan.mini_batches > 1:  # PPO shuffles the samples into new mini-batches every epoch
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1_009 + epoch)
+            order = torch.randperm(plan.samples, generator=g).tolist()
+        for m in range(plan.mini_batches):
+            mini = order[m * plan.mini_batch:(m + 1) * plan.mini_batch]
+            norm = _normalizers(batch, mini, cfg)
+            mine = mini[rank * len(mini) // world:(rank + 1) * len(mini) // world]
+            active = [i for i in mine if needs_all or batch.advantages[i].abs().sum() > 0]
+            totals.skipped += len(mine) - len(active)
+            micro_batches = [active[j:j + plan.micro_batch] for j in range(0, len(active), plan.micro_batch)]
+            loss = 0.0
+            for k, idx in enumerate(micro_batches):
+                with distributed.gradient_sync(model, enabled=k == len(micro_batches) - 1):
+                    loss += policy_micro_step(cfg, model, batch, idx, norm, loss_fn, loss_kwargs, totals, world,
+                                              first=epoch == 0 and m == 0)
+            if critic is not None:
+                totals.add("value_loss", critic_step(cfg, plan, critic, critic_optimizer, batch, mine,
+                                                     _value_tokens(batch, mini), world))
+            loss = distributed.all_reduce_sum(loss)
+            totals.add("loss", loss)
+            if micro_batches or world > 1:
+                totals.add("grad_norm", optimizer_step(model, optimizer, cfg, guard, loss))
+            else:
+                optimizer.zero_grad(set_to_none=True)
+    return totals.metrics()
+
+
+def _normalizers(batch: Batch, mini: list[int], cfg: RLConfig) -> dict:
+    """The mini-batch's global counts (all ranks' samples): what aggregate.py divides by."""
+    mask = batch.loss_mask[mini]
+    return {"num_tokens": mask.sum().clamp(min=1).item(), "num_seqs": max(1, int((mask.sum(-1) > 0).sum())),
+            "max_len": cfg.sampling.max_new_tokens}
+
+
+def _value_tokens(batch: Batch, mini: list[int]) -> float:
+    return batch.mask[mini].sum().clamp(min=1).item()
+
+
+def policy_micro_step(cfg, model, batch: Batch, idx: list[int], norm: dict, loss_fn, loss_kwargs, totals, world: int,
+                      first: bool) -> float:
+    """Forward, per-token policy loss (+ KL, − entropy), aggregate with the mini-batch's counts, backward."""
+    device = device_of(model)
+    logps, entropy = forward_tokens(model, [batch.prompt_ids[i] for i in idx],
+                                    [batch.completion_ids[i] for i in idx], batch.width, cfg, entropy=True)
+    mask = batch.loss_mask[idx].to(device)
+    old, adv = batch.old_logps[idx].to(device), batch.advantages[idx].to(device)
+    out = loss_fn(logps, old, adv, mask, **loss_kwargs)
+    per_token = out.losses
+    if cfg.kl.where == "loss" and needs_reference(cfg):
+        per_token = per_token + cfg.kl.coef * kl_algos.get(cfg.kl.estimator)(logps, batch.ref_logps[idx].to(device))
+    if cfg.algo.entropy_coef > 0:
+        per_token = per_token - cfg.algo.entropy_coef * entropy
+    loss = aggregate(per_token, mask, cfg.algo.aggregate, **norm) * world  # DDP averages gradients over ranks
+    loss.backward()
+    totals.record_policy(out, logps.detach(), old, entropy.detach(), mask, first)
+    return loss.item() / world
+
+
+def critic_step(cfg, plan, critic, critic_optimizer, batch: Batch, mine: list[int], num_tokens: float,
+                world: int) -> float:
+    """One update of the critic on this rank's share of the mini-batch: clipped value loss, token mean."""
+    from posttrain.algos.policy import value_loss
+
+    total = 0.0
+    for j in range(0, len(mine), plan.micro_batch):
+        idx = mine[j:j + plan.micro_batch]
+        values, _ = forward_values(critic, [batch.prompt_ids[i] for i in idx], [batch.completion_ids[i] for i in idx],
+                                   batch.width, cfg)
+        device = values.device
+        mask = batch.mask[idx].to(device)
+        losses, _ = value_loss(values, batch.old_values[idx].to(device), batch.returns[idx].to(device), mask,
+                               clip=cfg.algo.value_clip or None)
+        loss = (losses * mask).sum() / num_tokens * world  # token mean over the mini-batch, all ranks
+        loss.backward()
+        total += loss.item() / world
+    torch.nn.utils.clip_grad_norm_([p for p in critic.parameters() if p.requires_grad],
+                                   cfg.train.max_grad_norm or float("inf"))
+    critic_optimizer.step()
+    critic_optimizer.zero_grad(set_to_none=True)
+    return distributed.all_reduce_sum(total)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models, controllers, evaluation, checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+
+def load_critic(cfg: RLConfig, world, resume_from: Path | None):
+    """The value model: a per-token scalar head on the reward model (its score head carries over) or on the
+    policy's backbone; full fine-tuning, its own AdamW."""
+    from dataclasses import replace
+    source = cfg.algo.critic_init or cfg.reward.model or cfg.model.name_or_path
+    path = Path(source)
+    path = path / "final" if (path / "final").is_dir() else path
+    model_cfg = replace(cfg.model, name_or_path=str(path))
+    weights = resume_from / "critic" if resume_from is not None else None
+    critic = load_model(model_cfg, LoraConfig(), seed=cfg.seed + 1, weights_dir=weights, head="token")
+    critic = distributed.wrap(critic.to(world.device).train(), world, cfg.train.strategy,
+                              precision=cfg.train.precision)
+    optimizer = build_optimizer(critic, replace(cfg.train, lr=cfg.algo.critic_lr or cfg.train.lr))
+    if resume_from is not None:
+        optimizer.load_state_dict(torch.load(resume_from / "critic_optimizer.pt", weights_only=True))
+    return critic, optimizer
+
+
+def kl_controller(cfg: RLConfig):
+    coef = cfg.kl.coef if needs_reference(cfg) else 0.0
+    if cfg.kl.target > 0:
+        return kl_algos.AdaptiveKLController(coef, cfg.kl.target, cfg.kl.horizon)
+    return kl_algos.FixedKLController(coef)
+
+
+def checkpoint_state(resume_from: Path, controller, critic_optimizer) -> dict:
+    import json
+    state = json.loads((resume_from / "trainer_state.json").read_text())
+    controller.load_state_dict(state["kl_controller"])
+    return {"cursor": state["cursor"]}
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, data: rollouts.PromptData, cfg: RLConfig) -> dict:
+    if not data.problems:
+        return {}
+    with torch.random.fork_rng(devices=[]):
+        accuracy, _ = greedy_accuracy(distributed.unwrap(model), tokenizer, data.problems, data.task.score,
+                                      use_chat_template=data.use_chat_template,
+                                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+    model.train()
+    return {"eval/accuracy": accuracy}
+
+
+def save_checkpoint(run_dir: Path, step: int, model, critic, optimizer, critic_optimizer, scheduler, controller,
+                    state: dict, cfg: RLConfig) -> Path:
+    def write(directory: Path) -> None:
+        checkpoint.write_training_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
+                                        state={"step": step, "cursor": state["cursor"],
+                                               "kl_controller": controller.state_dict()})
+        if critic is not None:
+            distributed.save_pretrained(critic, directory / "critic")
+            if distributed.rank() == 0:
+                torch.save(critic_optimizer.state_dict(), directory / "critic_optimizer.pt")
+    return checkpoint.save(run_dir, step, write, keep_last=cfg.checkpoint.keep_last)

@@ -1,0 +1,278 @@
+"""The experience side of online RL: prompts in, scored completions out.
+
+    prompts      rows with a `prompt` (text or messages) and any columns the reward reads (e.g. `answer`);
+                 the built-in task's when no file is given. Drawn from an endless stream of per-epoch
+                 permutations; the stream position is the run's data position (saved in checkpoints).
+    generate     rl.generations completions per prompt with the rollout engine; sample k of the prompt at
+                 stream position s is seeded by (seed, step, s, k), so a resumed run draws the same samples
+    score        every reward source (verifier, user function, reward model), weighted; unscorable samples
+                 are kept but marked (posttrain.rewards)
+    shape        DAPO's overlong punishment and the length penalty are added to the rewards
+    filter       (DAPO dynamic sampling) groups whose rewards are all equal give no gradient under a group
+                 baseline: they are dropped and more prompts are drawn, up to rl.max_sampling_rounds rounds;
+                 a step still short of groups is filled with dropped ones, so the batch arithmetic never
+                 changes
+    ranks        each process generates and scores its share of the prompts; the results are gathered, so
+                 every rank holds the whole batch and computes the same advantages
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from posttrain import distributed, tasks
+from posttrain.algos import shaping
+from posttrain.config import RLConfig
+from posttrain.data import load_rows
+from posttrain.data.tokenize import DropReport
+from posttrain.errors import DataError, UserError
+from posttrain.rollout import build_engine, format_prompt
+from posttrain.train.common import stream_indices
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class PromptData:
+    rows: list[dict]               # {"prompt": …, other columns}
+    prompt_ids: list[list[int]]    # the tokens the policy continues from, one list per row
+    problems: list[dict]           # held-out task problems scored for greedy accuracy ([] when none)
+    task: object | None
+    use_chat_template: bool
+    report: str
+
+    @property
+    def longest_prompt(self) -> int:
+        return max(map(len, self.prompt_ids))
+
+
+def load_prompts(cfg: RLConfig, tokenizer) -> PromptData:
+    """Prompt rows from data.train_path, else the task's training problems; every prompt is tokenized once.
+    A missing or empty prompt is an error naming the row; an over-long one follows data.truncation (error, or
+    drop and count)."""
+    wanted = cfg.eval.task_accuracy if cfg.eval.task_accuracy is not None else cfg.data.train_path is None
+    needs_task = cfg.data.train_path is None or cfg.reward.verifier or wanted
+    task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps) \
+        if needs_task else None
+    source = cfg.data.train_path or f"task '{cfg.task.name}'"
+    raw = load_rows(cfg.data.train_path, columns=cfg.data.columns) if cfg.data.train_path else \
+        task.rows("train", cfg.task.num_train, cfg.seed)
+    use_template = tokenizer.chat_template is not None
+    rows, prompt_ids, report = [], [], DropReport(total=len(raw))
+    for i, row in enumerate(raw):
+        prompt = row.get("prompt", row.get("messages"))
+        if not prompt or not isinstance(prompt, (str, list)):
+            raise DataError("no prompt (a non-empty string, or a list of chat messages)", file=source, row=i,
+                            field="prompt", fix="give every row a 'prompt' column (rename with data.columns)")
+        ids = format_prompt(tokenizer, prompt, use_template)
+        if len(ids) > cfg.data.max_length:
+            if cfg.data.truncation == "error":
+                raise DataError(f"the prompt has {len(ids)} tokens, more than data.max_length = "
+                                f"{cfg.data.max_length}", file=source, row=i, field="prompt",
+                                fix="raise data.max_length, or set data.truncation=drop")
+            report.add("prompt too long")
+            continue
+        rows.append({**{k: v for k, v in row.items() if k != "messages"}, "prompt": prompt})
+        prompt_ids.append(ids)
+    if not rows:
+        raise UserError(f"{source}: no usable prompts ({report.summary()})")
+    problems = task.rows("eval", min(cfg.eval.num_samples, cfg.task.num_eval), cfg.seed) if wanted and task else []
+    dropped = f" ({report.summary()})" if report.dropped else ""
+    return PromptData(rows, prompt_ids, problems, task, use_template, dropped)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reward sources
+# ---------------------------------------------------------------------------------------------------------------------
+
+def build_reward_sources(cfg: RLConfig, data: PromptData, tokenizer, device) -> list[tuple[object, float]]:
+    """(source, weight) for every configured reward. Called before the run directory is made, so a broken
+    reward file or reward model stops the run before anything is written."""
+    from posttrain.rewards import FileReward, ModelReward, VerifierReward
+
+    sources = []
+    if cfg.reward.verifier:
+        if data.task is None:
+            raise UserError("reward.verifier needs a task — set task.name, or reward.verifier=false")
+        sources.append((VerifierReward(data.task.score), cfg.reward.verifier_weight))
+    if cfg.reward.function:
+        path, _, function = cfg.reward.function.rpartition(":")
+        if not path:
+            path, function = cfg.reward.function, "reward"
+        sources.append((FileReward(path, function=function, timeout_s=cfg.reward.timeout_s,
+                                   batched=cfg.reward.function_batched), cfg.reward.function_weight))
+    if cfg.reward.model:
+        from posttrain.config import LoraConfig, ModelConfig
+        from posttrain.models.loading import load_model
+        path = Path(cfg.reward.model)
+        path = path / "final" if (path / "final").is_dir() else path
+        rm = load_model(ModelConfig(name_or_path=str(path)), LoraConfig(), head="score").to(device).eval()
+        rm.requires_grad_(False)
+        sources.append((ModelReward(rm, tokenizer, use_chat_template=data.use_chat_template,
+                                    batch_size=cfg.eval.batch_size), cfg.reward.model_weight))
+    return sources
+
+
+def close_sources(sources) -> None:
+    for source, _ in sources:
+        if hasattr(source, "close"):
+            source.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Rollouts
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Rollout:
+    """One step's samples, prompt-major (G consecutive samples per prompt), identical on every rank."""
+
+    rows: list[dict]
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    completions: list[str]
+    sampler_logps: list[list[float]]  # log-prob of each token under the distribution it was sampled from
+    truncated: torch.Tensor           # [B] bool: stopped by the length limit
+    group_index: torch.Tensor         # [B] the prompt (group) of each sample
+    rewards: torch.Tensor             # [B] after shaping; 0 where unscored
+    scored: torch.Tensor              # [B] bool
+    baseline_rewards: torch.Tensor | None = None  # [B] remax: reward of the greedy completion of the prompt
+    metrics: dict = field(default_factory=dict)
+
+
+def collect(cfg: RLConfig, model, tokenizer, data: PromptData, sources, step: int, cursor: int,
+            guard) -> tuple[Rollout, int]:
+    """Generate and score one step's groups; returns (rollout, the stream position after it)."""
+    from posttrain.rewards import reward_metrics
+
+    P = cfg.rl.prompts_per_step
+    engine = build_engine(cfg.rollout, distributed.unwrap(model), tokenizer)
+    params = _sampling_params(cfg)
+    kept, dropped, rounds, first_round = [], [], 0, None
+    while True:
+        count = P if rounds == 0 else P - len(kept)
+        count = math.ceil(count / distributed.world_size()) * distributed.world_size()
+        groups, batch = _generate_and_score(cfg, engine, params, tokenizer, data, sources, step, cursor, count)
+        cursor += count
+        rounds += 1
+        if first_round is None:
+            first_round = batch
+            first_round_zero = sum(g["zero_variance"] for g in groups) / len(groups)
+        if not cfg.rl.dynamic_sampling:
+            kept = groups
+            break
+        kept += [g for g in groups if not g["zero_variance"]]
+        dropped += [g for g in groups if g["zero_variance"]]
+        if len(kept) >= P or rounds >= cfg.rl.max_sampling_rounds:
+            break
+    filled = max(0, P - len(kept))
+    groups = (kept + dropped)[:P]
+    rollout = _assemble(cfg, data, groups)
+    guard.check(first_round, step)
+    rollout.metrics = {**reward_metrics(first_round), "rollout/zero_variance_frac": first_round_zero}
+    if cfg.rl.dynamic_sampling:
+        rollout.metrics.update({"rollout/sampling_rounds": rounds, "rollout/filled_groups": filled})
+    if cfg.algo.advantage == "remax":
+        rollout.baseline_rewards = _greedy_baseline(cfg, engine, tokenizer, data, sources, groups, step)
+    return rollout, cursor
+
+
+def _sampling_params(cfg: RLConfig, greedy: bool = False):
+    from dataclasses import replace
+    return replace(cfg.sampling, n=1 if greedy else cfg.rl.generations, temperature=0.0 if greedy else
+                   cfg.sampling.temperature)
+
+
+def _generate_and_score(cfg, engine, params, tokenizer, data, sources, step, cursor, count):
+    """Groups for stream positions [cursor, cursor + count): this rank generates and scores its share, then
+    every rank gets all of them. Returns (groups, the ScoredBatch of all of them)."""
+    from posttrain.rewards import ScoredBatch, score_all
+
+    rank, world = distributed.rank(), distributed.world_size()
+    positions = list(range(cursor, cursor + count))[rank::world]
+    indices = [stream_indices(p, 1, len(data.rows), cfg.seed)[0] for p in positions]
+    gens = engine.generate([data.prompt_ids[i] for i in indices], params, seed=cfg.seed, step=step,
+                           example_ids=positions, stop_sequence=_stop_sequence(cfg, tokenizer))
+    texts = [_decode(tokenizer, g, cfg.sampling.stop_strings) for g in gens]
+    rows = [data.rows[indices[g.prompt_index]] for g in gens]
+    scored = score_all(sources, [r["prompt"] for r in rows], texts, [_columns(r) for r in rows])
+    G = params.n
+    mine = []
+    for j, index in enumerate(indices):
+        block = slice(j * G, (j + 1) * G)
+        mine.append({"index": index, "position": positions[j], "gens": gens[block], "texts": texts[block],
+                     "rewards": scored.rewards[block], "scored": scored.scored[block],
+                     "per_source": {k: v[block] for k, v in scored.per_source.items()},
+                     "failures": scored.failures})
+    groups = sorted((g for part in distributed.all_gather_objects(mine) for g in part), key=lambda g: g["position"])
+    for g in groups:
+        values = g["rewards"][g["scored"]]
+        g["zero_variance"] = len(values) < 2 or bool((values == values[0]).all())
+    failures: dict[str, int] = {}
+    for part in distributed.all_gather_objects(scored.failures):
+        for reason, n in part.items():
+            failures[reason] = failures.get(reason, 0) + n
+    batch = ScoredBatch(rewards=torch.cat([g["rewards"] for g in groups]),
+                        scored=torch.cat([g["scored"] for g in groups]),
+                        per_source={k: torch.cat([g["per_source"][k] for g in groups])
+                                    for k in groups[0]["per_source"]},
+                        failures=failures)
+    return groups, batch
+
+
+def _assemble(cfg: RLConfig, data: PromptData, groups: list[dict]) -> Rollout:
+    """The kept groups as one prompt-major batch, with the length shaping added to scored rewards."""
+    gens = [g for group in groups for g in group["gens"]]
+    indices = [group["index"] for group in groups for _ in group["gens"]]
+    lengths = torch.tensor([len(g.completion_ids) for g in gens])
+    max_len = cfg.sampling.max_new_tokens
+    scored = torch.cat([group["scored"] for group in groups])
+    shaped = torch.cat([group["rewards"] for group in groups]).float() \
+        + shaping.overlong_penalty(lengths, max_len, cfg.rl.overlong_buffer * max_len) \
+        + shaping.length_penalty(lengths, max_len, cfg.rl.length_penalty)
+    return Rollout(
+        rows=[data.rows[i] for i in indices], prompt_ids=[data.prompt_ids[i] for i in indices],
+        completion_ids=[g.completion_ids for g in gens],
+        completions=[t for group in groups for t in group["texts"]],
+        sampler_logps=[g.sampling_logprobs for g in gens],
+        truncated=torch.tensor([g.finish_reason == "length" for g in gens]),
+        group_index=torch.tensor([i for i, group in enumerate(groups) for _ in group["gens"]]),
+        rewards=torch.where(scored, shaped, torch.zeros_like(shaped)), scored=scored)
+
+
+def _greedy_baseline(cfg, engine, tokenizer, data, sources, groups, step) -> torch.Tensor:
+    """ReMax's baseline: the reward of the greedy completion of each prompt, repeated over its group (an
+    unscorable greedy completion gives baseline 0)."""
+    from posttrain.rewards import score_all
+
+    indices = [g["index"] for g in groups]
+    gens = engine.generate([data.prompt_ids[i] for i in indices], _sampling_params(cfg, greedy=True),
+                           seed=cfg.seed, step=step, stop_sequence=_stop_sequence(cfg, tokenizer))
+    texts = [_decode(tokenizer, g, cfg.sampling.stop_strings) for g in gens]
+    rows = [data.rows[i] for i in indices]
+    scored = score_all(sources, [r["prompt"] for r in rows], texts, [_columns(r) for r in rows])
+    baseline = torch.where(scored.scored, scored.rewards, torch.zeros_like(scored.rewards))
+    return baseline.repeat_interleave(cfg.rl.generations)
+
+
+def _stop_sequence(cfg, tokenizer):
+    stops = list(cfg.sampling.stop_strings)
+    if not stops:
+        return None
+    return lambda ids: any(s in tokenizer.decode(ids[-32:], skip_special_tokens=True) for s in stops)
+
+
+def _decode(tokenizer, generation, stop_strings) -> str:
+    text = tokenizer.decode(generation.completion_ids, skip_special_tokens=True)
+    cut = [text.find(s) for s in stop_strings if s in text]
+    return text[:min(cut)] if cut else text
+
+
+def _columns(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "prompt"}
