@@ -78,8 +78,8 @@ def rl_plan(cfg: RLConfig, world_size: int = 1, num_prompts: int | None = None,
     if mini % per_pass:
         raise ConfigError(f"a mini-batch of {mini} samples does not split into micro-batches of "
                           f"train.micro_batch_size {micro} × {world_size} process(es) = {per_pass} — set "
-                          f"train.micro_batch_size to a divisor of {mini // world_size if mini % world_size == 0 else mini}"
-                          " (or change rl.mini_batch_size)")
+                          f"train.micro_batch_size to a divisor of {mini // world_size} (or change "
+                          "rl.mini_batch_size)")
     if train.grad_accum != 1 or train.global_batch_size != 0:
         raise ConfigError("train.grad_accum and train.global_batch_size do not apply to rl: accumulation is "
                           "rl.mini_batch_size / (train.micro_batch_size × processes) — leave them at 1 and 0")

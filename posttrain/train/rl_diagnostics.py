@@ -129,9 +129,9 @@ class Watch:
             recent = self.kl_history[-5:]
             average = sum(recent) / len(recent) if recent else 0.0
             if len(recent) >= 3 and kl > 0.5 and kl > 4 * average:
-                found.append(("kl", f"KL to the reference jumped to {kl:.3g} nats per completion ({kl / max(average, 1e-9):.1f}× "
-                                    "its recent average) — lower train.lr or rl.update_epochs, raise kl.coef, or set "
-                                    "kl.target for an adaptive β"))
+                found.append(("kl", f"KL to the reference jumped to {kl:.3g} nats per completion "
+                                    f"({kl / max(average, 1e-9):.1f}× its recent average) — lower train.lr or "
+                                    "rl.update_epochs, raise kl.coef, or set kl.target for an adaptive β"))
             self.kl_history.append(kl)
         start = self.first.get("entropy")
         if start and step > 3 and m.get("entropy", start) < 0.25 * start:

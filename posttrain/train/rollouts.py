@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -94,7 +93,7 @@ def load_prompts(cfg: RLConfig, tokenizer) -> PromptData:
 def build_reward_sources(cfg: RLConfig, data: PromptData, tokenizer, device) -> list[tuple[object, float]]:
     """(source, weight) for every configured reward. Called before the run directory is made, so a broken
     reward file or reward model stops the run before anything is written."""
-    from posttrain.rewards import FileReward, ModelReward, VerifierReward
+    from posttrain.rewards import FileReward, VerifierReward, load_reward_model
 
     sources = []
     if cfg.reward.verifier:
@@ -102,20 +101,11 @@ def build_reward_sources(cfg: RLConfig, data: PromptData, tokenizer, device) -> 
             raise UserError("reward.verifier needs a task — set task.name, or reward.verifier=false")
         sources.append((VerifierReward(data.task.score), cfg.reward.verifier_weight))
     if cfg.reward.function:
-        path, _, function = cfg.reward.function.rpartition(":")
-        if not path:
-            path, function = cfg.reward.function, "reward"
-        sources.append((FileReward(path, function=function, timeout_s=cfg.reward.timeout_s,
-                                   batched=cfg.reward.function_batched), cfg.reward.function_weight))
+        sources.append((FileReward.from_spec(cfg.reward.function, timeout_s=cfg.reward.timeout_s,
+                                             batched=cfg.reward.function_batched), cfg.reward.function_weight))
     if cfg.reward.model:
-        from posttrain.config import LoraConfig, ModelConfig
-        from posttrain.models.loading import load_model
-        path = Path(cfg.reward.model)
-        path = path / "final" if (path / "final").is_dir() else path
-        rm = load_model(ModelConfig(name_or_path=str(path)), LoraConfig(), head="score").to(device).eval()
-        rm.requires_grad_(False)
-        sources.append((ModelReward(rm, tokenizer, use_chat_template=data.use_chat_template,
-                                    batch_size=cfg.eval.batch_size), cfg.reward.model_weight))
+        sources.append((load_reward_model(cfg.reward.model, device=device, batch_size=cfg.eval.batch_size,
+                                          precision=cfg.train.precision), cfg.reward.model_weight))
     return sources
 
 
@@ -208,21 +198,22 @@ def _generate_and_score(cfg, engine, params, tokenizer, data, sources, step, cur
         block = slice(j * G, (j + 1) * G)
         mine.append({"index": index, "position": positions[j], "gens": gens[block], "texts": texts[block],
                      "rewards": scored.rewards[block], "scored": scored.scored[block],
-                     "per_source": {k: v[block] for k, v in scored.per_source.items()},
-                     "failures": scored.failures})
+                     "per_source": {k: v[block] for k, v in scored.per_source.items()}})
     groups = sorted((g for part in distributed.all_gather_objects(mine) for g in part), key=lambda g: g["position"])
     for g in groups:
         values = g["rewards"][g["scored"]]
         g["zero_variance"] = len(values) < 2 or bool((values == values[0]).all())
     failures: dict[str, int] = {}
-    for part in distributed.all_gather_objects(scored.failures):
-        for reason, n in part.items():
+    first_error: dict[str, str] = {}
+    for part_failures, part_errors in distributed.all_gather_objects((scored.failures, scored.first_error)):
+        for reason, n in part_failures.items():
             failures[reason] = failures.get(reason, 0) + n
+        first_error = {**part_errors, **first_error}
     batch = ScoredBatch(rewards=torch.cat([g["rewards"] for g in groups]),
                         scored=torch.cat([g["scored"] for g in groups]),
                         per_source={k: torch.cat([g["per_source"][k] for g in groups])
                                     for k in groups[0]["per_source"]},
-                        failures=failures)
+                        failures=failures, first_error=first_error)
     return groups, batch
 
 
