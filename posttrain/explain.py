@@ -86,7 +86,7 @@ def rl_plan(cfg: RLConfig, world_size: int = 1, num_prompts: int | None = None,
     steps = train.max_steps
     if steps == 0 and num_prompts is not None:
         steps = int(train.epochs * num_prompts) // prompts
-    if steps < 1:
+    if steps < 1 and num_prompts is not None:  # unknown before the prompts are read: checked on the next call
         raise ConfigError(f"{train.epochs} epoch(s) over {num_prompts} prompts at rl.prompts_per_step {prompts} "
                           "gives zero RL steps — set train.max_steps, raise train.epochs or lower "
                           "rl.prompts_per_step")
@@ -147,8 +147,11 @@ def needs_reference(cfg: RLConfig) -> bool:
 
 def run(cfg: RLConfig) -> RLPlan:
     """Print the expanded algorithm and the batch arithmetic of an rl config (no model is loaded)."""
+    from posttrain.data import load_rows
+
     cfg = presets.expand(cfg)
-    num_prompts = None if cfg.data.train_path else cfg.task.num_train
+    num_prompts = len(load_rows(cfg.data.train_path, columns=cfg.data.columns).rows) if cfg.data.train_path \
+        else cfg.task.num_train
     plan = rl_plan(cfg, world_size=1, num_prompts=num_prompts)
     a = cfg.algo
     kl = f"{cfg.kl.estimator} in the {cfg.kl.where}, β = {cfg.kl.coef}" + \
