@@ -153,6 +153,10 @@ def _to_tyro_args(args: list[str], paths: dict[str, typing.Any]) -> list[str]:
 
 def _values(value: str, ftype: typing.Any) -> list[str]:
     origin = typing.get_origin(ftype)
+    if value.lower() in ("none", "null") and type(None) in typing.get_args(ftype):
+        return ["None"]
+    if ftype == bool | None:  # an optional flag (unset = decided by another setting) takes true/false too
+        ftype = bool
     if ftype is bool and value.lower() in ("true", "false", "1", "0", "yes", "no"):
         return ["True" if value.lower() in ("true", "1", "yes") else "False"]
     if origin is list:
