@@ -391,6 +391,10 @@ def load_critic(cfg: RLConfig, world, resume_from: Path | None):
     model_cfg = replace(cfg.model, name_or_path=str(path))
     weights = resume_from / "critic" if resume_from is not None else None
     critic = load_model(model_cfg, LoraConfig(), seed=cfg.seed + 1, weights_dir=weights, head="token")
+    # Weights read from safetensors keep the file's byte offsets, and the [1, H] value head's dot products round
+    # differently when misaligned: own fresh memory, so a resumed run matches one whose head was newly allocated.
+    for p in critic.parameters():
+        p.data = p.data.clone()
     critic = distributed.wrap(critic.to(world.device).train(), world, cfg.train.strategy,
                               precision=cfg.train.precision)
     optimizer = build_optimizer(critic, replace(cfg.train, lr=cfg.algo.critic_lr or cfg.train.lr))
