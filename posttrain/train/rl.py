@@ -212,7 +212,7 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
 
     was_training = model.training
     model.eval()
-    sampler = _sampler_logps(rollout, batch)
+    sampler = _sampler_logps(rollout, batch, cfg.sampling)
     if sampler is not None and not cfg.rl.recompute_old_logprobs:
         batch.old_logps = sampler
     else:
@@ -265,10 +265,13 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
     return batch
 
 
-def _sampler_logps(rollout, batch: Batch) -> torch.Tensor | None:
-    """The sampler's log-probs as [B, T], or None when they are not the policy's (top-k/p, penalties: the engine
-    reports them empty or they were sampled from a processed distribution — the caller checks the config)."""
-    if any(len(lp) != len(ids) for lp, ids in zip(rollout.sampler_logps, batch.completion_ids)):
+def _sampler_logps(rollout, batch: Batch, sampling) -> torch.Tensor | None:
+    """The sampler's log-probs as [B, T], or None when they are not the policy's: the policy is softmax(logits / T),
+    and top-k/top-p/min-p or a repetition penalty make the engine sample (and report log-probs of) another
+    distribution — e.g. top-k 20 on a near-uniform model gives log(1/20) where the policy has log(1/V)."""
+    processed = sampling.top_k != 0 or sampling.top_p < 1 or sampling.min_p > 0 or \
+        sampling.repetition_penalty != 1
+    if processed or any(len(lp) != len(ids) for lp, ids in zip(rollout.sampler_logps, batch.completion_ids)):
         return None
     out = torch.zeros_like(batch.mask)
     for i, lp in enumerate(rollout.sampler_logps):
