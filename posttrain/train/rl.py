@@ -96,7 +96,8 @@ def run(cfg: RLConfig) -> dict:
                                                         unscorable)
             t1 = time.perf_counter()
             batch = prepare(cfg, model, reference, critic, tokenizer, rollout, controller.value)
-            metrics = update(cfg, plan, model, optimizer, critic, critic_optimizer, batch, tokenizer, guard, step)
+            metrics = update(cfg, plan, model, optimizer, critic, critic_optimizer, batch, guard, step,
+                             controller.value)
             controller.update(batch.kl_per_seq, plan.samples)
             scheduler.step()
             done = step + 1
@@ -283,10 +284,11 @@ def _sampler_logps(rollout, batch: Batch, sampling) -> torch.Tensor | None:
 # The update
 # ---------------------------------------------------------------------------------------------------------------------
 
-def update(cfg: RLConfig, plan, model, optimizer, critic, critic_optimizer, batch: Batch, tokenizer, guard,
-           step: int) -> dict:
-    """rl.update_epochs passes of mini-batches over the step's samples; one optimizer update per mini-batch.
-    Returns the step's update metrics (means over updates)."""
+def update(cfg: RLConfig, plan, model, optimizer, critic, critic_optimizer, batch: Batch, guard, step: int,
+           beta: float) -> dict:
+    """rl.update_epochs passes of mini-batches over the step's samples; one optimizer update per mini-batch
+    (none for a mini-batch without any gradient). beta: the KL coefficient now (kl.where=loss). Returns the
+    step's update metrics (means over updates)."""
     world, rank = distributed.world_size(), distributed.rank()
     loss_fn = policy_losses.get(cfg.algo.policy_loss)
     loss_kwargs = {"eps_low": cfg.algo.eps_low, "eps_high": cfg.algo.eps_high}
@@ -294,7 +296,7 @@ def update(cfg: RLConfig, plan, model, optimizer, critic, critic_optimizer, batc
         loss_kwargs["dual_clip"] = cfg.algo.dual_clip
     if cfg.algo.policy_loss == "vanilla":
         loss_kwargs = {}
-    needs_all = (cfg.kl.where == "loss" and needs_reference(cfg)) or cfg.algo.entropy_coef > 0 or world > 1
+    needs_grad = (cfg.kl.where == "loss" and needs_reference(cfg)) or cfg.algo.entropy_coef > 0
     totals = diagnostics.UpdateTotals()
     for epoch in range(cfg.rl.update_epochs):
         order = list(range(plan.samples))
@@ -303,25 +305,28 @@ def update(cfg: RLConfig, plan, model, optimizer, critic, critic_optimizer, batc
             order = torch.randperm(plan.samples, generator=g).tolist()
         for m in range(plan.mini_batches):
             mini = order[m * plan.mini_batch:(m + 1) * plan.mini_batch]
-            norm = _normalizers(batch, mini, cfg)
             mine = mini[rank * len(mini) // world:(rank + 1) * len(mini) // world]
-            active = [i for i in mine if needs_all or batch.advantages[i].abs().sum() > 0]
-            totals.skipped += len(mine) - len(active)
-            micro_batches = [active[j:j + plan.micro_batch] for j in range(0, len(active), plan.micro_batch)]
+            if critic is not None:
+                totals.add("value_loss", critic_step(cfg, plan, critic, critic_optimizer, batch, mine,
+                                                     _value_tokens(batch, mini), world))
+            # A sample whose advantages are all 0 adds nothing to the gradient (unless KL or entropy is in the loss):
+            # skip its forward. Every rank holds every advantage, so all agree when a whole mini-batch has none.
+            active = {i for i in mini if needs_grad or batch.advantages[i].abs().sum() > 0}
+            if not active:
+                totals.skipped += len(mine)
+                continue
+            keep = mine if world > 1 else [i for i in mine if i in active]  # DDP: every rank runs a backward
+            totals.skipped += len(mine) - len(keep)
+            micro_batches = [keep[j:j + plan.micro_batch] for j in range(0, len(keep), plan.micro_batch)]
+            norm = _normalizers(batch, mini, cfg)
             loss = 0.0
             for k, idx in enumerate(micro_batches):
                 with distributed.gradient_sync(model, enabled=k == len(micro_batches) - 1):
                     loss += policy_micro_step(cfg, model, batch, idx, norm, loss_fn, loss_kwargs, totals, world,
-                                              first=epoch == 0 and m == 0)
-            if critic is not None:
-                totals.add("value_loss", critic_step(cfg, plan, critic, critic_optimizer, batch, mine,
-                                                     _value_tokens(batch, mini), world))
+                                              beta, first=epoch == 0 and m == 0)
             loss = distributed.all_reduce_sum(loss)
             totals.add("loss", loss)
-            if micro_batches or world > 1:
-                totals.add("grad_norm", optimizer_step(model, optimizer, cfg, guard, loss))
-            else:
-                optimizer.zero_grad(set_to_none=True)
+            totals.add("grad_norm", optimizer_step(model, optimizer, cfg, guard, loss))
     return totals.metrics()
 
 
@@ -337,7 +342,7 @@ def _value_tokens(batch: Batch, mini: list[int]) -> float:
 
 
 def policy_micro_step(cfg, model, batch: Batch, idx: list[int], norm: dict, loss_fn, loss_kwargs, totals, world: int,
-                      first: bool) -> float:
+                      beta: float, first: bool) -> float:
     """Forward, per-token policy loss (+ KL, − entropy), aggregate with the mini-batch's counts, backward."""
     device = device_of(model)
     logps, entropy = forward_tokens(model, [batch.prompt_ids[i] for i in idx],
@@ -347,7 +352,7 @@ def policy_micro_step(cfg, model, batch: Batch, idx: list[int], norm: dict, loss
     out = loss_fn(logps, old, adv, mask, **loss_kwargs)
     per_token = out.losses
     if cfg.kl.where == "loss" and needs_reference(cfg):
-        per_token = per_token + cfg.kl.coef * kl_algos.get(cfg.kl.estimator)(logps, batch.ref_logps[idx].to(device))
+        per_token = per_token + beta * kl_algos.get(cfg.kl.estimator)(logps, batch.ref_logps[idx].to(device))
     if cfg.algo.entropy_coef > 0:
         per_token = per_token - cfg.algo.entropy_coef * entropy
     loss = aggregate(per_token, mask, cfg.algo.aggregate, **norm) * world  # DDP averages gradients over ranks
