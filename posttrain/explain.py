@@ -36,7 +36,8 @@ class RLPlan:
     world_size: int
     updates_per_step: int
     steps: int
-    max_tokens_per_update: int
+    max_new_tokens: int
+    longest_prompt: int | None  # None: not tokenized (explain loads nothing)
 
     @property
     def total_updates(self) -> int:
@@ -52,7 +53,9 @@ class RLPlan:
             f" epoch(s) = {self.updates_per_step}",
             f"steps                 {self.steps} → {self.total_updates} optimizer updates, "
             f"{self.steps * self.samples} samples generated",
-            f"tokens per update     ≤ {self.max_tokens_per_update} (mini-batch × (longest prompt + max_new_tokens))",
+            f"tokens per update     ≤ {self.mini_batch} × ({self.longest_prompt or 'longest prompt'} + "
+            f"{self.max_new_tokens} new tokens)"
+            + (f" = {self.mini_batch * (self.longest_prompt + self.max_new_tokens)}" if self.longest_prompt else ""),
         ])
 
 
@@ -91,9 +94,8 @@ def rl_plan(cfg: RLConfig, world_size: int = 1, num_prompts: int | None = None,
                           "gives zero RL steps — set train.max_steps, raise train.epochs or lower "
                           "rl.prompts_per_step")
     mini_batches = samples // mini
-    longest = (longest_prompt or 0) + cfg.sampling.max_new_tokens
     return RLPlan(prompts, generations, samples, mini, mini_batches, micro, mini // per_pass, world_size,
-                  mini_batches * rl.update_epochs, steps, mini * longest)
+                  mini_batches * rl.update_epochs, steps, cfg.sampling.max_new_tokens, longest_prompt)
 
 
 def _check_pieces(cfg: RLConfig) -> None:
