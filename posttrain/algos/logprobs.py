@@ -30,10 +30,15 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int 
     return out.masked_fill(flat_targets == IGNORE_INDEX, 0.0).view(targets.shape)
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the full next-token distribution: logits [B, T, V] → [B, T] (nats).
+def token_entropy(logits: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
+    """Entropy of the full next-token distribution: logits [..., V] → [...] (nats), chunk_rows positions at a
+    time (as token_logprobs), so the float32 softmax never spans the whole batch × vocabulary.
 
     Example: uniform logits over V = 4 tokens → ln 4 = 1.3863.
     """
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    flat = logits.reshape(-1, logits.shape[-1])
+    parts = []
+    for start in range(0, flat.shape[0], chunk_rows):
+        logp = F.log_softmax(flat[start:start + chunk_rows].float(), dim=-1)
+        parts.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(parts).view(logits.shape[:-1]) if parts else flat.new_zeros(logits.shape[:-1])

@@ -151,7 +151,10 @@ def forward_tokens(model, prompt_ids, completion_ids, width: int, cfg: RLConfig,
     shape = (len(examples), width)
     found = targets != -100
     logps = torch.zeros(shape, device=device).index_put((seq, pos), token_logprobs(logits, targets)[found])
-    ent = torch.zeros(shape, device=device).index_put((seq, pos), token_entropy(logits)[found]) if entropy else None
+    ent = None
+    if entropy:  # with gradient only when the entropy bonus is in the loss; otherwise it is just logged
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.algo.entropy_coef > 0):
+            ent = torch.zeros(shape, device=device).index_put((seq, pos), token_entropy(logits[found]))
     return logps, ent
 
 
