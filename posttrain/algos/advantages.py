@@ -215,7 +215,7 @@ def token_level_rewards(rewards: torch.Tensor, mask: torch.Tensor,
     return out * m
 
 
-def _whiten_over_tokens(values: torch.Tensor, valid: torch.Tensor, eps: float, center: bool) -> torch.Tensor:
+def whiten(values: torch.Tensor, valid: torch.Tensor, eps: float = 1e-8, center: bool = True) -> torch.Tensor:
     """(values − mean) / (std + ε) with the mean and population std over the `valid` tokens of the whole batch
     (without `center` the mean is still used for the std but not subtracted); 0 where not valid."""
     weight = valid.to(values.dtype)
@@ -245,7 +245,7 @@ def reinforce_pp(batch: AdvantageInputs, *, gamma: float = 1.0, eps: float = 1e-
                          "kl_penalty)) — or pick a sequence-level estimator (grpo, rloo, …)")
     returns = discounted_returns(batch.token_rewards, batch.mask, gamma)
     valid = batch.mask.bool() & batch.scored_mask()[:, None]
-    return _whiten_over_tokens(returns, valid, eps, center=True)
+    return whiten(returns, valid, eps, center=True)
 
 
 @register("reinforce_pp_baseline")
@@ -269,7 +269,7 @@ def reinforce_pp_baseline(batch: AdvantageInputs, *, gamma: float = 1.0, eps: fl
         token_rewards = batch.token_rewards - token_level_rewards(mean.to(batch.token_rewards.dtype), batch.mask)
     returns = discounted_returns(token_rewards, batch.mask, gamma)
     valid = batch.mask.bool() & batch.scored_mask()[:, None]
-    return _whiten_over_tokens(returns, valid, eps, center=False)
+    return whiten(returns, valid, eps, center=False)
 
 
 @register("gae")

@@ -61,7 +61,12 @@ def logprob_mismatch(model, prompts: list[list[int]], generations: list[Generati
     rollout = [torch.tensor(g.logprobs, dtype=torch.float32) for g in generations]
     if not any(len(r) for r in rollout):
         return {}
-    d = torch.cat(train) - torch.cat(rollout)
+    return mismatch_metrics(torch.cat(train), torch.cat(rollout))
+
+
+def mismatch_metrics(train: torch.Tensor, rollout: torch.Tensor) -> dict[str, float]:
+    """The four numbers of `logprob_mismatch` from matching flat tensors of trainer and rollout log-probs."""
+    d = train - rollout
     return {"rollout/logprob_diff_max": d.abs().max().item(), "rollout/logprob_diff_mean": d.abs().mean().item(),
-            "rollout/kl_rollout_train": kl.k3(torch.cat(rollout), torch.cat(train)).mean().item(),
+            "rollout/kl_rollout_train": kl.k3(rollout, train).mean().item(),
             "rollout/ratio_max": d.exp().max().item()}

@@ -79,7 +79,7 @@ def run(cfg: RLConfig) -> dict:
     controller = kl_controller(cfg)
     state = {"cursor": 0}
     if resume_from is not None:
-        state = checkpoint_state(resume_from, controller, critic_optimizer)
+        state = checkpoint_state(resume_from, controller)
     if cfg.eval.at_start and start_step == 0:
         tracker.log(0, evaluate(model, tokenizer, data, cfg))
 
@@ -138,8 +138,7 @@ def forward_tokens(model, prompt_ids, completion_ids, width: int, cfg: RLConfig,
     """log π(token) of every completion token of each sample at the sampling temperature → [b, width]
     (0 past a completion's end), and the policy's entropy at those positions ([b, width] or None)."""
     device = device_of(model)
-    examples = [{"input_ids": p + c, "labels": [-100] * len(p) + c} for p, c in zip(prompt_ids, completion_ids)]
-    batch = {k: v.to(device) for k, v in collate(examples, pad_id=0, packing=cfg.data.packing).items()}
+    batch = _sample_batch(prompt_ids, completion_ids, device, cfg.data.packing)
     keep = (batch["targets"] != -100).any(0).nonzero().squeeze(-1)
     with autocast(cfg.train.precision, device):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
@@ -148,7 +147,7 @@ def forward_tokens(model, prompt_ids, completion_ids, width: int, cfg: RLConfig,
         logits = logits.float() / cfg.sampling.temperature  # the policy is the distribution we sample from
     targets = batch["targets"][:, keep]
     seq, pos = _completion_positions(batch, keep, targets != -100, prompt_ids)
-    shape = (len(examples), width)
+    shape = (len(prompt_ids), width)
     found = targets != -100
     logps = torch.zeros(shape, device=device).index_put((seq, pos), token_logprobs(logits, targets)[found])
     ent = None
@@ -162,20 +161,25 @@ def forward_values(critic, prompt_ids, completion_ids, width: int, cfg: RLConfig
     """The critic's V(s_t) before each completion token → [b, width], and V after the last token → [b] (the
     bootstrap value of a truncated completion)."""
     device = device_of(critic)
-    examples = [{"input_ids": p + c, "labels": [-100] * len(p) + c} for p, c in zip(prompt_ids, completion_ids)]
-    batch = {k: v.to(device) for k, v in collate(examples, pad_id=0, packing=cfg.data.packing).items()}
+    batch = _sample_batch(prompt_ids, completion_ids, device, cfg.data.packing)
     with autocast(cfg.train.precision, device):
         out = critic(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                      position_ids=batch["position_ids"], use_cache=False).logits[..., 0].float()
     keep = torch.arange(batch["input_ids"].shape[1], device=device)
     found = batch["targets"] != -100
     seq, pos = _completion_positions(batch, keep, found, prompt_ids)
-    values = torch.zeros(len(examples), width, device=device).index_put((seq, pos), out[found])
-    lengths = torch.tensor([len(e["input_ids"]) for e in examples], device=device)
+    values = torch.zeros(len(prompt_ids), width, device=device).index_put((seq, pos), out[found])
+    lengths = torch.tensor([len(p) + len(c) for p, c in zip(prompt_ids, completion_ids)], device=device)
     index = batch["seq_index"].clamp(min=0)
     last = (batch["seq_index"] >= 0) & (batch["position_ids"] == lengths[index] - 1)
-    bootstrap = torch.zeros(len(examples), device=device).index_put((batch["seq_index"][last],), out[last])
+    bootstrap = torch.zeros(len(prompt_ids), device=device).index_put((batch["seq_index"][last],), out[last])
     return values, bootstrap
+
+
+def _sample_batch(prompt_ids, completion_ids, device, packing: bool) -> dict:
+    """prompt + completion of each sample, collated (packed or padded), with targets on the completion tokens."""
+    examples = [{"input_ids": p + c, "labels": [-100] * len(p) + c} for p, c in zip(prompt_ids, completion_ids)]
+    return {k: v.to(device) for k, v in collate(examples, pad_id=0, packing=packing).items()}
 
 
 def _completion_positions(batch, keep, found, prompt_ids):
@@ -260,11 +264,7 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
     if critic is not None:
         batch.returns = estimators.gae_returns(adv, batch.old_values, batch.mask)
     valid = batch.loss_mask * rollout.scored.float()[:, None]
-    if cfg.algo.normalize_advantages:
-        mean = (adv * valid).sum() / valid.sum().clamp(min=1)
-        var = ((adv - mean) ** 2 * valid).sum() / valid.sum().clamp(min=1)
-        adv = (adv - mean) / (var.sqrt() + 1e-8)
-    batch.advantages = adv * valid
+    batch.advantages = estimators.whiten(adv, valid) if cfg.algo.normalize_advantages else adv * valid
     batch.metrics.update(diagnostics.batch_metrics(batch, rollout, sampler is not None))
     return batch
 
@@ -421,7 +421,7 @@ def kl_controller(cfg: RLConfig):
     return kl_algos.FixedKLController(coef)
 
 
-def checkpoint_state(resume_from: Path, controller, critic_optimizer) -> dict:
+def checkpoint_state(resume_from: Path, controller) -> dict:
     import json
     state = json.loads((resume_from / "trainer_state.json").read_text())
     controller.load_state_dict(state["kl_controller"])

@@ -21,18 +21,14 @@ import torch
 
 from posttrain.algos import kl as kl_algos
 from posttrain.explain import GROUP_ESTIMATORS
+from posttrain.rollout.check import mismatch_metrics
 
 
 def mismatch(train_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor) -> dict:
     """How far the trainer's log-probs are from the sampler's on the same tokens ([B, T] each; see
     rollout/check.py for the meaning of each number)."""
     m = mask > 0
-    if not m.any():
-        return {}
-    d = (train_logps - sampler_logps)[m]
-    return {"rollout/logprob_diff_max": d.abs().max().item(), "rollout/logprob_diff_mean": d.abs().mean().item(),
-            "rollout/kl_rollout_train": kl_algos.k3(sampler_logps[m], train_logps[m]).mean().item(),
-            "rollout/ratio_max": d.exp().max().item()}
+    return mismatch_metrics(train_logps[m], sampler_logps[m]) if m.any() else {}
 
 
 def batch_metrics(batch, rollout, sampler_reused: bool) -> dict:
