@@ -324,6 +324,9 @@ class AlgoConfig:
     critic_init: str = ""
     """Where the critic's backbone comes from: a reward-model or causal-LM directory. Empty: reward.model when
     set (its score head becomes the value head), else the policy's model."""
+    critic_warmup: int = 0
+    """PPO: for this many first steps only the critic learns (the policy waits until the values, and so the
+    advantages, mean something). 0: both from the first step."""
 
 
 @dataclass

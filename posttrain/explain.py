@@ -115,6 +115,11 @@ def _check_pieces(cfg: RLConfig) -> None:
     if algo.critic == "value" and algo.advantage != "gae":
         raise ConfigError(f"algo.critic=value is only used by algo.advantage=gae (now '{algo.advantage}') — set "
                           "algo.critic=none or algo.advantage=gae")
+    if algo.critic_warmup and algo.critic != "value":
+        raise ConfigError(f"algo.critic_warmup = {algo.critic_warmup} trains a critic first, and this algorithm has "
+                          "none — set algo.critic_warmup=0, or use a critic (algo.critic=value, algo.advantage=gae)")
+    if algo.critic_warmup < 0:
+        raise ConfigError(f"algo.critic_warmup = {algo.critic_warmup} must be ≥ 0 (steps)")
     if algo.advantage in GROUP_ESTIMATORS and rl.generations < 2:
         raise ConfigError(f"algo.advantage={algo.advantage} compares the completions of one prompt, and "
                           f"rl.generations = {rl.generations} gives every one advantage 0 — set rl.generations ≥ 2")

@@ -9,8 +9,10 @@ from posttrain import demo, tasks
 
 def test_quick_demo_learns(tmp_path):
     proc = run_cli("demo", "--quick", f"output_dir={tmp_path}", timeout=300, check=True)
-    table = dict(re.findall(r"^(before \(random init\)|after SFT|after DPO \(\w+\))\s+([0-9.]+)", proc.stdout, re.M))
-    assert set(table) == {"before (random init)", "after SFT", f"after DPO ({demo.DEMO_LOSS})"}, proc.stdout
+    table = dict(re.findall(r"^(before \(random init\)|after SFT|after (?:DPO|GRPO|PPO) \(\w+\))\s+([0-9.]+)",
+                            proc.stdout, re.M))
+    assert set(table) == {"before (random init)", "after SFT", f"after DPO ({demo.DEMO_LOSS})",
+                          "after GRPO (verifier)", "after PPO (critic)"}, proc.stdout
     before, after = float(table["before (random init)"]), float(table["after SFT"])
     assert before <= 0.05 and after >= before + 0.15, proc.stdout
     assert (tmp_path / "plots" / "sft" / "loss.png").is_file()
@@ -30,3 +32,16 @@ def test_quick_demo_learns(tmp_path):
     assert [row["loss"] for row in summary["variants"]] == [demo.DEMO_LOSS, "dpo"]
     sft_accuracy = next(s["greedy_accuracy"] for s in summary["stages"] if s["stage"] == "after SFT")
     assert all(row["before"] == sft_accuracy for row in summary["variants"])  # each starts from the SFT model
+    # the RL stages start from the SFT model too, log their curves, and face more SFT on noisy demonstrations
+    for algo in ("grpo", "ppo"):
+        records = [json.loads(line) for line in (tmp_path / algo / "metrics.jsonl").read_text().splitlines()]
+        assert records[0]["step"] == 0 and records[0]["eval/accuracy"] == sft_accuracy
+        assert (tmp_path / "plots" / algo / "reward_mean.png").is_file()
+    assert "explained_variance" in records[-1]  # PPO's critic
+    demos = [json.loads(line) for line in (tmp_path / "demonstrations" / "noisy.jsonl").read_text().splitlines()]
+    wrong = [d for d in demos if task.score(d["messages"][0]["content"], d["messages"][1]["content"],
+                                            answer=d["answer"]) == 0.0]
+    assert len(demos) == summary["demonstrations"]["demonstrations"] and len(wrong) == len(demos) // 4
+    arms = summary["scarce_demonstrations"]
+    assert [a["method"].split()[0] for a in arms] == ["more", "GRPO:", "more"], arms
+    assert all(0.0 <= a["accuracy"] <= 1.0 and a["seconds"] > 0 for a in arms)

@@ -34,7 +34,7 @@ LOWERCASE_SHARE = """
 # What every step of every preset logs (the issue's list); kl only with a KL term, the critic's only for PPO.
 REQUIRED = ["reward/mean", "reward/std", "reward/min", "reward/max", "entropy", "clip_frac/low", "clip_frac/high",
             "approx_kl", "ratio/max", "advantages/mean", "response_len/mean", "response_len/max", "truncated_frac",
-            "rollout/zero_variance_frac", "rollout/logprob_diff_max"]
+            "rollout/logprob_diff_max"]
 TIMING = ("time", "time/rollout", "time/update", "samples_per_s")
 
 
@@ -68,6 +68,7 @@ def test_every_preset_trains_and_logs_its_metrics(tmp_path, name):
     steps = records(run_dir)
     assert sorted(steps) == [1, 2] and (run_dir / "final" / "model.safetensors").is_file()
     expected = REQUIRED + (["kl"] if needs_reference(expanded) else []) + \
+        (["rollout/zero_variance_frac"] if expanded.rl.generations > 1 else []) + \
         (["value_loss", "explained_variance"] if expanded.algo.critic == "value" else [])
     for step, m in steps.items():
         assert not [k for k in expected if k not in m], (step, [k for k in expected if k not in m])
@@ -248,6 +249,22 @@ def test_grpo_with_dynamic_sampling_and_kl_resumes_exactly(tmp_path):
     assert run_rl(resumed, *args, "checkpoint.resume=true", reward=reward) == 0
     assert_same_tail(straight, resumed)
     assert records(resumed)[3]["kl"] > 0
+
+
+def test_ppo_critic_warmup_trains_only_the_critic_first(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train.max_steps=3", "algo.critic_warmup=2", "train.lr=1e-3", "algo.critic_lr=1e-3"]
+    assert run_rl(run_dir, *args, algo="ppo", reward=reward_file(tmp_path)) == 0
+    m = records(run_dir)
+    for step in (1, 2):  # the critic learns, the policy waits: no policy update, every sample skipped
+        assert "value_loss" in m[step] and "loss" not in m[step] and m[step]["skipped_samples"] == 4, m[step]
+    assert "loss" in m[3] and m[3]["skipped_samples"] < 4
+    waited = tmp_path / "waited"  # stopped at the end of the warmup: the policy is the initial model, exactly
+    assert run_rl(waited, *args, "train.max_steps=2", algo="ppo", reward=reward_file(tmp_path)) == 0
+    initial = load_model(C.ModelConfig(), C.LoraConfig()).state_dict()
+    assert all(torch.equal(w, initial[k]) for k, w in weights(waited / "final").items())
+    assert not all(torch.equal(w, initial[k]) for k, w in weights(run_dir / "final").items())
+    assert cli.main(["explain", "--algo", "grpo", "algo.critic_warmup=2"]) == 2  # no critic to warm up
 
 
 def test_ppo_with_critic_and_adaptive_kl_resumes_exactly(tmp_path):

@@ -312,6 +312,9 @@ def update(cfg: RLConfig, plan, model, optimizer, critic, critic_optimizer, batc
             if critic is not None:
                 totals.add("value_loss", critic_step(cfg, plan, critic, critic_optimizer, batch, mine,
                                                      _value_tokens(batch, mini), world))
+                if step < cfg.algo.critic_warmup:  # the critic learns first; the policy waits for its values
+                    totals.skipped += len(mine)
+                    continue
             # A sample whose advantages are all 0 adds nothing to the gradient (unless KL or entropy is in the loss):
             # skip its forward. Every rank holds every advantage, so all agree when a whole mini-batch has none.
             active = {i for i in mini if needs_grad or batch.advantages[i].abs().sum() > 0}

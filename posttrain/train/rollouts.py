@@ -9,9 +9,10 @@
                  are kept but marked (posttrain.rewards)
     shape        DAPO's overlong punishment and the length penalty are added to the rewards
     filter       (DAPO dynamic sampling) groups whose rewards are all equal give no gradient under a group
-                 baseline: they are dropped and more prompts are drawn, up to rl.max_sampling_rounds rounds;
-                 a step still short of groups is filled with dropped ones, so the batch arithmetic never
-                 changes
+                 baseline: they are dropped and more prompts are drawn, up to rl.max_sampling_rounds rounds
+                 (a refill draws the missing count divided by the share kept so far, so one round usually
+                 suffices); a step still short of groups is filled with dropped ones, so the batch arithmetic
+                 never changes
     ranks        each process generates and scores its share of the prompts; the results are gathered, so
                  every rank holds the whole batch and computes the same advantages
 """
@@ -144,12 +145,15 @@ def collect(cfg: RLConfig, model, tokenizer, data: PromptData, sources, step: in
     P = cfg.rl.prompts_per_step
     engine = build_engine(cfg.rollout, distributed.unwrap(model), tokenizer)
     params = _sampling_params(cfg)
-    kept, dropped, rounds, first_round = [], [], 0, None
+    kept, dropped, rounds, drawn, first_round = [], [], 0, 0, None
     while True:
-        count = P if rounds == 0 else P - len(kept)
+        count = P
+        if rounds:  # a refill: enough prompts for the missing groups at the rate groups were kept so far
+            count = min(P, math.ceil((P - len(kept)) / max(len(kept) / drawn, 0.25)))
         count = math.ceil(count / distributed.world_size()) * distributed.world_size()
         groups, batch = _generate_and_score(cfg, engine, params, tokenizer, data, sources, step, cursor, count)
         cursor += count
+        drawn += count
         rounds += 1
         if first_round is None:
             first_round = batch
@@ -165,7 +169,9 @@ def collect(cfg: RLConfig, model, tokenizer, data: PromptData, sources, step: in
     groups = (kept + dropped)[:P]
     rollout = _assemble(cfg, data, groups)
     guard.check(first_round, step)
-    rollout.metrics = {**reward_metrics(first_round), "rollout/zero_variance_frac": first_round_zero}
+    rollout.metrics = reward_metrics(first_round)
+    if cfg.rl.generations > 1:  # a group of one has no variance to speak of
+        rollout.metrics["rollout/zero_variance_frac"] = first_round_zero
     if cfg.rl.dynamic_sampling:
         rollout.metrics.update({"rollout/sampling_rounds": rounds, "rollout/filled_groups": filled})
     if cfg.algo.advantage == "remax":
