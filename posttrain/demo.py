@@ -114,7 +114,7 @@ def dpo_stage_config(cfg: DemoConfig, loss: str, model_dir: Path, pairs_dir: Pat
                         max_length=128),
         train=TrainConfig(lr=2e-4, max_steps=steps, micro_batch_size=16, warmup_steps=10, schedule="cosine",
                           min_lr_ratio=0.1),
-        eval=eval_config(cfg, every=0 if cfg.quick else 40),
+        eval=eval_config(cfg, every=0 if cfg.quick else 60),
         checkpoint=CheckpointConfig(every=0, keep_last=1), log=LogConfig(every=10, progress=False))
 
 
@@ -126,7 +126,7 @@ def rl_stage_config(cfg: DemoConfig, algo: str, model_dir: Path, reward_model: P
     noise); dynamic sampling, so every group carries a signal; a small constant learning rate, 3e-5 (1e-4 and
     above drift the weights with Adam's per-parameter noise and undo SFT); no KL term (the small rate keeps the
     policy near the SFT model: the KL to it stays below 0.01 per token)."""
-    steps = 3 if cfg.quick else (60 if algo == "grpo" else 80)
+    steps = 3 if cfg.quick else (60 if algo == "grpo" else 70)
     ppo = algo == "ppo"
     return RLConfig(
         output_dir=str(Path(cfg.output_dir) / algo), overwrite=True, seed=cfg.seed,
@@ -138,7 +138,7 @@ def rl_stage_config(cfg: DemoConfig, algo: str, model_dir: Path, reward_model: P
         sampling=SamplingParams(temperature=0.5, max_new_tokens=eval_config(cfg).max_new_tokens),
         model=ModelConfig(name_or_path=str(model_dir)), task=task_config(cfg), data=DataConfig(max_length=128),
         train=TrainConfig(lr=3e-5, max_steps=steps, micro_batch_size=32, schedule="constant"),
-        eval=eval_config(cfg, every=0 if cfg.quick else 30),
+        eval=eval_config(cfg, every=0 if cfg.quick else steps // 2),
         checkpoint=CheckpointConfig(every=0, keep_last=1), log=LogConfig(every=1, progress=False))
 
 
