@@ -179,7 +179,7 @@ def seconds_per_step(records: list[dict]) -> float:
 
 
 def run(cfg: DemoConfig) -> dict:
-    from posttrain.train import preference, reward, rl, sft
+    from posttrain.train import preference, reward, sft
 
     out = Path(cfg.output_dir)
     rows, summary = [], {}
@@ -232,35 +232,12 @@ def run(cfg: DemoConfig) -> dict:
     # ---- online RL from the SFT model: GRPO with the verifier, PPO with a critic ------------------------------------
     summary["rl"] = {}
     for algo in ("grpo", "ppo"):
-        t1 = time.time()
-        rl_cfg = rl_stage_config(cfg, algo, sft_dir, Path(rm_cfg.output_dir) / "final")
-        print(f"\nonline RL: {algo}, {rl_cfg.train.max_steps} steps", flush=True)
-        rl.run(rl_cfg)
-        records = read_metrics(rl_cfg.output_dir)
+        summary["rl"][algo] = rl_stage(cfg, algo, sft_dir, Path(rm_cfg.output_dir) / "final")
         label = "after GRPO (verifier)" if algo == "grpo" else "after PPO (critic)"
-        rows.append((label, records[-1]["eval/accuracy"], time.time() - t0))
-        plot_metrics([{k: v for k, v in r.items() if k in ("step", *RL_CURVES)} for r in records],
-                     out / "plots" / algo)
-        summary["rl"][algo] = {"accuracy": records[-1]["eval/accuracy"], "training_seconds": records[-1]["time"],
-                               "steps": rl_cfg.train.max_steps, "reward_first": records[1]["reward/mean"],
-                               "reward_last": records[-1]["reward/mean"], "kl_last": records[-1].get("kl")}
+        rows.append((label, summary["rl"][algo]["accuracy"], time.time() - t0))
 
     # ---- scarce, imperfect demonstrations: RL vs more SFT for the same wall time ------------------------------------
-    budget = summary["rl"]["grpo"]["training_seconds"]
-    steps = max(1, round(budget / seconds_per_step(read_metrics(sft_cfg.output_dir))))
-    demos = out / "demonstrations" / "noisy.jsonl"
-    summary["demonstrations"] = noisy_demonstrations(cfg, demos)
-    arms = []
-    for name, path, label in (("sft_noisy", demos, f"more SFT on {summary['demonstrations']['demonstrations']} "
-                                                   f"demonstrations, {summary['demonstrations']['wrong']} wrong"),
-                              ("sft_clean", None, f"more SFT on {sft_cfg.task.num_train:,} clean demonstrations")):
-        arm_cfg = continued_sft_config(cfg, name, sft_dir, steps, path)
-        print(f"\n{label}: {steps} steps (about GRPO's {budget:.0f} s)", flush=True)
-        sft.run(arm_cfg)
-        records = read_metrics(arm_cfg.output_dir)
-        arms.append({"method": label, "accuracy": records[-1]["eval/accuracy"], "seconds": records[-1]["time"]})
-    arms.insert(1, {"method": "GRPO: prompts and the verifier only", "accuracy": summary["rl"]["grpo"]["accuracy"],
-                    "seconds": budget})
+    summary["demonstrations"], arms = scarce_comparison(cfg, sft_cfg, summary["rl"]["grpo"])
     summary["scarce_demonstrations"] = arms
     summary["stages"] = [{"stage": stage, "greedy_accuracy": acc, "seconds": s} for stage, acc, s in rows]
 
@@ -270,16 +247,59 @@ def run(cfg: DemoConfig) -> dict:
         print(f"{stage:<22} {acc:>10.3f} {seconds:>9.0f}")
     print()
     print_variant_table(table, sft_cfg)
-    print(f"\nfrom the SFT model ({rows[1][1]:.3f}), for the same wall time: RL with a verifier against more SFT on "
-          f"few, imperfect demonstrations — and on perfect ones")
-    print(f"{'method':<48} {'greedy acc':>10} {'time (s)':>9}")
-    for arm in arms:
-        print(f"{arm['method']:<48} {arm['accuracy']:>10.3f} {arm['seconds']:>9.0f}")
+    print_scarce_table(arms, rows[1][1])
     show_samples(sft_dir, sft_cfg)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nheld-out problems: {sft_cfg.eval.num_samples}; plots: {out / 'plots'}; numbers: {out / 'summary.json'}")
     return {"before": rows[0][1], "after": rows[1][1], "after_dpo": rows[2][1], "after_grpo": rows[3][1],
             "after_ppo": rows[4][1], "seconds": time.time() - t0}
+
+
+def rl_stage(cfg: DemoConfig, algo: str, sft_dir: Path, rm_dir: Path) -> dict:
+    """One RL stage from the SFT model; its curves go to plots/ALGO. Returns its summary entry."""
+    from posttrain.train import rl
+
+    rl_cfg = rl_stage_config(cfg, algo, sft_dir, rm_dir)
+    print(f"\nonline RL: {algo}, {rl_cfg.train.max_steps} steps", flush=True)
+    rl.run(rl_cfg)
+    records = read_metrics(rl_cfg.output_dir)
+    plot_metrics([{k: v for k, v in r.items() if k in ("step", *RL_CURVES)} for r in records],
+                 Path(cfg.output_dir) / "plots" / algo)
+    return {"accuracy": records[-1]["eval/accuracy"], "training_seconds": records[-1]["time"],
+            "steps": rl_cfg.train.max_steps, "reward_first": records[1]["reward/mean"],
+            "reward_last": records[-1]["reward/mean"], "kl_last": records[-1].get("kl")}
+
+
+def scarce_comparison(cfg: DemoConfig, sft_cfg: SFTConfig, grpo: dict) -> tuple[dict, list[dict]]:
+    """More SFT from the SFT model for GRPO's training seconds (at the SFT stage's measured seconds per step): on
+    the noisy demonstrations, and on the clean task data. Returns (the demonstration counts, the table's rows)."""
+    from posttrain.train import sft
+
+    sft_dir = Path(sft_cfg.output_dir) / "final"
+    budget = grpo["training_seconds"]
+    steps = max(1, round(budget / seconds_per_step(read_metrics(sft_cfg.output_dir))))
+    demos = Path(cfg.output_dir) / "demonstrations" / "noisy.jsonl"
+    counts = noisy_demonstrations(cfg, demos)
+    arms = []
+    for name, path, label in (("sft_noisy", demos, f"more SFT on {counts['demonstrations']} demonstrations, "
+                                                   f"{counts['wrong']} wrong"),
+                              ("sft_clean", None, f"more SFT on {sft_cfg.task.num_train:,} clean demonstrations")):
+        arm_cfg = continued_sft_config(cfg, name, sft_dir, steps, path)
+        print(f"\n{label}: {steps} steps (about GRPO's {budget:.0f} s)", flush=True)
+        sft.run(arm_cfg)
+        records = read_metrics(arm_cfg.output_dir)
+        arms.append({"method": label, "accuracy": records[-1]["eval/accuracy"], "seconds": records[-1]["time"]})
+    arms.insert(1, {"method": "GRPO: prompts and the verifier only", "accuracy": grpo["accuracy"],
+                    "seconds": budget})
+    return counts, arms
+
+
+def print_scarce_table(arms: list[dict], sft_accuracy: float) -> None:
+    print(f"\nfrom the SFT model ({sft_accuracy:.3f}), for the same wall time: RL with a verifier against more SFT on "
+          f"few, imperfect demonstrations — and on perfect ones")
+    print(f"{'method':<48} {'greedy acc':>10} {'time (s)':>9}")
+    for arm in arms:
+        print(f"{arm['method']:<48} {arm['accuracy']:>10.3f} {arm['seconds']:>9.0f}")
 
 
 def variant_row(loss: str, records: list[dict], seconds: float) -> dict:
