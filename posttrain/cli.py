@@ -15,6 +15,7 @@ import sys
 import typing
 
 from posttrain import config as C
+from posttrain.classic.config import ClassicConfig
 from posttrain.errors import EXIT_USER_ERROR, ConfigError, UserError
 
 # command → (config class, "module:function", one-line description)
@@ -30,6 +31,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "chat": (C.ChatConfig, "posttrain.generate:run_chat", "talk to a model in the terminal"),
     "export": (C.ExportConfig, "posttrain.export:run", "write a plain HF model directory (LoRA merged)"),
     "plot": (C.PlotConfig, "posttrain.track:plot_run", "draw PNG curves from RUN_DIR/metrics.jsonl"),
+    "classic": (ClassicConfig, "posttrain.classic:run",
+                "classic RL on gymnasium: tabular, DQN family, REINFORCE, A2C, PPO, DDPG/TD3, BC"),
 }
 
 
@@ -80,9 +83,13 @@ def _quiet_libraries() -> None:
 
 def _rl_arguments(command: str, args: list[str]) -> list[str]:
     """rl: `--algo NAME` is `algo.name=NAME`, `--print-config` is handled by main; explain: `explain CONFIG`
-    is `explain -c CONFIG`."""
+    is `explain -c CONFIG`; classic: `classic ALGO --env ENV` is `algo=ALGO env=ENV`."""
     if command == "explain" and args and not args[0].startswith("-") and "=" not in args[0]:
         args = ["-c", *args]
+    if command == "classic":
+        algo = [f"algo={args.pop(0)}"] if args and not args[0].startswith("-") and "=" not in args[0] else []
+        env, args = _pop_option(args, ("--env",))
+        return args + algo + ([f"env={env}"] if env else [])
     if command not in ("rl", "explain"):
         return args
     algo, args = _pop_option(args, ("--algo",))
