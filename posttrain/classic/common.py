@@ -42,7 +42,7 @@ class GridWorld(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, size: int = 4, max_steps: int = 100):
+    def __init__(self, size: int = 4, max_steps: int = 1_000):
         self.size, self.max_steps = size, max_steps
         n = size * size
         self.observation_space, self.action_space = gym.spaces.Discrete(n), gym.spaces.Discrete(4)
