@@ -73,19 +73,29 @@ class PGSection:
     """Entropy bonus weight."""
     vf_coef: float = 0.5
     """Value-loss weight (A2C; REINFORCE's baseline has its own loss)."""
+    shared: bool = False
+    """A2C: one network trunk with a policy head and a value head; false: separate actor and critic."""
+    rmsprop: bool = True
+    """A2C: RMSprop (α 0.99, ε 1e-5) as Mnih et al. 2016 and SB3; false: Adam."""
+    anneal_lr: bool = True
+    """A2C: decay the learning rate linearly to 0 over the run."""
+    max_grad_norm: float = 0.5
+    """A2C: clip the gradient's global norm to this."""
     hidden: int = 64
     """Width of the two hidden layers."""
 
 
 @dataclass
 class PPOSection:
-    n_steps: int = 256
+    """PPO; the defaults are rl-zoo's CartPole-v1 hyperparameters."""
+
+    n_steps: int = 32
     """Environment steps per environment per rollout."""
-    epochs: int = 4
+    epochs: int = 20
     """Passes over each rollout."""
-    minibatches: int = 4
+    minibatches: int = 1
     """Minibatches per pass."""
-    gae_lambda: float = 0.95
+    gae_lambda: float = 0.8
     """GAE λ."""
     clip: float = 0.2
     """Clipped-surrogate ε."""
@@ -99,6 +109,8 @@ class PPOSection:
     """Whiten advantages per minibatch."""
     anneal_lr: bool = True
     """Decay the learning rate linearly to 0 over the run."""
+    max_grad_norm: float = 0.5
+    """Clip the gradient's global norm to this."""
     hidden: int = 64
     """Width of the two hidden layers."""
 
