@@ -121,23 +121,23 @@ class DDPGSection:
 
     buffer_size: int = 100_000
     """Replay buffer capacity (transitions)."""
-    batch_size: int = 256
+    batch_size: int = 128
     """Transitions per gradient step."""
-    learning_starts: int = 2_000
+    learning_starts: int = 1_000
     """Environment steps of uniform random actions before learning starts."""
     tau: float = 0.005
     """Soft target update rate."""
     noise: float = 0.1
-    """Gaussian exploration noise, as a fraction of the action range."""
+    """Gaussian exploration noise std, as a fraction of the half range (the actor's tanh scale)."""
     td3: bool = False
     """TD3: twin critics with the minimum as target, delayed actor updates, target-policy smoothing."""
     policy_delay: int = 2
     """TD3: critic updates per actor update."""
     target_noise: float = 0.2
-    """TD3: smoothing noise on the target action (fraction of the action range)."""
+    """TD3: smoothing noise std on the target action (fraction of the half range)."""
     noise_clip: float = 0.5
-    """TD3: clip of the smoothing noise (fraction of the action range)."""
-    hidden: int = 256
+    """TD3: clip of the smoothing noise (fraction of the half range)."""
+    hidden: int = 128
     """Width of the two hidden layers."""
 
 
