@@ -29,8 +29,9 @@ Random actions, exploration noise and minibatches all draw from torch's RNG, whi
 resumed run continues exactly.
 
 Reaches (the defaults, 10,000 steps, 20 evaluation episodes; random is about −1200, the scripted swing-up in
-bc.py about −130): DDPG −110 / −133 / −132 and TD3 −114 / −137 / −201 on seeds 0 / 1 / 2, 1–1.5 minutes each on
-one shared CPU thread (TD3, whose actor moves half as often, is the slower starter: seed 2 needs more steps). DDPG already evaluates at about −100 after 5,000 steps (the learning check in tests/test_classic_ddpg.py).
+bc.py about −130): DDPG −110 / −133 / −132 and TD3 −114 / −137 / −201 on seeds 0 / 1 / 2, 1–1.5 minutes each
+on one shared CPU thread (TD3, whose actor moves half as often, starts slower: seed 2 needs more steps).
+DDPG already evaluates at about −100 after 5,000 steps (the learning check in tests/test_classic_ddpg.py).
 """
 
 from __future__ import annotations
