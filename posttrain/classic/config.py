@@ -29,18 +29,24 @@ class TabularSection:
 
 @dataclass
 class DQNSection:
-    buffer_size: int = 50_000
+    """DQN, and Double / Dueling DQN when double / dueling are set. The defaults are rl-zoo's tuned CartPole-v1
+    DQN (lr 2.3e-3 in DEFAULTS): 128 gradient steps after every 256 environment steps."""
+
+    buffer_size: int = 100_000
     """Replay buffer capacity (transitions)."""
-    batch_size: int = 128
+    batch_size: int = 64
     """Transitions per gradient step."""
     learning_starts: int = 1_000
-    """Environment steps of random actions before learning starts."""
-    train_every: int = 1
-    """Environment steps between gradient steps."""
-    target_every: int = 500
-    """Hard target update: copy the online network every N environment steps (used when tau = 1)."""
+    """Environment steps of uniform random actions before learning starts."""
+    train_every: int = 256
+    """Environment steps between training phases."""
+    gradient_steps: int = 128
+    """Gradient steps in each training phase."""
+    target_every: int = 10
+    """Hard target update: copy the online network every N environment steps (used when tau = 1); with
+    train_every = 256 that is a fresh copy before every training phase."""
     tau: float = 1.0
-    """Soft target update θ' ← τθ + (1 − τ)θ' after each gradient step; 1 means hard updates every target_every."""
+    """Soft target update θ' ← τθ + (1 − τ)θ' after each gradient step; 1: hard copies every target_every."""
     double: bool = False
     """Double DQN: the online network picks the next action, the target network values it."""
     dueling: bool = False
@@ -49,11 +55,15 @@ class DQNSection:
     """n-step returns in the TD target."""
     eps_start: float = 1.0
     """ε-greedy at the start."""
-    eps_end: float = 0.05
+    eps_end: float = 0.04
     """ε-greedy after the decay."""
-    eps_fraction: float = 0.2
+    eps_fraction: float = 0.16
     """Fraction of total_steps over which ε decays linearly."""
-    hidden: int = 128
+    max_grad_norm: float = 10.0
+    """Clip the gradient's global norm to this."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over the run."""
+    hidden: int = 256
     """Width of the two hidden layers."""
 
 
