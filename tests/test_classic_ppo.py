@@ -143,12 +143,13 @@ def test_ppo_resumed_from_a_checkpoint_continues_exactly(tmp_path):
 # ---- a short run learns ----------------------------------------------------------------------------------------------
 
 def test_a_short_ppo_run_beats_a_random_policy_by_far(tmp_path):
-    # a uniformly random policy lasts about 22 steps on CartPole-v1; 25k steps of PPO already balance for hundreds
-    run_cli("classic", "ppo", "--env", "CartPole-v1", f"output_dir={tmp_path}", "total_steps=25000",
+    # a uniformly random policy lasts about 22 steps on CartPole-v1; 15k steps of PPO (the lr annealed over them)
+    # already reach 500 (seed 0, measured)
+    run_cli("classic", "ppo", "--env", "CartPole-v1", f"output_dir={tmp_path}", "total_steps=15000",
             "log.progress=false", check=True)
     summary = json.loads((tmp_path / "final" / "summary.json").read_text())
-    assert summary["env_steps"] >= 25000
-    assert summary["eval/return"] >= 150, summary
+    assert summary["env_steps"] >= 15000
+    assert summary["eval/return"] >= 200, summary
 
 
 def test_more_minibatches_than_transitions_is_refused(tmp_path):
