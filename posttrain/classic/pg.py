@@ -195,4 +195,6 @@ def finish(cfg, run, agent: Agent, step: int, evaluated_at: int, envs: list) -> 
         run.log(step, result)
     for e in envs:
         e.close()
-    return run.finish({"agent": agent}, {**result, "env_steps": step})
+    summary = {**result, "env_steps": step}
+    run.finish({"agent": agent}, summary)
+    return summary

@@ -282,4 +282,6 @@ def run(cfg) -> dict:
     if evaluated_at != step:
         run.log(step, result)
     envs.close()
-    return run.finish({"agent": agent}, {**result, "env_steps": step})
+    summary = {**result, "env_steps": step}
+    run.finish({"agent": agent}, summary)
+    return summary
