@@ -171,6 +171,14 @@ def mlp(sizes: list[int], activation: type[torch.nn.Module] = torch.nn.Tanh) -> 
     return torch.nn.Sequential(*layers)
 
 
+@torch.no_grad()
+def soft_update(target: torch.nn.Module, online: torch.nn.Module, tau: float) -> None:
+    """Polyak averaging θ' ← τθ + (1 − τ)θ' parameter by parameter (Lillicrap et al. 2016); τ = 1 is a hard copy.
+    E.g. θ' = 0, θ = 1, τ = 0.1 → 0.1; again → 0.19."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.lerp_(o, tau)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The run: directory, metrics, checkpoints
 # ---------------------------------------------------------------------------------------------------------------------

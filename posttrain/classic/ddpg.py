@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from posttrain.classic import common
+from posttrain.classic.common import soft_update
 from posttrain.classic.config import ClassicConfig
 from posttrain.errors import ConfigError
 
@@ -98,13 +99,6 @@ def td_target(reward: torch.Tensor, terminated: torch.Tensor, next_q: list[torch
     `terminated` (not `truncated`) cuts the bootstrap: a time-limit cut leaves the future in place."""
     q = torch.stack(next_q).min(dim=0).values
     return reward + gamma * (1.0 - terminated) * q
-
-
-@torch.no_grad()
-def soft_update(target: torch.nn.Module, online: torch.nn.Module, tau: float) -> None:
-    """θ' ← τθ + (1 − τ)θ' (Polyak averaging), parameter by parameter."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.lerp_(o, tau)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from posttrain.classic import common
+from posttrain.classic.common import soft_update
 from posttrain.classic.config import ClassicConfig
 from posttrain.errors import ConfigError
 
@@ -88,14 +89,6 @@ def td_target(rewards: torch.Tensor, discounts: torch.Tensor, next_q_target: tor
     else:
         next_value = next_q_target.gather(1, next_q_online.argmax(dim=1, keepdim=True)).squeeze(1)
     return rewards + discounts * next_value
-
-
-@torch.no_grad()
-def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """Polyak averaging θ' ← τθ + (1 − τ)θ' (Lillicrap et al. 2016); τ = 1 is a hard copy.
-    E.g. θ' = 0, θ = 1, τ = 0.1 → 0.1; again → 0.19."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.lerp_(o, tau)
 
 
 class NStep:
