@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Classic PPO and DQN on CartPole-v1: posttrain (`posttrain.classic`) against Stable-Baselines3, the same
-hyperparameters and environment steps, three seeds.
+hyperparameters and environment steps, five seeds.
 
-    python benchmarks/classic_vs_sb3.py                       # ppo and dqn, seeds 0 1 2, each algorithm's budget
+    python benchmarks/classic_vs_sb3.py                       # ppo and dqn, seeds 0–4, each algorithm's budget
     python benchmarks/classic_vs_sb3.py --algos ppo --seeds 0 # one run of each tool
 
 For each (algorithm, seed) both tools train from scratch with posttrain's defaults for that algorithm
@@ -104,15 +104,32 @@ def sb3(cfg: ClassicConfig, eval_every: int) -> dict:
         return model.predict(obs, deterministic=True)[0]
 
     class Probe(BaseCallback):
-        def _on_step(self) -> bool:
-            if self.num_timesteps // eval_every > (self.num_timesteps - cfg.num_envs) // eval_every:
+        """Evaluates where posttrain does: DQN at exact multiples of eval_every, PPO after the first update at or
+        past each multiple (an on-policy rollout is not cut for an evaluation, in either tool)."""
+
+        def probe(self) -> None:
+            if self.num_timesteps // eval_every > self.last // eval_every:
+                self.last = self.num_timesteps
                 if clock(act, cfg.env, cfg.eval_episodes, cfg.seed)["eval/return"] >= TARGET and not reached:
                     reached.append(self.num_timesteps)
+
+        def _on_training_start(self) -> None:
+            self.last = 0
+
+        def _on_step(self) -> bool:
+            if cfg.algo != "ppo":
+                self.probe()
             return True
+
+        def _on_rollout_start(self) -> None:  # PPO: after the previous rollout's update
+            if cfg.algo == "ppo":
+                self.probe()
 
     t = time.perf_counter()
     model.learn(total_timesteps=cfg.total_steps, callback=Probe())
     final = clock(act, cfg.env, cfg.eval_episodes, cfg.seed)["eval/return"]
+    if final >= TARGET and not reached:  # the final evaluation counts, as in posttrain's metrics
+        reached.append(model.num_timesteps)
     wall = time.perf_counter() - t
     return {"final": final, "steps_to_target": reached[0] if reached else None, "train_s": wall - clock.seconds}
 
@@ -120,7 +137,7 @@ def sb3(cfg: ClassicConfig, eval_every: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--algos", default="ppo,dqn")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--eval-every", type=int, default=10_000)
     ap.add_argument("--eval-episodes", type=int, default=20)
     args = ap.parse_args()

@@ -56,7 +56,7 @@ def play_episode(agent: Agent, env) -> tuple[torch.Tensor, torch.Tensor, torch.T
     observations, actions, rewards, done = [], [], [], False
     while not done:
         o = torch.as_tensor(obs, dtype=torch.float32)
-        action = int(Categorical(logits=agent(o[None])[0][0]).sample())
+        action = int(Categorical(logits=agent(o[None])[0][0], validate_args=False).sample())
         obs, reward, terminated, truncated, _ = env.step(action)
         observations.append(o)
         actions.append(action)
@@ -96,7 +96,7 @@ def reinforce(cfg) -> dict:
         mask = pad([torch.ones(n) for n in lengths])                        # [E, L] 1 on real steps
         returns = estimators.discounted_returns(rewards, mask, cfg.gamma)  # G_t; the episodes ended: no bootstrap
         logits, values = agent(obs.reshape(-1, obs.shape[-1]))
-        dist = Categorical(logits=logits)
+        dist = Categorical(logits=logits, validate_args=False)
         logps = dist.log_prob(actions.reshape(-1)).reshape(mask.shape)
         values = values.reshape(mask.shape)
         adv = returns - values.detach() if p.baseline else returns
@@ -163,7 +163,7 @@ def a2c(cfg) -> dict:
         adv = rollout_advantages(rollout, cfg.gamma, p.gae_lambda).reshape(batch, 1)
         returns = adv + rollout.values.reshape(batch, 1)
         logits, values = agent(rollout.obs.reshape(batch, -1))  # the same parameters that acted: on-policy
-        dist = Categorical(logits=logits)
+        dist = Categorical(logits=logits, validate_args=False)
         logps = dist.log_prob(rollout.actions.reshape(batch))[:, None]
         values = values[:, None]
         mask = torch.ones(batch, 1)  # one transition per row
