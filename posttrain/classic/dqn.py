@@ -208,7 +208,7 @@ def run(cfg: ClassicConfig) -> dict:
 
     q = QNetwork(obs_dim, n_actions, d.hidden, d.dueling)
     target = copy.deepcopy(q)
-    optimizer = torch.optim.Adam(q.parameters(), lr=cfg.lr, fused=True)  # fused: one kernel for all parameters
+    optimizer = torch.optim.Adam(q.parameters(), lr=cfg.lr)
     buffer, nstep = ReplayBuffer(d.buffer_size, obs_dim), NStep(d.n_step, cfg.gamma)
 
     def greedy(o) -> int:
