@@ -16,13 +16,15 @@ batch and epoch layout, ε schedule, target updates, gradient clipping). Both ar
     final return   the mean over --eval-episodes episodes after the last step (the final network, no picking)
     train s        wall time of the run minus the time spent in those evaluations (one torch thread each)
 
-and the table ends with the means over seeds and the ratios SB3 / posttrain.
+and the table ends with, per tool, the mean final return, the seeds that reached 475, the median steps to
+475 (a seed that never reached it counts as infinite) and the mean training seconds, with SB3's time ÷ ours.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -165,19 +167,20 @@ def print_table(rows: list[dict]) -> None:
               f"{r['train_s']:>8.1f}")
     print()
     for algo in dict.fromkeys(r["algo"] for r in rows):
-        means = {}
+        summary = {}
         for tool in ("posttrain", "sb3"):
             rs = [r for r in rows if r["algo"] == algo and r["tool"] == tool]
-            steps = [r["steps_to_target"] for r in rs]
-            means[tool] = (statistics.mean(r["final"] for r in rs),
-                           statistics.mean(steps) if None not in steps else None,
-                           statistics.mean(r["train_s"] for r in rs))
-        (f0, s0, t0), (f1, s1, t1) = means["posttrain"], means["sb3"]
-        steps_ratio = f"{s1 / s0:.2f}" if s0 and s1 else "—"
-        print(f"{algo}: mean final return posttrain {f0:.1f} / SB3 {f1:.1f}; mean steps to 475 posttrain "
-              f"{s0 if s0 is None else round(s0)} / SB3 {s1 if s1 is None else round(s1)} (SB3/ours {steps_ratio}); "
-              f"train s posttrain {t0:.1f} / SB3 {t1:.1f} (SB3/ours {t1 / t0:.2f}×)")
-
+            steps = [r["steps_to_target"] if r["steps_to_target"] is not None else math.inf for r in rs]
+            median = statistics.median(steps)
+            summary[tool] = {"final": statistics.mean(r["final"] for r in rs),
+                             "reached": f"{sum(x < math.inf for x in steps)}/{len(rs)}",
+                             "median": "never" if median == math.inf else f"{median:,.0f}",
+                             "train_s": statistics.mean(r["train_s"] for r in rs)}
+        ours, sb3 = summary["posttrain"], summary["sb3"]
+        print(f"{algo}: mean final return posttrain {ours['final']:.1f} / SB3 {sb3['final']:.1f}; seeds reaching 475 "
+              f"{ours['reached']} / {sb3['reached']}; median steps to 475 {ours['median']} / {sb3['median']}; "
+              f"mean train s {ours['train_s']:.1f} / {sb3['train_s']:.1f} (SB3 time ÷ ours "
+              f"{sb3['train_s'] / ours['train_s']:.2f}×)")
 
 if __name__ == "__main__":
     main()
