@@ -258,6 +258,25 @@ class RewardConfig:
     common."""
     step_separator: str = "\n"
     """prm: the text after every step; the step's score is read at its (last) token."""
+    labels: Literal["task", "mc"] = "task"
+    """prm without data.train_path, where the step labels come from: task — the task's solutions with one injected
+    error, labelled exactly; mc — solutions sampled from reward.label_policy, each step labelled by Monte-Carlo
+    rollouts (Math-Shepherd: does a completion continued from it reach the right answer). The labelled rows are
+    written to RUN_DIR/prm_data.jsonl (reusable as data.train_path). Held-out rows: the task's, labelled exactly."""
+    label_policy: str = ""
+    """mc: the model that writes the solutions and the rollouts (a model or run directory, e.g. an SFT run's final/).
+    Required for mc."""
+    mc_solutions: int = 4
+    """mc: solutions sampled per training problem (task.num_train problems)."""
+    mc_rollouts: int = 8
+    """mc: completions sampled from every step of a solution to estimate it (Math-Shepherd's N)."""
+    mc_temperature: float = 0.7
+    """mc: sampling temperature of the solutions and the rollouts."""
+    mc_max_new_tokens: int = 96
+    """mc: longest solution or rollout, in tokens."""
+    mc_target: Literal["hard", "soft"] = "hard"
+    """mc: hard — a step is good (1) when any rollout reaches the right answer, else 0; soft — the fraction that
+    does, a float in [0, 1] (binary cross-entropy with soft targets)."""
 
 
 @dataclass
@@ -401,6 +420,38 @@ class RLRewardConfig:
 
 
 @dataclass
+class RFTSection:
+    """The rejection-sampling loop (posttrain/train/rft.py): per round, sample k = sampling.n completions per
+    prompt, keep the verified-correct ones, fine-tune on them."""
+
+    rounds: int = 2
+    """Sample → keep the verified-correct → SFT, this many times; each round samples from the last round's model."""
+    keep_per_prompt: int = 4
+    """Distinct correct completions kept per prompt and round (duplicates are dropped first)."""
+    prompts_per_round: int = 0
+    """Training prompts sampled per round: 0 — all of them every round (STaR); N — the next N of the shuffled
+    stream, a fresh slice each round."""
+    restart_from_base: bool = False
+    """STaR: every round fine-tunes the original model on the kept samples of all rounds so far; false: it
+    continues from the last round's model on this round's samples."""
+
+
+@dataclass
+class RFTConfig(SFTConfig):
+    """Rejection-sampling fine-tuning (RFT, STaR): sample k completions per prompt, keep the verified-correct ones,
+    fine-tune on them (train.* is each round's SFT), repeat."""
+
+    output_dir: str = "runs/rft"
+    """Run directory: config.yaml, metrics.jsonl (one line per round), round_N/ (samples, kept rows, the SFT run),
+    checkpoints/ (round boundaries), final/ (the last round's model)."""
+    rft: RFTSection = field(default_factory=RFTSection)
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7, n=4, max_new_tokens=64))
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(batch_size=256))
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(max_digits=2, steps=True, num_train=1000))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(at_start=True, max_new_tokens=64))
+
+
+@dataclass
 class RLConfig:
     """Online RL from prompts: PPO with a critic, or the critic-free family (GRPO, Dr. GRPO, DAPO, RLOO,
     REINFORCE++, GSPO, ReMax) — presets of one loop."""
@@ -438,6 +489,50 @@ class PretrainConfig(SFTConfig):
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
     model: ModelConfig = field(default_factory=lambda: ModelConfig(init="scratch"))
     task: TaskConfig = field(default_factory=lambda: TaskConfig(format="text"))
+
+
+@dataclass
+class DistillSection:
+    """What the student learns from the teacher, and how (posttrain/train/distill.py, posttrain.algos.distill)."""
+
+    teacher: str = ""
+    """The teacher: a model directory or a run directory (its final/). Required. logit and on_policy compare the two
+    models token by token, so they must share the student's tokenizer (their padded vocabularies may differ)."""
+    mode: Literal["logit", "on_policy", "cot"] = "logit"
+    """logit: the student matches the teacher's next-token distributions on the data's completions (+ CE);
+    on_policy: GKD — on a fraction `lam` of steps the student samples the completions and the teacher scores them;
+    cot: the teacher writes solutions for the training prompts and the student is fine-tuned on them (SFT)."""
+    loss: str = "forward_kl"
+    """Per-token divergence: forward_kl (KL(teacher‖student), Hinton), reverse_kl (KL(student‖teacher)), jsd
+    (generalized JSD(β), GKD)."""
+    temperature: float = 1.0
+    """τ: both models' logits are divided by τ and the divergence is multiplied by τ² (Hinton et al. 2015)."""
+    beta: float = 0.5
+    """jsd: the mixture weight β in (0, 1); small β behaves like forward_kl, β near 1 like reverse_kl."""
+    alpha: float = 0.5
+    """logit: loss = alpha·divergence + (1 − alpha)·cross-entropy on the data's tokens (1: divergence only)."""
+    lam: float = 0.5
+    """on_policy: probability, per step, that the student samples the completions (GKD's λ); otherwise the data's."""
+    sample_temperature: float = 1.0
+    """Sampling temperature of the student's completions (on_policy) and of the teacher's solutions (cot)."""
+    max_new_tokens: int = 64
+    """Longest completion sampled by the student (on_policy) or the teacher (cot), in tokens."""
+    filter: Literal["verified", "none"] = "verified"
+    """cot: keep only solutions the task's verifier accepts (verified), or every finished solution (none)."""
+    samples_per_prompt: int = 1
+    """cot: solutions the teacher samples per training prompt."""
+    generation_batch_size: int = 64
+    """Sequences generated together (on_policy, cot)."""
+
+
+@dataclass
+class DistillConfig(SFTConfig):
+    """Knowledge distillation from a teacher into the student (model.*): logit (forward/reverse KL, JSD; τ² scaling),
+    on-policy (GKD) or chain-of-thought (the teacher's verified solutions, then SFT)."""
+
+    output_dir: str = "runs/distill"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/ (cot: rationales.jsonl and student/)."""
+    distill: DistillSection = field(default_factory=DistillSection)
 
 
 @dataclass

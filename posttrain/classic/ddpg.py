@@ -37,6 +37,7 @@ DDPG already evaluates at about −100 after 5,000 steps (the learning check in 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -102,6 +103,69 @@ def td_target(reward: torch.Tensor, terminated: torch.Tensor, next_q: list[torch
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The update
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Nets:
+    """The actor, one (DDPG) or two (TD3) critics, their slowly-moving targets and the two optimizers."""
+
+    actor: Actor
+    critics: list[Critic]
+    actor_target: Actor
+    critic_targets: list[Critic]
+    actor_opt: torch.optim.Optimizer
+    critic_opt: torch.optim.Optimizer
+    low: torch.Tensor   # the action box
+    high: torch.Tensor
+
+    @classmethod
+    def build(cls, obs_dim: int, act_dim: int, d, lr: float, low: np.ndarray, high: np.ndarray) -> "Nets":
+        actor = Actor(obs_dim, act_dim, d.hidden, low, high)
+        critics = [Critic(obs_dim, act_dim, d.hidden) for _ in range(2 if d.td3 else 1)]
+        return cls(actor, critics, copy.deepcopy(actor), [copy.deepcopy(c) for c in critics],
+                   torch.optim.Adam(actor.parameters(), lr=lr),
+                   torch.optim.Adam([p for c in critics for p in c.parameters()], lr=lr),
+                   torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32))
+
+    def modules(self) -> dict:
+        """Everything a checkpoint holds, by name."""
+        return {"actor": self.actor, "actor_target": self.actor_target, "actor_opt": self.actor_opt,
+                "critic_opt": self.critic_opt, **{f"critic{i}": c for i, c in enumerate(self.critics)},
+                **{f"critic{i}_target": c for i, c in enumerate(self.critic_targets)}}
+
+
+def learn(nets: Nets, b: dict, cfg: ClassicConfig, actor_turn: bool) -> tuple[float, float, float | None]:
+    """One critic step on the minibatch `b` toward the (TD3: smoothed, clipped double-Q) target; on the actor's
+    turn also one actor step up the first critic and a Polyak move of every target.
+    Returns (critic loss, mean Q, actor loss or None)."""
+    d, low, high = cfg.ddpg, nets.low, nets.high
+    scale = (high - low) / 2
+    with torch.no_grad():
+        next_action = nets.actor_target(b["next_obs"])
+        if d.td3:
+            next_action = smoothed_action(next_action, torch.randn_like(next_action), d.target_noise * scale,
+                                          d.noise_clip * scale, low, high)
+        y = td_target(b["reward"], b["terminated"], [c(b["next_obs"], next_action) for c in nets.critic_targets],
+                      cfg.gamma)
+    qs = [c(b["obs"], b["action"]) for c in nets.critics]
+    value_loss = sum(F.mse_loss(q, y) for q in qs)
+    nets.critic_opt.zero_grad()
+    value_loss.backward()
+    nets.critic_opt.step()
+    if not actor_turn:
+        return value_loss.item(), qs[0].mean().item(), None
+    policy_loss = -nets.critics[0](b["obs"], nets.actor(b["obs"])).mean()  # TD3: the first critic only
+    nets.actor_opt.zero_grad()
+    policy_loss.backward()
+    nets.actor_opt.step()
+    soft_update(nets.actor_target, nets.actor, d.tau)
+    for t, c in zip(nets.critic_targets, nets.critics):
+        soft_update(t, c, d.tau)
+    return value_loss.item(), qs[0].mean().item(), policy_loss.item()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -117,21 +181,15 @@ def run(cfg: ClassicConfig) -> dict:
     np.random.seed(cfg.seed)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low_np, high_np = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
-    low, high = torch.as_tensor(low_np, dtype=torch.float32), torch.as_tensor(high_np, dtype=torch.float32)
-    scale = (high - low) / 2
 
     # ---- setup: networks, targets, optimizers, buffer
-    actor = Actor(obs_dim, act_dim, d.hidden, low_np, high_np)
-    critics = [Critic(obs_dim, act_dim, d.hidden) for _ in range(2 if d.td3 else 1)]
-    actor_target, critic_targets = copy.deepcopy(actor), [copy.deepcopy(c) for c in critics]
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
-    critic_opt = torch.optim.Adam([p for c in critics for p in c.parameters()], lr=cfg.lr)
-    n = d.buffer_size
+    nets = Nets.build(obs_dim, act_dim, d, cfg.lr, low_np, high_np)
+    actor, critics, low, high = nets.actor, nets.critics, nets.low, nets.high
+    scale = (high - low) / 2
+    n = d.buffer_size  # the replay buffer: circular, one tensor per field (saved in checkpoints)
     buffer = {"obs": torch.zeros(n, obs_dim), "action": torch.zeros(n, act_dim), "reward": torch.zeros(n),
               "next_obs": torch.zeros(n, obs_dim), "terminated": torch.zeros(n)}
-    modules = {"actor": actor, "actor_target": actor_target, "actor_opt": actor_opt, "critic_opt": critic_opt,
-               **{f"critic{i}": c for i, c in enumerate(critics)},
-               **{f"critic{i}_target": c for i, c in enumerate(critic_targets)}}
+    modules = nets.modules()
 
     run = common.Run(cfg, total=cfg.total_steps)
     s = {"pos": 0, "size": 0, "updates": 0, "ep_return": 0.0, "ep_length": 0,
@@ -160,13 +218,7 @@ def run(cfg: ClassicConfig) -> dict:
                 action = actor(torch.as_tensor(obs, dtype=torch.float32))
             action = torch.clamp(action + d.noise * scale * torch.randn(act_dim), low, high)
         next_obs, reward, terminated, truncated, _ = env.step(action.numpy().astype(env.action_space.dtype))
-        i = s["pos"]
-        buffer["obs"][i] = torch.as_tensor(obs)
-        buffer["action"][i] = action
-        buffer["reward"][i] = float(reward)
-        buffer["next_obs"][i] = torch.as_tensor(next_obs)  # the true last state even when truncated
-        buffer["terminated"][i] = float(terminated)
-        s["pos"], s["size"] = (i + 1) % n, min(s["size"] + 1, n)
+        store(buffer, s, obs, action, reward, next_obs, terminated)
         s["ep_return"] += float(reward)
         s["ep_length"] += 1
         obs = next_obs
@@ -176,43 +228,19 @@ def run(cfg: ClassicConfig) -> dict:
         # ---- learn: one critic step per environment step; the actor and the targets every policy_delay
         if step > d.learning_starts:
             idx = torch.randint(0, s["size"], (d.batch_size,))
-            b = {k: v[idx] for k, v in buffer.items()}
-            with torch.no_grad():
-                next_action = actor_target(b["next_obs"])
-                if d.td3:
-                    next_action = smoothed_action(next_action, torch.randn_like(next_action), d.target_noise * scale,
-                                                  d.noise_clip * scale, low, high)
-                y = td_target(b["reward"], b["terminated"], [c(b["next_obs"], next_action) for c in critic_targets],
-                              cfg.gamma)
-            qs = [c(b["obs"], b["action"]) for c in critics]
-            value_loss = sum(F.mse_loss(q, y) for q in qs)
-            critic_opt.zero_grad()
-            value_loss.backward()
-            critic_opt.step()
             s["updates"] += 1
-            s["value_loss"] += value_loss.item()
-            s["q"] += qs[0].mean().item()
+            value_loss, q, policy_loss = learn(nets, {k: v[idx] for k, v in buffer.items()}, cfg,
+                                               actor_turn=s["updates"] % (d.policy_delay if d.td3 else 1) == 0)
+            s["value_loss"] += value_loss
+            s["q"] += q
             s["losses"] += 1
-            if s["updates"] % (d.policy_delay if d.td3 else 1) == 0:
-                policy_loss = -critics[0](b["obs"], actor(b["obs"])).mean()  # TD3: the first critic only
-                actor_opt.zero_grad()
-                policy_loss.backward()
-                actor_opt.step()
-                soft_update(actor_target, actor, d.tau)
-                for t, c in zip(critic_targets, critics):
-                    soft_update(t, c, d.tau)
-                s["policy_loss"] += policy_loss.item()
+            if policy_loss is not None:
+                s["policy_loss"] += policy_loss
                 s["actor_updates"] += 1
 
         # ---- log at each episode's end (losses averaged over the episode), evaluate, checkpoint
         if terminated or truncated:
-            metrics = {"episode/return": s["ep_return"], "episode/length": s["ep_length"], "sps": timer(step)}
-            if s["losses"]:
-                metrics.update({"value_loss": s["value_loss"] / s["losses"], "q": s["q"] / s["losses"]})
-            if s["actor_updates"]:
-                metrics["policy_loss"] = s["policy_loss"] / s["actor_updates"]
-            run.log(step, metrics)
-            s.update(ep_return=0.0, ep_length=0, value_loss=0.0, policy_loss=0.0, q=0.0, losses=0, actor_updates=0)
+            run.log(step, {**end_episode(s), "sps": timer(step)})
             obs, _ = env.reset()
         if cfg.eval_every > 0 and step % cfg.eval_every == 0:
             run.log(step, common.evaluate(greedy(actor), cfg.env, cfg.eval_episodes, cfg.seed))
@@ -226,6 +254,29 @@ def run(cfg: ClassicConfig) -> dict:
     run.finish({"actor": actor, **{f"critic{i}": c for i, c in enumerate(critics)}}, summary)
     env.close()
     return summary
+
+
+def store(buffer: dict[str, torch.Tensor], s: dict, obs, action, reward, next_obs, terminated) -> None:
+    """Write one transition at the buffer's position `s["pos"]` and advance it (overwriting the oldest when
+    full). next_obs is the true last state even when the time limit truncated the episode."""
+    i, n = s["pos"], len(buffer["reward"])
+    buffer["obs"][i] = torch.as_tensor(obs)
+    buffer["action"][i] = action
+    buffer["reward"][i] = float(reward)
+    buffer["next_obs"][i] = torch.as_tensor(next_obs)
+    buffer["terminated"][i] = float(terminated)
+    s["pos"], s["size"] = (i + 1) % n, min(s["size"] + 1, n)
+
+
+def end_episode(s: dict) -> dict:
+    """The finished episode's return and length, with the losses averaged over its updates; resets the tallies."""
+    metrics = {"episode/return": s["ep_return"], "episode/length": s["ep_length"]}
+    if s["losses"]:
+        metrics.update({"value_loss": s["value_loss"] / s["losses"], "q": s["q"] / s["losses"]})
+    if s["actor_updates"]:
+        metrics["policy_loss"] = s["policy_loss"] / s["actor_updates"]
+    s.update(ep_return=0.0, ep_length=0, value_loss=0.0, policy_loss=0.0, q=0.0, losses=0, actor_updates=0)
+    return metrics
 
 
 def greedy(actor: Actor):

@@ -193,6 +193,40 @@ def rollout_advantages(r: Rollout, gamma: float, lam: float) -> torch.Tensor:
     return estimators.get("gae")(inputs, gamma=gamma, lam=lam)[row_of, col_of]
 
 
+def update(agent: Agent, optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor], p) -> dict[str, float]:
+    """`p.epochs` passes over the rollout `flat` (obs, actions, logps, values, adv, returns; [batch] each) in
+    `p.minibatches` shuffled mini-batches: clipped surrogate − entropy bonus + value loss, gradient norm clipped.
+    Returns the losses and diagnostics averaged over every mini-batch."""
+    loss_fn = policy_losses.get("ppo_clip")
+    batch = len(flat["actions"])
+    totals: dict[str, float] = {}
+    for _ in range(p.epochs):
+        for idx in torch.randperm(batch).chunk(p.minibatches):
+            mb = {k: v[idx] for k, v in flat.items()}
+            logits, values = agent(mb["obs"])
+            dist = Categorical(logits=logits, validate_args=False)
+            # one transition per row: the [B, T] losses of the LLM side with T = 1
+            mask = torch.ones(len(idx), 1)
+            a = estimators.whiten(mb["adv"][:, None], mask) if p.norm_adv else mb["adv"][:, None]
+            out = loss_fn(dist.log_prob(mb["actions"])[:, None], mb["logps"][:, None], a, mask, eps_low=p.clip)
+            v_losses, _ = policy_losses.value_loss(values[:, None], mb["values"][:, None], mb["returns"][:, None],
+                                                   mask, clip=p.vf_clip or None)
+            policy_loss = aggregate(out.losses, mask)
+            value_loss = aggregate(v_losses, mask)
+            entropy = aggregate(dist.entropy()[:, None], mask)
+            loss = policy_loss - p.ent_coef * entropy + p.vf_coef * value_loss
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), p.max_grad_norm)
+            optimizer.step()
+            ratio = out.ratio
+            for k, v in (("loss", loss), ("policy_loss", policy_loss), ("value_loss", value_loss),
+                         ("entropy", entropy), ("approx_kl", ((ratio - 1) - ratio.log()).mean()),
+                         ("clip_frac", (out.clipped_low | out.clipped_high).float().mean())):
+                totals[k] = totals.get(k, 0.0) + v.item() / (p.epochs * p.minibatches)
+    return totals
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------------------------
@@ -212,7 +246,6 @@ def run(cfg) -> dict:
     if batch < p.minibatches:
         raise ConfigError(f"ppo.minibatches = {p.minibatches} is more than the {batch} transitions of a rollout "
                          "(n_steps × num_envs) — fix: fewer minibatches or a longer rollout")
-    loss_fn = policy_losses.get("ppo_clip")
     episodes = Episodes(cfg.num_envs)
     modules = {"agent": agent, "optimizer": optimizer}
 
@@ -227,8 +260,8 @@ def run(cfg) -> dict:
     evaluated_at = -1
 
     while step < cfg.total_steps:
-        update = step // batch  # 0-based index of this update
-        lr = cfg.lr * (1 - update / num_updates) if p.anneal_lr else cfg.lr
+        updates_done = step // batch
+        lr = cfg.lr * (1 - updates_done / num_updates) if p.anneal_lr else cfg.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -243,32 +276,7 @@ def run(cfg) -> dict:
         flat = {"obs": rollout.obs.reshape(batch, -1), "actions": rollout.actions.reshape(batch),
                 "logps": rollout.logps.reshape(batch), "values": rollout.values.reshape(batch),
                 "adv": adv.reshape(batch), "returns": returns.reshape(batch)}
-        totals: dict[str, float] = {}
-        for _ in range(p.epochs):
-            for idx in torch.randperm(batch).chunk(p.minibatches):
-                mb = {k: v[idx] for k, v in flat.items()}
-                logits, values = agent(mb["obs"])
-                dist = Categorical(logits=logits, validate_args=False)
-                # one transition per row: the [B, T] losses of the LLM side with T = 1
-                mask = torch.ones(len(idx), 1)
-                a = estimators.whiten(mb["adv"][:, None], mask) if p.norm_adv else mb["adv"][:, None]
-                out = loss_fn(dist.log_prob(mb["actions"])[:, None], mb["logps"][:, None], a, mask,
-                              eps_low=p.clip)
-                v_losses, _ = policy_losses.value_loss(values[:, None], mb["values"][:, None], mb["returns"][:, None],
-                                                       mask, clip=p.vf_clip or None)
-                policy_loss = aggregate(out.losses, mask)
-                value_loss = aggregate(v_losses, mask)
-                entropy = aggregate(dist.entropy()[:, None], mask)
-                loss = policy_loss - p.ent_coef * entropy + p.vf_coef * value_loss
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(agent.parameters(), p.max_grad_norm)
-                optimizer.step()
-                ratio = out.ratio
-                for k, v in (("loss", loss), ("policy_loss", policy_loss), ("value_loss", value_loss),
-                             ("entropy", entropy), ("approx_kl", ((ratio - 1) - ratio.log()).mean()),
-                             ("clip_frac", (out.clipped_low | out.clipped_high).float().mean())):
-                    totals[k] = totals.get(k, 0.0) + v.item() / (p.epochs * p.minibatches)
+        totals = update(agent, optimizer, flat, p)
 
         # ---- plumbing: metrics, evaluation, checkpoints ------------------------------------------------------------
         explained = 1 - (flat["returns"] - flat["values"]).var() / flat["returns"].var().clamp(min=1e-8)
