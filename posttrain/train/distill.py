@@ -1,0 +1,384 @@
+"""Knowledge distillation (`posttrain distill`): a frozen teacher, a student of any size, three modes.
+
+    logit      off-policy logit distillation (Hinton et al. 2015): on the data's completions (the task's SFT rows
+               or data.train_path) the student matches the teacher's next-token distribution at every
+               completion token, loss = α·D(teacher, student) + (1 − α)·CE, D the chosen divergence
+               (posttrain.algos.distill: forward_kl, reverse_kl, jsd) at temperature τ, scaled by τ²
+    on_policy  GKD (Agarwal et al. 2024, arXiv:2306.13649): each step, with probability λ (a pure function of
+               seed and step, so resume is exact), the student samples the completions for the step's prompts
+               (the rollout engine, sample k of example i seeded by (seed, step, i)) and the teacher scores them;
+               otherwise the data's completions are used. Loss = D on those tokens: the student learns on the
+               sequences it actually produces, mistakes included, which plain SFT never shows it
+    cot        chain-of-thought distillation: the teacher writes solutions for the training prompts (sampled,
+               kept when the task's verifier accepts them with distill.filter=verified), they are written to
+               RUN_DIR/rationales.jsonl, and the student is trained on them by the SFT loop (train/sft.py) in
+               RUN_DIR/student/ — text only, so teacher and student may even have different tokenizers
+
+The logit / on_policy loop, top to bottom:
+
+    setup      student tokenizer; the teacher (model, adapter or run directory) frozen in eval mode, its
+               tokenizer checked equal to the student's (ConfigError otherwise); both output layers must cover
+               the tokenizer, and logits are sliced to its length (padded vocabularies may differ); data and batch
+               arithmetic as in SFT; run dir; student; optimizer; resume
+    step       G examples (SFT's data order); on-policy steps replace their completions by the student's samples;
+               per micro-batch both models run on the same packed batch, the teacher under no_grad; per-token
+               losses are reduced by aggregate.py with the WHOLE step's token count (accumulation is exact)
+    log        loss, distill_loss, ce_loss (data steps), on_policy, response_len/mean (on-policy steps), …
+    eval       SFT's held-out loss and greedy task accuracy, plus eval/distill_loss: D on held-out completions
+    checkpoint as SFT (model, optimizer, scheduler, RNGs; the data position and on-policy draws follow the step)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import random
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from posttrain import checkpoint, config as C, distributed, tasks
+from posttrain.algos import distill as divergences
+from posttrain.algos.aggregate import aggregate
+from posttrain.algos.sft import token_cross_entropy
+from posttrain.config import DistillConfig, SFTConfig
+from posttrain.data import collate, load_rows, normalize
+from posttrain.errors import ConfigError, UserError
+from posttrain.generate import load_for_inference
+from posttrain.models.loading import load_model, load_tokenizer, resolve_model_path
+from posttrain.rollout import HFEngine, SamplingParams, generate_text
+from posttrain.train import sft
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, forward_logits,
+                                    optimizer_step, prepare_run_dir, start_training, total_steps)
+
+
+def run(cfg: DistillConfig) -> dict:
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    world = distributed.init()
+    if cfg.distill.mode == "cot":
+        return run_cot(cfg, world)
+
+    # ---- setup: every check on user input happens before the run directory is touched -----------------------------
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    teacher, teacher_tokenizer, teacher_dir = load_for_inference(cfg.distill.teacher)
+    vocab = shared_vocabulary(tokenizer, teacher_tokenizer, cfg, teacher, teacher_dir)
+    teacher = teacher.to(world.device).eval().requires_grad_(False)
+    divergence = divergence_of(cfg)
+    data = sft.load_sft_data(cfg, tokenizer)
+    micro, accum, global_batch = batch_plan(cfg.train, world.world_size)
+    num_steps = total_steps(cfg.train, len(data.train), global_batch)
+    distributed.check_strategy(cfg.train, world)
+    run_dir, resume_from = prepare_run_dir(cfg)
+
+    model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
+                       weights_dir=resume_from / "model" if resume_from else None)
+    model, optimizer, scheduler, start_step, tracker = start_training(
+        cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
+        f"{len(data.train)} training examples{data.report}; {cfg.distill.mode} distillation from {teacher_dir} "
+        f"({cfg.distill.loss}, τ = {cfg.distill.temperature})")
+    if cfg.eval.at_start and start_step == 0:
+        tracker.log(0, evaluate(model, teacher, tokenizer, data, cfg, divergence, vocab))
+
+    # ---- loop -------------------------------------------------------------------------------------------------------
+    guard = NonFiniteGuard(cfg.train.max_bad_steps)
+    per_rank = micro * accum
+    metrics: dict = {}
+    for step in range(start_step, num_steps):
+        t0 = time.perf_counter()
+        indices = batch_indices(step, global_batch, len(data.train), cfg.seed)
+        mine = indices[world.rank * per_rank:(world.rank + 1) * per_rank]  # this rank's contiguous block
+        examples = [data.train[i] for i in mine]
+        on_policy = student_samples_this_step(cfg, step)
+        sampled = {}
+        if on_policy:
+            examples, sampled = student_samples(model, tokenizer, examples, mine, step, cfg)
+        micro_batches = [collate(examples[j:j + micro], pad_id=tokenizer.pad_token_id, packing=cfg.data.packing,
+                                 pack_length=cfg.data.pack_length or None) for j in range(0, per_rank, micro)]
+        sums = accumulate_gradients(model, teacher, micro_batches, cfg, divergence, vocab, on_policy)
+        grad_norm = optimizer_step(model, optimizer, cfg, guard, sums["loss"])
+        scheduler.step()
+        done = step + 1
+        tokens = sums.pop("tokens")
+        metrics = {**sums, **sampled, "on_policy": float(on_policy), "grad_norm": grad_norm,
+                   "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / (time.perf_counter() - t0),
+                   "epoch": done * global_batch / len(data.train)}
+        if guard.skipped:
+            metrics["skipped_steps"] = guard.skipped
+        if done == num_steps or (cfg.eval.every and done % cfg.eval.every == 0):
+            metrics.update(evaluate(model, teacher, tokenizer, data, cfg, divergence, vocab))
+        if done % cfg.log.every == 0 or done == num_steps:
+            tracker.log(done, metrics)
+        tracker.advance()
+        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < num_steps:
+            sft.save_checkpoint(run_dir, done, model, optimizer, scheduler, cfg)
+
+    # ---- outputs ----------------------------------------------------------------------------------------------------
+    tracker.close()
+    sft.save_checkpoint(run_dir, num_steps, model, optimizer, scheduler, cfg)
+    sft.save_final(run_dir, model, tokenizer)
+    if world.is_main:
+        shown = {k: v for k, v in metrics.items() if k in ("loss", "distill_loss") or k.startswith("eval/")}
+        print(f"done: {sft.format_metrics(shown)} — model in {run_dir / 'final'}", flush=True)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The algorithm: one step's gradients, and where an on-policy step's completions come from
+# ---------------------------------------------------------------------------------------------------------------------
+
+def accumulate_gradients(model, teacher, micro_batches: list[dict], cfg: DistillConfig, divergence, vocab: int,
+                         on_policy: bool) -> dict:
+    """Backward over every micro-batch; the gradient is that of the token-mean loss of the whole step.
+
+    Per token: D(teacher ‖ student) from `divergence` (both logits sliced to the shared `vocab`), and the
+    cross-entropy of the data's token. Loss = D on on-policy steps and in mode on_policy (GKD); in mode logit
+    α·D + (1 − α)·CE. Each micro-batch's sum is divided by the token count of all micro-batches on all ranks.
+    Returns the step's loss, distill_loss, ce_loss (data steps) and the input token count, over all ranks.
+    """
+    num_tokens = distributed.all_reduce_sum(sum(int((mb["targets"] != -100).sum()) for mb in micro_batches))
+    alpha = 1.0 if cfg.distill.mode == "on_policy" else cfg.distill.alpha
+    device = device_of(model)
+    totals = torch.zeros(3, dtype=torch.float64)
+    for i, mb in enumerate(micro_batches):
+        mb = {k: v.to(device) for k, v in mb.items()}
+        with distributed.gradient_sync(model, enabled=i == len(micro_batches) - 1):
+            logits, targets = forward_logits(model, mb, cfg.train.precision)
+            with torch.no_grad():
+                teacher_logits, _ = forward_logits(teacher, mb, cfg.train.precision)
+            mask = targets != -100
+            distill_loss = aggregate(divergence(logits[..., :vocab], teacher_logits[..., :vocab], mask), mask,
+                                     "token_mean", num_tokens=num_tokens)
+            ce_loss = aggregate(token_cross_entropy(logits, targets)[0], mask, "token_mean", num_tokens=num_tokens)
+            loss = alpha * distill_loss + (1 - alpha) * ce_loss
+            (loss * distributed.world_size()).backward()
+        totals += torch.tensor([loss.item(), distill_loss.item(), ce_loss.item()], dtype=torch.float64)
+    loss, distill_loss, ce_loss = distributed.all_reduce_tensor(totals).tolist()
+    tokens = distributed.all_reduce_sum(sum(int((mb["seq_index"] >= 0).sum()) for mb in micro_batches))
+    out = {"loss": loss, "distill_loss": distill_loss, "tokens": tokens}
+    if not on_policy:  # the NLL of the student's own samples says nothing; the data's CE does
+        out["ce_loss"] = ce_loss
+    return out
+
+
+def student_samples_this_step(cfg: DistillConfig, step: int) -> bool:
+    """GKD's coin: True with probability λ, drawn from (seed, step) alone, so a resumed run draws the same."""
+    if cfg.distill.mode != "on_policy":
+        return False
+    return random.Random(f"distill-on-policy:{cfg.seed}:{step}").random() < cfg.distill.lam
+
+
+@torch.no_grad()
+def student_samples(model, tokenizer, examples: list[dict], example_ids: list[int], step: int,
+                    cfg: DistillConfig) -> tuple[list[dict], dict]:
+    """The same prompts with completions sampled by the student: [{"input_ids": prompt + sample, "labels":
+    -100 on the prompt, the sample's tokens (eos included) after}], and response-length metrics.
+
+    The prompt is everything before an example's first trained token (for a chat row: up to and including the
+    assistant header), so the student continues exactly where the data's completion starts.
+    """
+    prompts = [ex["input_ids"][:next(j for j, label in enumerate(ex["labels"]) if label != -100)]
+               for ex in examples]
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    engine = HFEngine(distributed.unwrap(model), eos, tokenizer.pad_token_id,
+                      batch_size=cfg.distill.generation_batch_size)
+    params = SamplingParams(temperature=cfg.distill.sample_temperature, max_new_tokens=cfg.distill.max_new_tokens)
+    generations = engine.generate(prompts, params, seed=cfg.seed, step=step, example_ids=example_ids)
+    samples = [{"input_ids": p + g.completion_ids, "labels": [-100] * len(p) + g.completion_ids}
+               for p, g in zip(prompts, generations)]
+    lengths = [len(g.completion_ids) for g in generations]
+    truncated = sum(g.finish_reason == "length" for g in generations)
+    return samples, {"response_len/mean": sum(lengths) / len(lengths), "response/truncated_frac":
+                     truncated / len(generations)}
+
+
+@torch.no_grad()
+def evaluate(model, teacher, tokenizer, data: sft.SFTData, cfg: DistillConfig, divergence, vocab: int) -> dict:
+    """SFT's held-out metrics (eval/loss, eval/ppl, eval/accuracy) and eval/distill_loss, the token-mean
+    divergence from the teacher on the held-out completions."""
+    out = sft.evaluate(model, tokenizer, data, cfg)
+    if not data.eval:
+        return out
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(data.eval), cfg.eval.batch_size):
+        batch = collate(data.eval[start:start + cfg.eval.batch_size], pad_id=tokenizer.pad_token_id,
+                        packing=cfg.data.packing, pack_length=cfg.data.pack_length or None)
+        batch = {k: v.to(device_of(model)) for k, v in batch.items()}
+        logits, targets = forward_logits(model, batch, cfg.train.precision)
+        teacher_logits, _ = forward_logits(teacher, batch, cfg.train.precision)
+        mask = targets != -100
+        total += divergence(logits[..., :vocab], teacher_logits[..., :vocab], mask).sum().item()
+        count += int(mask.sum())
+    model.train()
+    out["eval/distill_loss"] = total / max(count, 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chain-of-thought distillation: the teacher's verified solutions, then the SFT loop
+# ---------------------------------------------------------------------------------------------------------------------
+
+def run_cot(cfg: DistillConfig, world) -> dict:
+    """Sample the teacher's solutions for the training prompts, keep the verified (or all finished) ones in
+    RUN_DIR/rationales.jsonl, and train the student on them with train/sft.py in RUN_DIR/student/.
+
+    Resume (checkpoint.resume=true) reuses rationales.jsonl and continues the student's SFT run."""
+    if world.world_size > 1:
+        raise ConfigError("distill.mode=cot runs in one process (the teacher writes one file of solutions) — fix: "
+                          "run it without torchrun, or distill with mode=logit or on_policy")
+    run_dir = Path(cfg.output_dir)
+    rationales = run_dir / "rationales.jsonl"
+    if not (cfg.checkpoint.resume and rationales.is_file()):
+        teacher, teacher_tokenizer, teacher_dir = load_for_inference(cfg.distill.teacher)
+        task, rows = cot_prompts(cfg)
+        open_cot_dir(cfg, run_dir)
+        kept, summary = teacher_rationales(cfg, teacher.to(world.device), teacher_tokenizer, task, rows)
+        summary["teacher"] = str(teacher_dir)
+        (run_dir / "rationales_summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"teacher {teacher_dir}: {summary['kept']} of {summary['sampled']} solutions kept "
+              f"({cfg.distill.filter}); {summary['truncated']} cut at distill.max_new_tokens", flush=True)
+        if not kept:
+            raise UserError(f"the teacher produced no usable solution for {len(rows)} prompts (filter="
+                            f"{cfg.distill.filter}) — fix: use a trained teacher, raise distill.max_new_tokens or "
+                            "distill.samples_per_prompt, or set distill.filter=none")
+        tmp = rationales.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        tmp.replace(rationales)
+    return sft.run(student_sft_config(cfg, run_dir, rationales))
+
+
+def cot_prompts(cfg: DistillConfig) -> tuple[object, list[dict]]:
+    """The task (its verifier) and the prompts the teacher solves: data.train_path rows with a `prompt` (and the
+    columns the verifier reads, e.g. `answer`), else the task's training problems."""
+    task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
+    if cfg.data.train_path is None:
+        return task, task.rows("train", cfg.task.num_train, cfg.seed)
+    return task, list(normalize(load_rows(cfg.data.train_path, columns=cfg.data.columns), kind="prompt"))
+
+
+def teacher_rationales(cfg: DistillConfig, teacher, tokenizer, task, rows: list[dict]) -> tuple[list[dict], dict]:
+    """distill.samples_per_prompt solutions per prompt from the teacher → the kept {"prompt", "completion"} rows
+    and counts. Solutions cut at max_new_tokens are never kept (the student would learn to stop mid-way)."""
+    n = cfg.distill.samples_per_prompt
+    engine = HFEngine(teacher, [tokenizer.eos_token_id], tokenizer.pad_token_id,
+                      batch_size=cfg.distill.generation_batch_size)
+    params = SamplingParams(temperature=cfg.distill.sample_temperature, n=n, max_new_tokens=cfg.distill.max_new_tokens)
+    use_template = cfg.task.format == "chat" and tokenizer.chat_template is not None
+    outputs = generate_text(engine, tokenizer, [r["prompt"] for r in rows], params, use_chat_template=use_template,
+                            seed=cfg.seed)
+    kept, verified, truncated = [], 0, 0
+    for k, (generation, text) in enumerate(outputs):  # prompt-major: output k belongs to row k // n
+        row = rows[k // n]
+        right = task.score(row["prompt"], text, **{c: v for c, v in row.items() if c != "prompt"}) == 1.0
+        verified += right
+        truncated += generation.finish_reason == "length"
+        if generation.finish_reason != "length" and (right or cfg.distill.filter == "none"):
+            kept.append({"prompt": row["prompt"], "completion": text})
+    return kept, {"prompts": len(rows), "sampled": len(outputs), "verified": verified, "truncated": truncated,
+                  "kept": len(kept), "filter": cfg.distill.filter}
+
+
+def open_cot_dir(cfg: DistillConfig, run_dir: Path) -> None:
+    """A fresh cot run directory (the rules of every run directory: occupied needs overwrite or resume)."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if cfg.checkpoint.resume:
+            raise UserError(f"checkpoint.resume is set but {run_dir} has no rationales.jsonl to resume from — fix: "
+                            "drop checkpoint.resume, or point output_dir at the run to continue")
+        if not cfg.overwrite:
+            raise UserError(f"{run_dir} already holds a run — fix: set checkpoint.resume=true to continue it, "
+                            "overwrite=true to replace it, or choose another output_dir")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    C.save_yaml(cfg, run_dir / "config.yaml")
+
+
+def student_sft_config(cfg: DistillConfig, run_dir: Path, rationales: Path) -> SFTConfig:
+    """The student's SFT run on the rationales: this config's model, training and eval sections; task accuracy
+    scored on the task's held-out problems when the prompts came from the task."""
+    sft_cfg = SFTConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SFTConfig)})
+    student_dir = run_dir / "student"
+    resume = cfg.checkpoint.resume and checkpoint.latest(student_dir) is not None
+    task_accuracy = cfg.data.train_path is None if cfg.eval.task_accuracy is None else cfg.eval.task_accuracy
+    return dataclasses.replace(
+        sft_cfg, output_dir=str(student_dir), overwrite=not resume,  # no checkpoint: a student run never saved
+        data=dataclasses.replace(cfg.data, train_path=str(rationales), eval_path=None, columns={}),
+        eval=dataclasses.replace(cfg.eval, task_accuracy=task_accuracy),
+        checkpoint=dataclasses.replace(cfg.checkpoint, resume=resume))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checks: the configuration, and the teacher's tokenizer and vocabulary against the student's
+# ---------------------------------------------------------------------------------------------------------------------
+
+def check_config(cfg: DistillConfig) -> None:
+    """Raise ConfigError naming the first bad distill.* value and what to set."""
+    d = cfg.distill
+    if not d.teacher:
+        raise ConfigError("distill.teacher is required — fix: distill.teacher=DIR, a model directory or a run "
+                          "directory (e.g. a larger model trained with `posttrain sft`)")
+    if d.mode != "cot" and d.loss not in divergences.DISTILL_LOSSES:
+        raise ConfigError(f"distill.loss = {d.loss!r} is not a distillation loss — valid: "
+                          f"{', '.join(sorted(divergences.DISTILL_LOSSES))}")
+    checks = [
+        ("temperature", d.temperature > 0, "must be > 0 (1: the models' own distributions)"),
+        ("beta", d.loss != "jsd" or 0 < d.beta < 1, "must be in (0, 1) for jsd (its limits are forward_kl at 0 "
+                                                   "and reverse_kl at 1: use those losses)"),
+        ("alpha", 0 <= d.alpha <= 1, "must be in [0, 1]"),
+        ("lam", 0 <= d.lam <= 1, "must be in [0, 1]"),
+        ("sample_temperature", d.sample_temperature >= 0, "must be ≥ 0 (0: greedy)"),
+        ("max_new_tokens", d.max_new_tokens >= 1, "must be ≥ 1"),
+        ("samples_per_prompt", d.samples_per_prompt >= 1, "must be ≥ 1"),
+        ("generation_batch_size", d.generation_batch_size >= 1, "must be ≥ 1"),
+    ]
+    for name, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"distill.{name} = {getattr(d, name)!r} {rule}")
+
+
+def divergence_of(cfg: DistillConfig):
+    """The registered loss with this config's τ (and β where the loss takes it):
+    fn(student_logits, teacher_logits, mask) → per-token losses."""
+    fn = divergences.get(cfg.distill.loss)
+    kwargs = {"temperature": cfg.distill.temperature}
+    if "beta" in inspect.signature(fn).parameters:
+        kwargs["beta"] = cfg.distill.beta
+    return partial(fn, **kwargs)
+
+
+def shared_vocabulary(tokenizer, teacher_tokenizer, cfg: DistillConfig, teacher, teacher_dir) -> int:
+    """The number of token ids both models' distributions are compared over: the tokenizer's length.
+
+    The teacher's tokenizer must be the student's (same token → id map), else the i-th logit of one model and
+    of the other mean different tokens. Output layers are often padded (to a multiple of 64, 128 …) and may
+    differ in size between the two; both must cover the tokenizer, and the padding logits are sliced off.
+    """
+    student_vocab, teacher_vocab = tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if student_vocab != teacher_vocab:
+        differing = sorted(set(student_vocab.items()) ^ set(teacher_vocab.items()), key=lambda kv: kv[1])[:3]
+        raise ConfigError(
+            f"distill.teacher ({teacher_dir}) has a different tokenizer from the student ({cfg.model.name_or_path}): "
+            f"{len(teacher_vocab)} vs {len(student_vocab)} tokens, differing e.g. at "
+            f"{', '.join(f'{tok!r}→{i}' for tok, i in differing)}. Logit distillation compares the two "
+            "next-token distributions id by id, so both models must share one tokenizer — fix: choose a teacher and "
+            "student of one model family, or use distill.mode=cot (text only)")
+    vocab = len(tokenizer)
+    sizes = {"teacher": teacher.get_output_embeddings().weight.shape[0], "student": student_output_size(cfg)}
+    for who, size in sizes.items():
+        if size < vocab:
+            raise ConfigError(f"the {who}'s output layer has {size} rows but the tokenizer has {vocab} tokens — "
+                              "fix: resize the model's embeddings to the tokenizer before distilling")
+    return vocab
+
+
+def student_output_size(cfg: DistillConfig) -> int:
+    """The student's vocab_size from its config, read without loading the weights."""
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name_or_path),
+                                        trust_remote_code=cfg.model.trust_remote_code)
+    return config.get_text_config().vocab_size
