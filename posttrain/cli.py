@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "explain": (C.RLConfig, "posttrain.explain:run", "print an rl config's batch arithmetic; refuse zero updates"),
     "generate": (C.GenerateConfig, "posttrain.generate:run_generate", "sample completions for a prompt file → JSONL"),
     "chat": (C.ChatConfig, "posttrain.generate:run_chat", "talk to a model in the terminal"),
+    "eval": (C.EvaluateConfig, "posttrain.eval.run:run",
+             "accuracy, pass@k, maj@k and test-time search (best-of-N, vote, PRM beam, MCTS) at equal tokens"),
     "export": (C.ExportConfig, "posttrain.export:run", "write a plain HF model directory (LoRA merged)"),
     "plot": (C.PlotConfig, "posttrain.track:plot_run", "draw PNG curves from RUN_DIR/metrics.jsonl"),
     "classic": (ClassicConfig, "posttrain.classic:run",

@@ -482,6 +482,106 @@ class RLConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Test-time search settings of `posttrain eval` (posttrain.search). Sampling, pass@k, maj@k, best-of-N and the
+    weighted vote share the same n samples per problem; step-level beam search and MCTS get a token budget per
+    problem — by default what best-of-N spent on it, so the table compares them at equal generated tokens."""
+
+    n: int = 8
+    """Samples per problem (N of best-of-N, k of maj@k)."""
+    temperature: float = 0.7
+    """Sampling temperature of every sampled strategy (greedy is T = 0)."""
+    top_p: float = 1.0
+    """Nucleus sampling for every sampled strategy; 1 disables."""
+    max_new_tokens: int = 72
+    """Longest solution, in tokens (and the longest rollout)."""
+    max_step_tokens: int = 32
+    """Longest step (one line) when searching step by step."""
+    pass_k: list[int] = field(default_factory=lambda: [1, 4])
+    """pass@k rows (each k ≤ n; pass@n is always shown). An oracle: it needs the reference answer."""
+    budget_tokens: int = 0
+    """Generated tokens per problem for step-level beam search and MCTS; 0: what best-of-N spent on that problem."""
+    beam_width: int = 2
+    """Step-level beam search: partial solutions kept after each step (B)."""
+    beam_expansions: int = 4
+    """Step-level beam search: next steps sampled per kept partial solution (k)."""
+    mcts_children: int = 4
+    """MCTS: next steps sampled when a leaf is expanded."""
+    mcts_selection: Literal["uct", "puct"] = "uct"
+    """MCTS: UCT (Q + c·sqrt(ln N_parent / N)) or PUCT (Q + c·P·sqrt(N_parent) / (1 + N), P from the policy)."""
+    mcts_c: float = 1.0
+    """MCTS: exploration constant c (values are in [0, 1])."""
+    mcts_evaluation: Literal["prm", "rollout"] = "prm"
+    """MCTS: value of a new node — the PRM's score of the partial solution, or a rollout (complete it by sampling)
+    scored by the reward model (else the PRM)."""
+    mcts_max_iterations: int = 64
+    """MCTS: iterations per problem at most (the token budget usually stops it first)."""
+    max_steps: int = 16
+    """Beam search and MCTS: steps per solution at most."""
+    prm_aggregate: Literal["min", "product", "last"] = "min"
+    """How a PRM's step scores make a solution's score."""
+    answer_marker: str = "answer:"
+    """A step holding this text finishes a solution (the arith task's steps format ends with "answer: N")."""
+
+    def validate(self) -> SearchConfig:
+        """Raise ConfigError naming the first bad field and the fix; return self."""
+        positive = ("n", "max_new_tokens", "max_step_tokens", "beam_width", "beam_expansions", "mcts_children",
+                    "mcts_max_iterations", "max_steps")
+        for name in positive:
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ConfigError(f"search.{name} = {value!r} must be an integer ≥ 1 — fix: set search.{name} ≥ 1")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"search.temperature = {self.temperature!r} must be > 0 (greedy is its own row) — fix: "
+                              "e.g. search.temperature=0.7")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"search.top_p = {self.top_p!r} must be in (0, 1] — fix: search.top_p=1")
+        if self.budget_tokens < 0:
+            raise ConfigError(f"search.budget_tokens = {self.budget_tokens} must be ≥ 0 — fix: 0 matches best-of-N")
+        bad = [k for k in self.pass_k if not (isinstance(k, int) and 1 <= k <= self.n)]
+        if bad:
+            raise ConfigError(f"search.pass_k = {self.pass_k}: {bad} not in 1..search.n ({self.n}) — fix: drop them "
+                              "or raise search.n")
+        if not (math.isfinite(self.mcts_c) and self.mcts_c >= 0):
+            raise ConfigError(f"search.mcts_c = {self.mcts_c!r} must be ≥ 0 — fix: e.g. search.mcts_c=1")
+        if not self.answer_marker:
+            raise ConfigError("search.answer_marker must not be empty — fix: the final step's text, e.g. answer:")
+        return self
+
+
+EVAL_STRATEGIES = ("greedy", "sampling", "pass@k", "maj@k", "best_of_n", "weighted_vote", "beam", "mcts")
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate a policy on held-out problems: accuracy, pass@k, maj@k, and a compute-matched table of test-time
+    strategies (greedy, sampling, majority vote, best-of-N and weighted vote with a reward model or PRM, step-level
+    beam search and MCTS with a PRM) with the generated tokens each spends per problem."""
+
+    model: str = "tiny"
+    """The policy: a model directory, a LoRA adapter directory, a run directory (its final/), or 'tiny'."""
+    reward_model: str | None = None
+    """An outcome reward model (`posttrain rm` run directory or its final/): best-of-N, weighted vote, rollouts."""
+    prm: str | None = None
+    """A process reward model (`posttrain rm reward.mode=prm` run directory or its final/): step search, MCTS."""
+    data_path: str | None = None
+    """Problems: rows with `prompt` and `answer` (scored by the task's verifier). Empty: the task's held-out ones."""
+    num_problems: int = 0
+    """Evaluate the first N problems; 0: all (the task gives task.num_eval)."""
+    strategies: list[str] = field(default_factory=lambda: list(EVAL_STRATEGIES))
+    """Rows of the table, any of: greedy, sampling, pass@k, maj@k, best_of_n, weighted_vote, beam, mcts."""
+    output_dir: str = "runs/eval"
+    """Where results.json and results.md go."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """Format prompts with the tokenizer's chat template: auto uses it when the tokenizer has one."""
+    seed: int = 0
+    """Seeds every sample, expansion and rollout (independent of batching)."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig())
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(steps=True))
+
+
+@dataclass
 class PretrainConfig(SFTConfig):
     """Pretraining from scratch: the SFT loop on a plain-text corpus with every token in the loss."""
 

@@ -1,0 +1,60 @@
+"""eval.metrics: pass@k against the closed form and brute force, maj@k, accuracy — each docstring example."""
+
+import itertools
+import math
+
+import pytest
+
+from posttrain.eval.metrics import accuracy, correct_counts, maj_at_k, mean_over_problems, pass_at_k
+
+
+def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
+    """The definition: the fraction of all k-subsets of n samples (c correct) holding a correct one."""
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+
+
+def test_pass_at_k_docstring_example():
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert 1 - math.comb(3, 2) / math.comb(4, 2) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_pass_at_k_equals_closed_form_and_enumeration(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            closed_form = 1 - math.comb(n - c, k) / math.comb(n, k)  # comb(m, k) = 0 when m < k
+            assert pass_at_k(n, c, k) == pytest.approx(closed_form, abs=1e-12)
+            assert pass_at_k(n, c, k) == pytest.approx(brute_force_pass_at_k(n, c, k), abs=1e-12)
+
+
+def test_pass_at_k_edge_cases():
+    assert pass_at_k(10, 0, 1) == 0.0 and pass_at_k(10, 0, 10) == 0.0        # nothing right
+    assert pass_at_k(10, 8, 3) == 1.0                                           # n − c = 2 < k: every subset hits
+    assert pass_at_k(10, 10, 1) == 1.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)                            # pass@1 = c / n
+    # large n: the binomials would overflow a float, the product does not
+    assert pass_at_k(2000, 1, 1000) == pytest.approx(0.5)
+    assert 0.0 < pass_at_k(5000, 3, 10) < 1.0
+    for bad in ((3, 4, 1), (3, 1, 0), (3, 1, 4), (3, -1, 1)):
+        with pytest.raises(ValueError):
+            pass_at_k(*bad)
+
+
+def test_maj_at_k_docstring_example():
+    answers, scores = ["5", "7", "5", None], [1, 0, 1, 0]
+    assert maj_at_k(answers, scores, 3) == 1.0
+    assert maj_at_k(answers, scores, 2) == 1.0      # a 1–1 tie goes to "5", seen first
+    assert maj_at_k(["7", "5", "5"], [0, 1, 1], 2) == 0.0   # the same tie, "7" first
+    assert maj_at_k(["7", "5", "5"], [0, 1, 1], 3) == 1.0
+    assert maj_at_k([None, None], [0, 0], 2) == 0.0
+    with pytest.raises(ValueError):
+        maj_at_k(["1"], [1], 2)
+
+
+def test_accuracy_and_helpers():
+    assert accuracy([1.0, 0.0, None, 1.0]) == 0.5
+    assert accuracy([]) == 0.0
+    assert correct_counts([[1.0, 0.0, None], [1.0, 1.0]]) == [(3, 1), (2, 2)]
+    assert mean_over_problems([0.5, 1.0]) == 0.75 and mean_over_problems([]) == 0.0
