@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "rm": (C.RMConfig, "posttrain.train.reward:run", "reward model on pairs (Bradley–Terry), or per step (prm)"),
     "dpo": (C.DPOConfig, "posttrain.train.preference:run", "preference optimization: DPO, IPO, SimPO, ORPO, KTO, …"),
     "rl": (C.RLConfig, "posttrain.train.rl:run", "online RL: PPO, GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++, GSPO, …"),
-    "rft": (C.RFTConfig, "posttrain.train.rft:run", "rejection sampling fine-tuning / STaR: sample, keep verified, SFT"),
+    "rft": (C.RFTConfig, "posttrain.train.rft:run", "rejection sampling fine-tuning, STaR: sample, keep verified, SFT"),
     "explain": (C.RLConfig, "posttrain.explain:run", "print an rl config's batch arithmetic; refuse zero updates"),
     "generate": (C.GenerateConfig, "posttrain.generate:run_generate", "sample completions for a prompt file → JSONL"),
     "chat": (C.ChatConfig, "posttrain.generate:run_chat", "talk to a model in the terminal"),

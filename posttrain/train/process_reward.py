@@ -3,8 +3,9 @@ bottom. Lightman et al. 2023, "Let's Verify Step by Step" (arXiv:2305.20050); Ma
 Wang et al. 2023 (arXiv:2312.08935).
 
     data    prompt + completions (the steps) + labels (one per step) — or the task's solutions, half with an
-            error, labelled 1 before it and 0 from it on; tokenized by data/process.py with the step separator
-            after every step
+            error, labelled 1 before it and 0 from it on — or (reward.labels=mc) a policy's own solutions labelled
+            by Monte-Carlo rollouts (data/prm_labels.py), sampled into RUN_DIR/prm_data.jsonl; tokenized by
+            data/process.py with the step separator after every step
     model   the causal-LM backbone with a scalar head on every token (AutoModelForTokenClassification,
             num_labels = 1), so `final/` loads in plain transformers; the logit z at the token that ends a step
             (its separator) is the step's score, σ(z) = P(the step is correct)
@@ -29,6 +30,7 @@ import torch
 from posttrain import distributed, tasks
 from posttrain.algos.reward import prm_step_loss
 from posttrain.config import RMConfig
+from posttrain.data import load_rows, prm_labels
 from posttrain.data.process import build_step_examples, step_example
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step, padded_forward,
@@ -45,11 +47,16 @@ def run(cfg: RMConfig) -> dict:
 
     # ---- setup: every check on user input happens before the run directory is touched -----------------------------
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    data = load_step_data(cfg, tokenizer)
+    prm_labels.check_config(cfg)
+    mc = cfg.reward.labels == "mc"
+    data = None if mc else load_step_data(cfg, tokenizer)  # MC labels are sampled into the run directory, below
     micro, accum, global_batch = batch_plan(cfg.train, world.world_size)
-    num_steps = total_steps(cfg.train, len(data.train), global_batch)
+    num_steps = 0 if mc else total_steps(cfg.train, len(data.train), global_batch)
     distributed.check_strategy(cfg.train, world)
     run_dir, resume_from = prepare_run_dir(cfg)
+    if mc:
+        data = load_step_data(cfg, tokenizer, train_rows=prm_labels.rows_for_run(cfg, run_dir, world.device))
+        num_steps = total_steps(cfg.train, len(data.train), global_batch)
 
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed, head="token",
                        weights_dir=resume_from / "model" if resume_from else None)
@@ -186,9 +193,10 @@ class StepData:
     report: str  # " (dropped …)" or ""
 
 
-def load_step_data(cfg: RMConfig, tokenizer) -> StepData:
+def load_step_data(cfg: RMConfig, tokenizer, train_rows: list[dict] | None = None) -> StepData:
     """User files when data.train_path / data.eval_path are set, else the task's step-labelled solutions
-    (written in its steps format whatever task.steps says: a PRM needs steps)."""
+    (written in its steps format whatever task.steps says: a PRM needs steps). train_rows: training rows labelled
+    elsewhere (the MC labels), held out as usual: data.eval_path, else the task's exactly labelled solutions."""
     task = None
     if cfg.data.train_path is None or cfg.data.eval_path is None:
         task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=True)
@@ -197,7 +205,12 @@ def load_step_data(cfg: RMConfig, tokenizer) -> StepData:
         return build_step_examples(rows, tokenizer, max_length=cfg.data.max_length, policy=cfg.data.truncation,
                                    separator=cfg.reward.step_separator)
 
-    train_rows, eval_rows = train_and_eval_rows(cfg, task.process_rows if task else None)
+    if train_rows is None:
+        train_rows, eval_rows = train_and_eval_rows(cfg, task.process_rows if task else None)
+    elif cfg.data.eval_path is not None:
+        eval_rows = load_rows(cfg.data.eval_path, columns=cfg.data.columns)
+    else:
+        eval_rows = task.process_rows("eval", cfg.task.num_eval, cfg.seed)
     train, report = build(train_rows)
     eval_examples = build(eval_rows)[0] if eval_rows is not None else []
     return StepData(train, eval_examples, f" ({report.summary()})" if report.dropped else "")
