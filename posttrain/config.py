@@ -571,7 +571,7 @@ class EvaluateConfig:
     strategies: list[str] = field(default_factory=lambda: list(EVAL_STRATEGIES))
     """Rows of the table, any of: greedy, sampling, pass@k, maj@k, best_of_n, weighted_vote, beam, mcts."""
     output_dir: str = "runs/eval"
-    """Where results.json and results.md go."""
+    """Where results.json, results.md (the table) and completions.jsonl (every chosen completion) go."""
     chat_template: Literal["auto", "on", "off"] = "auto"
     """Format prompts with the tokenizer's chat template: auto uses it when the tokenizer has one."""
     seed: int = 0

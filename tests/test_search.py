@@ -151,8 +151,9 @@ def test_step_beam_stops_at_the_budget():
     policy = ScriptedPolicy(BEAM_SCRIPT)
     (result,) = step_beam_search(policy, [{"prompt": "47+85="}], TableScorer(BEAM_SCORES), beam_width=2,
                                  expansions=3, budget_tokens=[45])
-    assert len(policy.calls) == 1 and result.generated_tokens == 45
-    assert result.completion == A                                             # unfinished: the best beam as it is
+    assert [c[0] for c in policy.calls] == [[""], [A]] and policy.calls[1][2] == "complete"
+    # nothing finished within the budget: the best beam, completed by one sample whose 17 tokens count too
+    assert result.completion == A + "4+8+1=13 carry 1" and result.generated_tokens == 45 + 17
 
 
 def test_top_beams_and_unique_by_text():
@@ -183,8 +184,9 @@ def test_mcts_stops_at_the_budget():
     policy = ScriptedPolicy(MCTS_SCRIPT)
     (result,) = mcts_search(policy, [{"prompt": "1+0="}], prm_value(TableScorer(MCTS_SCORES)), children=2,
                             budget_tokens=[9])
-    assert len(policy.calls) == 1 and result.generated_tokens == 9
-    assert result.completion == "good\n"                                     # nothing finished: the partial path
+    # nothing finished within the budget: the most-visited leaf, completed by one sample (10 more tokens)
+    assert [c[0] for c in policy.calls] == [[""], ["good\n"]] and policy.calls[1][2] == "complete"
+    assert result.completion == "good\nanswer: 1" and result.generated_tokens == 9 + 10
 
 
 # ---- on the real engine and models (the embedded tiny model) ---------------------------------------------------------

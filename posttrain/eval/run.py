@@ -67,6 +67,8 @@ def run(cfg: EvaluateConfig) -> dict:
                     top_p=search.top_p, max_new_tokens=search.max_new_tokens, max_step_tokens=search.max_step_tokens,
                     answer_marker=search.answer_marker)
     verifier = Verifier(task.score)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     print(f"posttrain eval: {len(problems)} problems, policy {path}, n = {search.n}, T = {search.temperature}"
           + (f", reward model {cfg.reward_model}" if rm else "") + (f", PRM {cfg.prm}" if prm else ""), flush=True)
 
@@ -90,8 +92,6 @@ def run(cfg: EvaluateConfig) -> dict:
     # ---- outputs ---------------------------------------------------------------------------------------------------
     table = markdown_table(rows, cfg, len(problems))
     print("\n" + table, flush=True)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results = {"model": str(path), "problems": len(problems), "rows": [asdict(r) for r in rows], "config": to_dict(cfg)}
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     (out / "results.md").write_text(table + "\n")

@@ -32,8 +32,9 @@ backup adds 20 to V and 1 to N along S1 → S2-1 → S3-2 → S4-1:
 The answer (`final_path`): the most-visited path to a finished solution. From the root, step to the child with
 the most visits among those whose subtree holds a finished node (ties: the higher Q, then the first child),
 until a finished node. Visits, not Q, because they are the search's considered verdict (AlphaGo Zero plays the
-most-visited move): a child with few visits can have a high Q by luck. With no finished node in the tree, the
-most-visited path to a leaf is followed and its rollout's completion (if it had one) or partial text returned.
+most-visited move): a child with few visits can have a high Q by luck. With no finished node in the tree (the
+budget ran out first), the most-visited path to a leaf is followed, and its rollout's completion is the answer —
+or, without one, the leaf's partial solution completed by one sample (its tokens counted).
 
 Compute: every expansion's steps and every rollout's tokens count. Each problem stops when its token budget is
 spent (checked before each iteration), after max_iterations, or when every path is exhausted. Problems are
@@ -48,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from posttrain.search.best_of_n import argmax_first
-from posttrain.search.policy import STEP_SEPARATOR, Policy, Sample, SearchResult
+from posttrain.search.policy import STEP_SEPARATOR, Policy, Sample, SearchResult, complete_unfinished
 from posttrain.search.scorers import Scorer, probability
 
 
@@ -118,6 +119,8 @@ def expand(leaf: Node, steps: list[Sample]) -> list[Node]:
             seen.add(text)
             new.append(Node(text=text, logprob=s.logprob, finished=s.finished, depth=leaf.depth + 1))
     leaf.children += new
+    if not leaf.children:
+        return new
     top = max(ch.logprob for ch in leaf.children)
     weights = [math.exp(ch.logprob - top) for ch in leaf.children]
     for ch, w in zip(leaf.children, weights):
@@ -234,7 +237,8 @@ def mcts_search(policy: Policy, problems: list[dict], evaluate: Evaluate, *, chi
             spent[i] += tokens
             node.evaluation = value
             backup(paths[i] + [node], value)
-    return [SearchResult(_completion(final_path(root)[-1]), s) for root, s in zip(roots, spent)]
+    partials = [_answer_of(final_path(root)[-1]) for root in roots]
+    return complete_unfinished(policy, problems, partials, spent, seed=seed)
 
 
 def _exhausted(root: Node, max_steps: int) -> bool:
@@ -244,8 +248,14 @@ def _exhausted(root: Node, max_steps: int) -> bool:
     return all(_exhausted(ch, max_steps) for ch in root.children)
 
 
-def _completion(node: Node) -> str:
-    return node.text if node.finished or node.rollout is None else node.rollout
+def _answer_of(node: Node) -> tuple[str, bool]:
+    """(text, complete?) of the final path's end: a finished node's text, else its rollout's completion, else its
+    partial text — which complete_unfinished then completes with one sample."""
+    if node.finished:
+        return node.text, True
+    if node.rollout is not None:
+        return node.rollout, True
+    return node.text, False
 
 
 __all__ = ["Node", "SELECTION", "backup", "expand", "final_path", "mcts_search", "prm_value", "puct",

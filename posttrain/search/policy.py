@@ -102,6 +102,22 @@ class Policy:
         return STEP_SEPARATOR in self.tokenizer.decode(completion_ids[-8:], skip_special_tokens=True)
 
 
+def complete_unfinished(policy: Policy, problems: list[dict], partials: list[tuple[str, bool]], spent: list[int],
+                        *, seed: int) -> list[SearchResult]:
+    """Search results from each problem's chosen partial solution (text, finished): a finished one as it is, an
+    unfinished one (the budget ran out first) completed by one sample from the policy, its tokens added to spent.
+    The completion of problem i is seeded by step "complete", example i."""
+    todo = [i for i, (_, finished) in enumerate(partials) if not finished]
+    samples = policy.sample([problems[i]["prompt"] for i in todo], [partials[i][0] for i in todo], 1, seed=seed,
+                            step="complete", example_ids=todo) if todo else []
+    texts = [text for text, _ in partials]
+    spent = list(spent)
+    for i, (sample,) in zip(todo, samples):
+        texts[i] += sample.text
+        spent[i] += sample.num_tokens
+    return [SearchResult(text, tokens) for text, tokens in zip(texts, spent)]
+
+
 def steps_of(text: str) -> list[str]:
     """The reasoning steps of a (partial) solution: its non-empty lines, as a process reward model scores them.
 
@@ -116,4 +132,4 @@ def _as_int(step: int | str) -> int:
     return step if isinstance(step, int) else derive_seed(0, step)
 
 
-__all__ = ["Policy", "STEP_SEPARATOR", "Sample", "SearchResult", "steps_of"]
+__all__ = ["Policy", "STEP_SEPARATOR", "Sample", "SearchResult", "complete_unfinished", "steps_of"]

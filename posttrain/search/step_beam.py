@@ -11,7 +11,8 @@ and only the best B survive (Yao et al. 2023 "Tree of Thoughts", arXiv:2305.1060
         score each candidate with the PRM (aggregate of its step scores; min by default)
         beams ← the B best candidates (ties → the earlier candidate)
     until every beam is finished, max_steps rounds, or the problem's token budget is spent
-    answer: the best-scored finished beam (ties → the earlier); none finished → the best beam as it is
+    answer: the best-scored finished beam (ties → the earlier); none finished (the budget ran out first) →
+            the best beam, completed by one sample (its tokens counted)
 
 A step finishes a solution when it holds the final-answer marker, ends at eos, or hits the step length limit
 (policy.py). Finished beams stay in the pool and compete with the new candidates, so a good early answer is
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from posttrain.search.policy import STEP_SEPARATOR, Policy, SearchResult
+from posttrain.search.policy import STEP_SEPARATOR, Policy, SearchResult, complete_unfinished
 from posttrain.search.scorers import Scorer
 
 
@@ -99,12 +100,8 @@ def step_beam_search(policy: Policy, problems: list[dict], prm: Scorer, *, beam_
             for c, score in zip(fresh, prm.scores(problems[i], [c.text for c in fresh])):
                 c.score = score
             beams[i] = top_beams(new, beam_width)
-    return [SearchResult(_answer(b).text, s) for b, s in zip(beams, spent)]
-
-
-def _answer(beams: list[Beam]) -> Beam:
-    """The best finished beam, else the best beam (beams are kept best first)."""
-    return next((b for b in beams if b.finished), beams[0])
+    answers = [next((b for b in kept if b.finished), kept[0]) for kept in beams]  # kept best first
+    return complete_unfinished(policy, problems, [(b.text, b.finished) for b in answers], spent, seed=seed)
 
 
 __all__ = ["Beam", "step_beam_search", "top_beams", "unique_by_text"]
