@@ -426,8 +426,10 @@ class RFTSection:
 
     rounds: int = 2
     """Sample → keep the verified-correct → SFT, this many times; each round samples from the last round's model."""
-    keep_per_prompt: int = 4
-    """Distinct correct completions kept per prompt and round (duplicates are dropped first)."""
+    keep_per_prompt: int = 1
+    """Distinct correct completions kept per prompt and round (repeats are dropped first). Yuan et al. keep every
+    distinct reasoning path; where a problem has one right path (arith), the extra "correct" ones are right answers
+    after wrong steps."""
     prompts_per_round: int = 0
     """Training prompts sampled per round: 0 — all of them every round (STaR); N — the next N of the shuffled
     stream, a fresh slice each round."""
@@ -445,10 +447,11 @@ class RFTConfig(SFTConfig):
     """Run directory: config.yaml, metrics.jsonl (one line per round), round_N/ (samples, kept rows, the SFT run),
     checkpoints/ (round boundaries), final/ (the last round's model)."""
     rft: RFTSection = field(default_factory=RFTSection)
-    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.7, n=4, max_new_tokens=64))
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.5, n=4, max_new_tokens=72))
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(batch_size=256))
-    task: TaskConfig = field(default_factory=lambda: TaskConfig(max_digits=2, steps=True, num_train=1000))
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(at_start=True, max_new_tokens=64))
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(steps=True, num_train=1000))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, schedule="constant", micro_batch_size=16))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(at_start=True, max_new_tokens=72))
 
 
 @dataclass

@@ -28,6 +28,18 @@ and its rollouts fail as well — unless the policy writes the right answer desp
 sampling policy does (the tiny SFT model answers "3+1=3 / answer: 4"); the agreement with exact labels
 (`agreement`) measures how often.
 
+Measured (the demo's 3-digit SFT checkpoint as the policy, 300 problems × 4 solutions, m = 4, T = 0.7: 4105
+steps, 1709 distinct prefixes of 2905, 164,803 generated tokens, about a minute on one CPU thread): hard labels
+agree with the exact ones on 79.6% of steps (11.6% of wrong steps labelled good, 30.3% of right steps labelled bad:
+all 4 rollouts failed from a sound prefix of a hard problem); carrying a 0 forward would agree on 77.8%, soft
+labels read at 0.5 on 76.2%. A PRM trained on them scores held-out samples of that policy better than one trained
+on as many of the task's error-injected solutions, and the task's error-injected held-out rows worse:
+    step accuracy on (200 steps of 16, from the SFT model)   policy samples   task's held-out rows
+    MC hard labels                                                0.649             0.500
+    MC soft labels                                                0.593             0.412
+    task labels                                                   0.470             0.670
+(policy samples: 800 held-out solutions of the policy with exact labels, 45% of steps right; the task's rows: 68%).
+
 Cost: the rollouts, (n − 1) unique prefixes × m samples per solution, each to the end of a solution.
 `PolicyCompleter` puts all prefixes of all solutions into one engine call and counts the generated tokens.
 """
@@ -39,7 +51,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, UserError
 from posttrain.rollout import HFEngine, SamplingParams, format_prompt
 
 Prefix = tuple  # (prompt, text): the problem's prompt (a string or chat messages) and the solution so far
@@ -254,6 +266,9 @@ def rows_for_run(cfg, run_dir: Path, device) -> list[dict]:
               f"{r.label_policy}, {r.mc_rollouts} rollouts per step", flush=True)
         rows, stats = sample_and_label(complete, problems, task.score, solutions=r.mc_solutions,
                                        rollouts=r.mc_rollouts, target=r.mc_target, separator=r.step_separator)
+        if not rows:
+            raise UserError(f"reward.label_policy {r.label_policy} wrote no solution with a step — fix: a policy "
+                            "trained on the task's steps format (posttrain sft task.steps=true)")
         if cfg.task.name == "arith":
             stats["exact"] = agreement(rows, [arith_exact_labels(task, row["prompt"], row["completions"])
                                               for row in rows])

@@ -23,6 +23,17 @@ Language Models", arXiv:2308.01825).
 
     final/ = M_R. checkpoint.every is not used: the checkpoints are the round boundaries.
 
+Measured (CPU, one thread; the demo's SFT checkpoint, 3-digit sums in steps, greedy accuracy 0.455 on 200 held-out
+problems; 1000 prompts, k = 4, 2 rounds of one epoch, lr 1e-4 constant, batch 16; about 25 s a round):
+    T = 0.5, keep 1 (the defaults)   eval/accuracy 0.455 → 0.485 → 0.54    kept rows with every step right: 91%
+    T = 0.5, keep 4                  0.455 → 0.465 → 0.52
+    T = 0.7, keep 4                  0.455 → 0.43 → 0.43                    78%
+    the quick demo's 2-digit model   0.22 → 0.17 → 0.155 (T = 0.5, keep 1)  29%
+    SFT on the task's worked solutions instead, the same 73 steps of 16: 0.515
+The verifier sees only the answer: a weak policy's right answers often follow wrong steps ("3+1=3 / answer: 4"),
+and fine-tuning on those teaches the wrong steps. RFT helps once most verified samples are right throughout —
+a policy good enough, sampled close to greedy.
+
 Worked example of `keep_correct`, k = 4, keep_per_prompt = 2: samples "a" ✓, "a" ✓, "b" ✗, "c" ✓ → kept "a",
 "c" (the second "a" is a repeat, "b" is wrong); a prompt whose samples are all wrong adds nothing and lowers the
 yield: that prompt and one like it give yield 1/2 and sample accuracy 3/8.
