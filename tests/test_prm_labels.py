@@ -10,8 +10,9 @@ import pytest
 
 from conftest import run_cli
 from posttrain import cli
-from posttrain.data.prm_labels import (PolicyCompleter, agreement, arith_exact_labels, mc_labels, split_steps,
-                                       step_prefixes)
+from posttrain.config import RewardConfig, RMConfig
+from posttrain.data.prm_labels import (PolicyCompleter, agreement, arith_exact_labels, mc_labels, rows_for_run,
+                                       split_steps, step_prefixes)
 from posttrain.generate import load_for_inference
 from posttrain.tasks.arith import ArithTask
 from test_rft import small_policy  # noqa: F401  (a pytest fixture: a tiny model SFT'd on 1-digit sums, in steps)
@@ -167,3 +168,10 @@ def test_mc_labels_without_a_policy_exit_2(tmp_path):
     proc = run_cli("rm", *ARGS, f"output_dir={tmp_path / 'run'}")
     assert proc.returncode == 2 and "reward.label_policy" in proc.stderr and "fix:" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_reads_its_labelled_rows_instead_of_sampling_again(tmp_path):
+    row = {"prompt": "1+1=", "completions": ["1+1=2", "answer: 2"], "labels": [True, True], "answer": "2"}
+    (tmp_path / "prm_data.jsonl").write_text(json.dumps(row) + "\n")
+    cfg = RMConfig(reward=RewardConfig(mode="prm", labels="mc", label_policy=str(tmp_path / "no_such_model")))
+    assert rows_for_run(cfg, tmp_path, "cpu") == [row]
