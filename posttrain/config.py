@@ -825,21 +825,30 @@ def from_dict(cls: type, values: dict, source: str = "config", prefix: str = "",
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping of keys to values")
     hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     kwargs = {} if base is None else {n: getattr(base, n) for n in names}
     for key, value in values.items():
         if key not in names:
             valid = [prefix + k for k in field_paths(cls)]
             raise unknown_key_error(prefix + str(key), valid, source)
         ftype = hints[key]
-        if dataclasses.is_dataclass(ftype):
-            kwargs[key] = from_dict(ftype, value, source, prefix + key + ".", kwargs.get(key))
+        if dataclasses.is_dataclass(ftype):  # a section starts from this command's default for it, e.g. rm's data
+            section = kwargs.get(key, _field_default(fields[key]))
+            kwargs[key] = from_dict(ftype, value, source, prefix + key + ".", section)
         else:
             kwargs[key] = coerce(value, ftype, f"{source}: {prefix}{key}")
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field (export/plot) is missing
         raise ConfigError(f"{source}: {e}") from None
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    """The value a field gets when it is not given (None for a required one)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def load_yaml(path: str | Path, cls: type):

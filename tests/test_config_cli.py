@@ -21,6 +21,17 @@ def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):
     assert cfg.train.grad_accum == C.TrainConfig().grad_accum  # untouched default
 
 
+def test_a_yaml_section_starts_from_the_commands_own_defaults(tmp_path):
+    """rm's data section defaults to packing=False and dpo's train section to lr=1e-4: a YAML that sets another
+    key of the section must keep them (not fall back to DataConfig() / TrainConfig())."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  max_length: 64\ntrain:\n  max_steps: 3\n")
+    rm = parse("-c", str(path), cls=C.RMConfig)
+    assert rm.data.max_length == 64 and rm.data.packing is False
+    dpo = parse("-c", str(path), cls=C.DPOConfig)
+    assert dpo.train.max_steps == 3 and dpo.train.lr == C.DPOConfig().train.lr == 1e-4
+
+
 def test_lists_dicts_none_and_bare_flags():
     cfg = parse("lora.target_modules=q_proj,k_proj", "data.columns=question:prompt,response:completion",
                 "data.eval_path=none", "--checkpoint.resume", "--overwrite")
