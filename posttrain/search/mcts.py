@@ -39,7 +39,8 @@ or, without one, the leaf's partial solution completed by one sample (its tokens
 Compute: every expansion's steps and every rollout's tokens count. Each problem stops when its token budget is
 spent (checked before each iteration), after max_iterations, or when every path is exhausted. Problems are
 searched in lockstep, one engine call per iteration for all of them; the expansion of problem i at iteration t
-uses the engine seeds derive_seed(seed, t, i, j) and its rollouts ("rollout", t) with example i·k + child.
+draws its k steps with the engine seeds derive_seed(seed, step "mcts:t", example i, j) and its rollouts with step
+"rollout:t", example i·k + child — streams of their own, apart from best-of-N's (step 0).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def prm_value(prm: Scorer) -> Evaluate:
 def rollout_value(policy: Policy, scorer: Scorer, *, seed: int = 0, children: int = 4) -> Evaluate:
     """Complete each new node's solution by sampling (a finished node is complete already) and score the
     completion with `scorer` (an outcome RM's logit through σ, so values are in (0, 1) like a PRM's).
-    The rollout of new node j of problem i at iteration t is seeded by step ("rollout", t), example i·children + j.
+    The rollout of new node j of problem i at iteration t is seeded by step "rollout:t", example i·children + j.
     """
     def evaluate(problems, jobs, iteration):
         todo = [(i, node, j) for i, node, j in jobs if not node.finished]
@@ -227,7 +228,7 @@ def mcts_search(policy: Policy, problems: list[dict], evaluate: Evaluate, *, chi
         # ---- expand: k next steps for each problem's leaf, one engine call -----------------------------------------
         order = list(paths)
         samples = policy.sample([problems[i]["prompt"] for i in order], [paths[i][-1].text for i in order], children,
-                                seed=seed, step=iteration, example_ids=order, one_step=True)
+                                seed=seed, step=f"mcts:{iteration}", example_ids=order, one_step=True)
         jobs = []
         for i, steps in zip(order, samples):
             spent[i] += sum(s.num_tokens for s in steps)

@@ -67,6 +67,7 @@ class Policy:
     use_chat_template: bool
     temperature: float = 1.0
     top_p: float = 1.0
+    min_p: float = 0.0
     max_new_tokens: int = 64
     max_step_tokens: int = 32
     answer_marker: str = "answer:"
@@ -83,7 +84,7 @@ class Policy:
         ids = [format_prompt(tokenizer, p, self.use_chat_template) + tokenizer(x, add_special_tokens=False)["input_ids"]
                for p, x in zip(prompts, prefixes)]
         params = SamplingParams(temperature=self.temperature if temperature is None else temperature,
-                                top_p=self.top_p, n=n,
+                                top_p=self.top_p, min_p=self.min_p, n=n,
                                 max_new_tokens=self.max_step_tokens if one_step else self.max_new_tokens,
                                 stop_strings=[STEP_SEPARATOR] if one_step else [])
         generations = self.engine.generate(ids, params, seed=seed, step=_as_int(step), example_ids=example_ids,
@@ -128,7 +129,8 @@ def steps_of(text: str) -> list[str]:
 
 
 def _as_int(step: int | str) -> int:
-    """Engines take an integer step; search names its streams ("rollout", 3) and hashes them to one."""
+    """Engines take an integer step; search names its streams ("beam:3", "rollout:3") and hashes the name to one,
+    so no two strategies draw with the same seeds."""
     return step if isinstance(step, int) else derive_seed(0, step)
 
 

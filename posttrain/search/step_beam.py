@@ -29,8 +29,8 @@ The 15 sampled steps cost 45 + 92 + 72 = 209 tokens (a line's characters + its n
 Compute: every sampled step's tokens count (SearchResult.generated_tokens); the budget is checked before each
 round, so the last round may overshoot it by at most B·k steps — the table reports what was really spent.
 Problems are searched in lockstep (one engine call per round for all of them); beam b of problem i in round r
-draws its k steps with the engine seeds derive_seed(seed, r, i·B + b, j), so results do not depend on which
-other problems are in the batch.
+draws its k steps with the engine seeds derive_seed(seed, step "beam:r", example i·B + b, j), so results do not
+depend on which other problems are in the batch.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def step_beam_search(policy: Policy, problems: list[dict], prm: Scorer, *, beam_
         if not jobs:
             break
         samples = policy.sample([problems[i]["prompt"] for i, _ in jobs], [beams[i][b].text for i, b in jobs],
-                                expansions, seed=seed, step=round_, example_ids=[i * beam_width + b for i, b in jobs],
-                                one_step=True)
+                                expansions, seed=seed, step=f"beam:{round_}",
+                                example_ids=[i * beam_width + b for i, b in jobs], one_step=True)
         children: dict[int, list[Beam]] = {}
         for (i, b), steps in zip(jobs, samples):
             for s in steps:
