@@ -492,8 +492,9 @@ class SearchConfig:
 
     n: int = 8
     """Samples per problem (N of best-of-N, k of maj@k)."""
-    temperature: float = 0.7
-    """Sampling temperature of every sampled strategy (greedy is T = 0)."""
+    temperature: float = 0.5
+    """Sampling temperature of every sampled strategy (greedy is T = 0). Lower votes closer to greedy, higher finds
+    more right answers for a scorer to pick (demo SFT model: maj@8 0.445 / pass@8 0.605 at 0.3, 0.415 / 0.65 at 0.5)."""
     top_p: float = 1.0
     """Nucleus sampling for every sampled strategy; 1 disables."""
     max_new_tokens: int = 72
@@ -533,7 +534,8 @@ class SearchConfig:
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
-                raise ConfigError(f"search.{name} = {value!r} must be an integer ≥ 1 — fix: set search.{name} ≥ 1")
+                raise ConfigError(f"search.{name} = {value!r} must be an integer ≥ 1 — fix: "
+                                  f"search.{name}=1 or more")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ConfigError(f"search.temperature = {self.temperature!r} must be > 0 (greedy is its own row) — fix: "
                               "e.g. search.temperature=0.7")
