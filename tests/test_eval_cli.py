@@ -43,7 +43,7 @@ def test_eval_table_has_every_strategy_and_counts_tokens(tmp_path, reward_dirs, 
                 ("pass@2", "verifier (oracle)"), ("pass@3", "verifier (oracle)"), ("maj@2", "—"), ("maj@3", "—"),
                 ("best-of-3", "reward model"), ("best-of-3", "PRM (min)"), ("weighted vote@3", "reward model"),
                 ("weighted vote@3", "PRM (min)"), ("step beam (B=2, k=4)", "PRM (min)"),
-                ("MCTS (uct, k=4, prm)", "PRM (min)")}
+                ("MCTS (puct, k=4, prm)", "PRM (min)")}
     assert set(rows) == expected
     assert all(r["accuracy"] is not None and 0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
 
@@ -98,7 +98,7 @@ def test_eval_skips_what_needs_a_missing_model_and_budget_is_honoured(tmp_path, 
 
     assert cli.main([*args, f"prm={prm}", f"output_dir={out}2"]) == 0
     rows = rows_of(tmp_path / "eval2")
-    mcts = rows[("MCTS (uct, k=4, rollout)", "PRM (min)")]
+    mcts = rows[("MCTS (puct, k=4, rollout)", "PRM (min)")]
     # one iteration's 4 steps (≤ 6 tokens each) plus their rollouts (≤ 12 each) at most past the 10-token budget
     assert 10 <= mcts["tokens_per_problem"] < 10 + 4 * (6 + 12)
 
