@@ -171,7 +171,7 @@ MCTS_SCORES = {"good\n": 0.9, "bad\n": 0.1, "good\nanswer: 1": 0.9, "bad\nanswer
 def test_mcts_search_with_a_scripted_policy():
     policy = ScriptedPolicy(MCTS_SCRIPT)
     (result,) = mcts_search(policy, [{"prompt": "1+0="}], prm_value(TableScorer(MCTS_SCORES)), children=2,
-                            max_iterations=4)
+                            rule="uct", max_iterations=4)
     # it 0: root → good (0.9), bad (0.1); it 1: UCT picks good (0.9 + 0.833 > 0.1 + 0.833), expands it to one
     # distinct finished child; it 2, 3: good again (e.g. 0.9 + sqrt(ln 3 / 2) = 1.641 > 0.1 + sqrt(ln 3) = 1.148),
     # its finished child is backed up again for free
@@ -183,7 +183,7 @@ def test_mcts_search_with_a_scripted_policy():
 def test_mcts_stops_at_the_budget():
     policy = ScriptedPolicy(MCTS_SCRIPT)
     (result,) = mcts_search(policy, [{"prompt": "1+0="}], prm_value(TableScorer(MCTS_SCORES)), children=2,
-                            budget_tokens=[9])
+                            rule="uct", budget_tokens=[9])
     # nothing finished within the budget: the most-visited leaf, completed by one sample (10 more tokens)
     assert [c[0] for c in policy.calls] == [[""], ["good\n"]] and policy.calls[1][2] == "complete"
     assert result.completion == "good\nanswer: 1" and result.generated_tokens == 9 + 10

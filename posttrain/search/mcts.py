@@ -201,7 +201,7 @@ def _scores_by_problem(scorer: Scorer, problems: list[dict], jobs: list, texts: 
 
 # ---- the search ------------------------------------------------------------------------------------------------------
 
-def mcts_search(policy: Policy, problems: list[dict], evaluate: Evaluate, *, children: int = 4, rule: str = "uct",
+def mcts_search(policy: Policy, problems: list[dict], evaluate: Evaluate, *, children: int = 4, rule: str = "puct",
                 c: float = 1.0, max_steps: int = 16, max_iterations: int = 64,
                 budget_tokens: list[int] | None = None, seed: int = 0) -> list[SearchResult]:
     """MCTS for each problem ({"prompt", …}); see the module docstring. evaluate: prm_value(prm),
