@@ -79,6 +79,14 @@ def test_uct_prefers_unvisited_and_puct_example():
     assert puct(child, 16, 1.0) == pytest.approx(0.5 + 0.25 * 4 / 4)
 
 
+def test_puct_follows_the_policy_prior_where_uct_follows_q():
+    likely, unlikely = Node(text="a", value=1.0, visits=2, prior=0.9), Node(text="b", value=1.5, visits=2, prior=0.1)
+    root = Node(visits=4, children=[likely, unlikely])
+    # PUCT: a 0.5 + 0.9·2/3 = 1.1 > b 0.75 + 0.1·2/3 = 0.817;  UCT: equal visits, so b's higher Q (0.75) wins
+    assert [n.text for n in select(root, "puct", c=1.0)] == ["", "a"]
+    assert [n.text for n in select(root, "uct", c=1.0)] == ["", "b"]
+
+
 def test_expand_dedupes_and_sets_softmax_priors():
     leaf = Node(text="x\n")
     new = expand(leaf, [Sample("a", 1, -1.0, False), Sample("a", 1, -1.0, False), Sample("b", 1, -2.0, True)])
