@@ -79,7 +79,8 @@ def test_on_policy_steps_sample_from_the_student_and_resume_exactly(tmp_path, mo
     assert on_policy_steps(2, 4, 0.5) == [False, True, False, True]  # both kinds before and after the rewind
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     args = ["seed=2", "distill.mode=on_policy", "distill.lam=0.5", "distill.max_new_tokens=12",
-            "distill.loss=reverse_kl", "train.max_steps=4", "checkpoint.every=2", "checkpoint.keep_last=3", "log.every=1"]
+            "distill.loss=reverse_kl", "train.max_steps=4", "checkpoint.every=2", "checkpoint.keep_last=3",
+            "log.every=1"]
     assert distill(straight, models["student"], models["teacher"], *args) == 0
     expected = records(straight)
     assert [expected[s]["on_policy"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 0.0, 1.0]

@@ -26,7 +26,8 @@ def test_example_config_runs(path, tmp_path, monkeypatch):
     out = tmp_path / "run"
     command = command_of(path)
     code = cli.main([command, "-c", str(path), f"output_dir={out}", "train.max_steps=2", "eval.num_samples=4",
-                     "eval.every=0", "checkpoint.every=0", "log.progress=false", "threads=1", *SHORTER.get(command, [])])
+                     "eval.every=0", "checkpoint.every=0", "log.progress=false", "threads=1",
+                     *SHORTER.get(command, [])])
     assert code == 0
     assert (out / "final").is_dir() and (out / "metrics.jsonl").is_file()
 
