@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep every stage whose output is already in --out")
     parser.add_argument("--sft-steps", type=int, default=600)
     parser.add_argument("--pair-problems", type=int, default=4096)
-    parser.add_argument("--rm-steps", type=int, default=600)
+    parser.add_argument("--rm-steps", type=int, default=400)
     parser.add_argument("--prm-steps", type=int, default=600)
     parser.add_argument("--prm-lr", type=float, default=3e-4)
     args = parser.parse_args()
