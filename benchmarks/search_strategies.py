@@ -32,7 +32,8 @@ PRM + eval: 912 s at 300 SFT steps, about 15 min at 600), accuracy on the 200 he
     600  (0.935)          0.926    0.935  0.970   0.930         0.935     0.925          0.930     0.935
     (RM held-out pair accuracy 0.602 on 1845 pairs at 300 steps, 0.516 on 591 pairs at 450 (--rm-steps 1000
     --prm-steps 400, 634 s), 0.583 on 224 pairs at 600; PRM held-out step accuracy 0.746 / 0.689 / 0.730 where
-    always "correct" scores 0.670.) Greedy and maj@8 only: 1000 steps 0.990 / 0.990. No checkpoint has maj@8 or a reward-model best-of-8 above greedy: the samples' errors
+    always "correct" scores 0.670.) Greedy and maj@8 only: 1000 steps 0.990 / 0.990.
+    No checkpoint has maj@8 or a reward-model best-of-8 above greedy: the samples' errors
     are systematic per problem (a misread operand digit, a wrong digit copied into the answer line), not noise
     around the right answer, and the reward models, the same 1.1M-parameter backbone, check a line's local
     arithmetic at best — a misread operand gives a locally consistent line they rank high.
