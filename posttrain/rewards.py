@@ -571,6 +571,47 @@ class ModelReward(RewardSource):
         return [outcome_of(v) for v in values]
 
 
+# head → (PEFT task type, architecture suffix, what it is, what it scores)
+REWARD_HEADS = {"score": ("SEQ_CLS", "ForSequenceClassification", "an outcome reward model", "one score per response"),
+                "token": ("TOKEN_CLS", "ForTokenClassification", "a process reward model", "a score per step")}
+
+
+def load_head_model(path: str | Path, head: str, fix: str, trust_remote_code: bool = False):
+    """(frozen model, tokenizer) from a reward-model run directory (its final/) or a model directory: full weights
+    whose architecture has the `head` (REWARD_HEADS: "score" = outcome RM, "token" = PRM), or a LoRA adapter of
+    that task type on its base. Anything else — a plain language model, whose head would be random, or the other
+    kind of reward model — raises UserError ending in `fix`."""
+    import json
+
+    from posttrain.config import LoraConfig, ModelConfig
+    from posttrain.models.loading import load_model, load_tokenizer
+
+    task_type, suffix, kind, unit = REWARD_HEADS[head]
+    directory = Path(path)
+    if (directory / "final").is_dir():
+        directory = directory / "final"
+    adapter_file, config_file = directory / "adapter_config.json", directory / "config.json"
+    if adapter_file.is_file():
+        adapter = json.loads(adapter_file.read_text())
+        if adapter.get("task_type") != task_type:
+            raise UserError(f"{directory} holds a LoRA adapter for {adapter.get('task_type')}, not {kind} "
+                            f"({task_type}) — fix: {fix}")
+        base = ModelConfig(name_or_path=adapter["base_model_name_or_path"], trust_remote_code=trust_remote_code)
+        model = load_model(base, LoraConfig(r=adapter["r"]), weights_dir=directory, head=head)
+    elif config_file.is_file():
+        architectures = json.loads(config_file.read_text()).get("architectures") or []
+        if not any(a.endswith(suffix) for a in architectures):
+            raise UserError(f"{directory} holds {', '.join(architectures) or 'a model'}, not {kind} "
+                            f"(…{suffix}, {unit}) — fix: {fix}")
+        model = load_model(ModelConfig(name_or_path=str(directory), trust_remote_code=trust_remote_code),
+                           LoraConfig(), head=head)
+    else:
+        raise UserError(f"{path} is not a reward model directory (no config.json or adapter_config.json) — "
+                        f"fix: {fix}")
+    model.requires_grad_(False)
+    return model, load_tokenizer(str(directory), trust_remote_code)
+
+
 def load_reward_model(path: str | Path, *, device: str | torch.device = "cpu", batch_size: int = 32,
                       name: str = "reward_model", precision: str = "fp32", trust_remote_code: bool = False
                       ) -> ModelReward:
@@ -580,33 +621,7 @@ def load_reward_model(path: str | Path, *, device: str | torch.device = "cpu", b
     Refuses a directory whose model has no trained score head — a plain language model (its head would be random)
     or a process reward model (a score per token) — instead of giving random or meaningless rewards.
     """
-    import json
-
-    from posttrain.config import LoraConfig, ModelConfig
-    from posttrain.models.loading import load_model, load_tokenizer
-
-    directory = Path(path)
-    if (directory / "final").is_dir():
-        directory = directory / "final"
-    fix = "set reward.model to the run directory of `posttrain rm` (reward.mode=outcome) or its final/"
-    adapter_file, config_file = directory / "adapter_config.json", directory / "config.json"
-    if adapter_file.is_file():
-        adapter = json.loads(adapter_file.read_text())
-        if adapter.get("task_type") != "SEQ_CLS":
-            raise UserError(f"{directory} holds a LoRA adapter for {adapter.get('task_type')}, not an outcome reward "
-                            f"model (SEQ_CLS) — fix: {fix}")
-        base = ModelConfig(name_or_path=adapter["base_model_name_or_path"], trust_remote_code=trust_remote_code)
-        model = load_model(base, LoraConfig(r=adapter["r"]), weights_dir=directory, head="score")
-    elif config_file.is_file():
-        architectures = json.loads(config_file.read_text()).get("architectures") or []
-        if not any(a.endswith("ForSequenceClassification") for a in architectures):
-            raise UserError(f"{directory} holds {', '.join(architectures) or 'a model'}, not an outcome reward model "
-                            f"(…ForSequenceClassification, one score per response) — fix: {fix}")
-        model = load_model(ModelConfig(name_or_path=str(directory), trust_remote_code=trust_remote_code),
-                           LoraConfig(), head="score")
-    else:
-        raise UserError(f"{path} is not a reward model directory (no config.json or adapter_config.json) — "
-                        f"fix: {fix}")
-    model.requires_grad_(False)
-    tokenizer = load_tokenizer(str(directory), trust_remote_code)
+    model, tokenizer = load_head_model(
+        path, "score", "set reward.model to the run directory of `posttrain rm` (reward.mode=outcome) or its final/",
+        trust_remote_code)
     return ModelReward(model.to(device).eval(), tokenizer, batch_size=batch_size, name=name, precision=precision)

@@ -18,7 +18,6 @@ Worked example: step scores [0.9, 0.2, 0.8] → min 0.2, product 0.144, last 0.8
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Callable, Protocol
@@ -141,34 +140,17 @@ def load_outcome_rm(path: str | Path, field: str = "reward_model") -> OutcomeRM:
 def load_prm(path: str | Path, *, aggregate: str = "min", field: str = "prm") -> ProcessRM:
     """A ProcessRM from a `posttrain rm reward.mode=prm` run directory (or its final/): a full model whose
     config says …ForTokenClassification, or a LoRA adapter of task type TOKEN_CLS on its base."""
-    from posttrain.config import LoraConfig, ModelConfig
-    from posttrain.models.loading import load_model, load_tokenizer
+    from posttrain.errors import UserError
+    from posttrain.rewards import load_head_model
 
-    directory = Path(path)
     fix = "pass the run directory of `posttrain rm reward.mode=prm` (or its final/), or leave it unset"
-    if not directory.exists():
+    if not Path(path).exists():
         raise ConfigError(f"{field} = {str(path)!r} does not exist — fix: {fix}")
-    directory = directory / "final" if (directory / "final").is_dir() else directory
-    adapter_file, config_file = directory / "adapter_config.json", directory / "config.json"
-    if adapter_file.is_file():
-        adapter = json.loads(adapter_file.read_text())
-        if adapter.get("task_type") != "TOKEN_CLS":
-            raise ConfigError(f"{field} = {str(path)!r} holds a LoRA adapter for {adapter.get('task_type')}, not a "
-                              f"process reward model (TOKEN_CLS) — fix: {fix}")
-        model = load_model(ModelConfig(name_or_path=adapter["base_model_name_or_path"]),
-                           LoraConfig(r=adapter["r"]), weights_dir=directory, head="token")
-    elif config_file.is_file():
-        architectures = json.loads(config_file.read_text()).get("architectures") or []
-        if not any(a.endswith("ForTokenClassification") for a in architectures):
-            raise ConfigError(f"{field} = {str(path)!r} holds {', '.join(architectures) or 'a model'}, not a process "
-                              f"reward model (…ForTokenClassification, a score per step) — fix: {fix}")
-        model = load_model(ModelConfig(name_or_path=str(directory)), LoraConfig(), head="token")
-    else:
-        raise ConfigError(f"{field} = {str(path)!r} is not a model directory (no config.json or "
-                          f"adapter_config.json) — fix: {fix}")
-    model.requires_grad_(False)
-    return ProcessRM(model, load_tokenizer(str(directory)), aggregate=aggregate)
-
+    try:
+        model, tokenizer = load_head_model(path, "token", fix)
+    except UserError as e:
+        raise ConfigError(f"{field}: {e}") from None
+    return ProcessRM(model, tokenizer, aggregate=aggregate)
 
 __all__ = ["AGGREGATES", "OutcomeRM", "ProcessRM", "Scorer", "Verifier", "load_outcome_rm", "load_prm",
            "probability"]
