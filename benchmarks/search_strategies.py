@@ -49,15 +49,23 @@ from pathlib import Path
 
 from posttrain import tasks
 from posttrain.config import (CheckpointConfig, DataConfig, DemoConfig, EvalConfig, EvaluateConfig, LogConfig,
-                              ModelConfig, RewardConfig, RMConfig, SearchConfig, SFTConfig, TrainConfig)
+                              ModelConfig, RewardConfig, RMConfig, SearchConfig, SFTConfig, TaskConfig, TrainConfig)
 from posttrain.demo import SAMPLE_TEMPERATURE, eval_config, rm_stage_config, sft_stage_config, task_config
+
+
+def bench_task(args, demo: DemoConfig) -> TaskConfig:
+    """arith: the demo's task (3-digit column addition, one correct solution per problem). sums: 3..6 one-digit
+    terms added in any order (many correct solutions), 400 held-out problems."""
+    if args.task == "arith":
+        return task_config(demo)
+    return TaskConfig(name="sums", max_digits=1, ops="+", steps=True, num_train=50_000, num_eval=400)
 
 
 def sft_stage(args, demo: DemoConfig) -> Path:
     from posttrain.train import sft
 
     cfg = sft_stage_config(demo)
-    cfg = replace(cfg, threads=1, train=replace(cfg.train, max_steps=args.sft_steps),
+    cfg = replace(cfg, threads=1, task=bench_task(args, demo), train=replace(cfg.train, max_steps=args.sft_steps),
                   eval=replace(cfg.eval, every=0), log=replace(cfg.log, progress=False))
     print(f"sft: greedy accuracy {sft.run(cfg)['eval/accuracy']:.3f} after {args.sft_steps} steps", flush=True)
     return Path(cfg.output_dir) / "final"
@@ -69,8 +77,8 @@ def pairs_stage(args, demo: DemoConfig, model_dir: Path, out_dir: Path) -> dict:
     from posttrain.eval.accuracy import sampled_completions
     from posttrain.models.loading import load_model, load_tokenizer
 
-    task_cfg = task_config(demo)
-    task = tasks.get("arith", max_digits=task_cfg.max_digits, ops=task_cfg.ops, steps=True)
+    task_cfg = bench_task(args, demo)
+    task = tasks.get(task_cfg.name, max_digits=task_cfg.max_digits, ops=task_cfg.ops, steps=True)
     tokenizer = load_tokenizer(str(model_dir))
     model = load_model(ModelConfig(name_or_path=str(model_dir)), SFTConfig().lora).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +100,7 @@ def rm_stage(args, demo: DemoConfig, model_dir: Path, pairs_dir: Path) -> Path:
     from posttrain.train import reward
 
     cfg = rm_stage_config(demo, model_dir, pairs_dir)
-    cfg = replace(cfg, threads=1, train=replace(cfg.train, max_steps=args.rm_steps))
+    cfg = replace(cfg, threads=1, task=bench_task(args, demo), train=replace(cfg.train, max_steps=args.rm_steps))
     metrics = reward.run(cfg)
     print(f"rm: held-out pair accuracy {metrics['eval/accuracy']:.3f}", flush=True)
     return Path(cfg.output_dir)
@@ -104,7 +112,7 @@ def prm_stage(args, demo: DemoConfig, model_dir: Path) -> Path:
     cfg = RMConfig(
         output_dir=str(Path(demo.output_dir) / "prm"), overwrite=True, seed=demo.seed, threads=1,
         reward=RewardConfig(mode="prm"), model=ModelConfig(name_or_path=str(model_dir)),
-        task=replace(task_config(demo), num_train=20_000), data=DataConfig(max_length=256),
+        task=replace(bench_task(args, demo), num_train=20_000), data=DataConfig(max_length=256),
         train=TrainConfig(lr=args.prm_lr, max_steps=args.prm_steps, micro_batch_size=32, warmup_steps=50,
                           schedule="cosine", min_lr_ratio=0.1, adam_beta2=0.99),
         eval=EvalConfig(every=0, batch_size=64), checkpoint=CheckpointConfig(every=0, keep_last=1),
@@ -115,10 +123,10 @@ def prm_stage(args, demo: DemoConfig, model_dir: Path) -> Path:
     return Path(cfg.output_dir)
 
 
-def eval_stage(demo: DemoConfig, model_dir: Path, rm_dir: Path, prm_dir: Path) -> Path:
+def eval_stage(args, demo: DemoConfig, model_dir: Path, rm_dir: Path, prm_dir: Path) -> Path:
     from posttrain.eval import run as evaluate
 
-    task_cfg = task_config(demo)
+    task_cfg = bench_task(args, demo)
     cfg = EvaluateConfig(model=str(model_dir), reward_model=str(rm_dir), prm=str(prm_dir),
                          output_dir=str(Path(demo.output_dir) / "eval"), seed=0, task=task_cfg,
                          search=SearchConfig(max_new_tokens=eval_config(demo).max_new_tokens))
@@ -130,6 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/bench_search")
     parser.add_argument("--reuse", action="store_true", help="keep every stage whose output is already in --out")
+    parser.add_argument("--task", choices=["arith", "sums"], default="arith")
     parser.add_argument("--sft-steps", type=int, default=600)
     parser.add_argument("--pair-problems", type=int, default=4096)
     parser.add_argument("--rm-steps", type=int, default=400)
@@ -157,7 +166,7 @@ def main() -> None:
     prm_dir = out / "prm"
     if not reused(prm_dir / "final"):
         prm_dir = prm_stage(args, demo, sft_dir)
-    table = eval_stage(demo, sft_dir, rm_dir, prm_dir)  # posttrain eval prints the table
+    table = eval_stage(args, demo, sft_dir, rm_dir, prm_dir)  # posttrain eval prints the table
     print(f"table in {table}")
     print(f"runtime: {time.perf_counter() - t0:.0f} s (one torch thread per stage)")
 

@@ -61,9 +61,10 @@ class LoraConfig:
 @dataclass
 class TaskConfig:
     name: str = "arith"
-    """Built-in task used when data.train_path is empty (and for task accuracy at evaluation)."""
+    """Built-in task used when data.train_path is empty (and for task accuracy at evaluation): 'arith' (column
+    addition/subtraction, one correct solution each) or 'sums' (3..6 terms added in any order, many correct solutions)."""
     max_digits: int = 3
-    """arith: each operand has 1..max_digits digits, the digit count drawn uniformly."""
+    """Each operand (sums: each term, 1..3) has 1..max_digits digits, the digit count drawn uniformly."""
     ops: str = "+"
     """arith: operators to draw from, a subset of '+-'."""
     steps: bool = False

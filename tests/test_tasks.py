@@ -118,7 +118,7 @@ def test_score_cases():
 
 
 def test_registry_and_option_errors():
-    assert tasks.names() == ["arith"]
+    assert tasks.names() == ["arith", "sums"]
     task = tasks.get("arith", max_digits=2, ops="+-", steps=True)
     assert (task.max_digits, task.ops, task.steps) == (2, "+-", True)
     with pytest.raises(ConfigError, match=r"Did you mean 'arith'.*Valid tasks: arith"):
@@ -131,3 +131,89 @@ def test_registry_and_option_errors():
         tasks.get("arith", max_digits=0)
     with pytest.raises(ConfigError, match="split"):
         ArithTask().rows("test", 3)
+
+
+# ---- sums: many correct solutions per problem ----------------------------------------------------------------------
+
+def _check_running_totals(terms, lines):
+    """A steps solution is right iff it adds every term exactly once, each line's sum is right, and the answer
+    line repeats the last total."""
+    *steps, answer_line = lines
+    used, total = [], None
+    for line in steps:
+        left, result = line.split("=")
+        a, b = map(int, left.split("+"))
+        if total is None:
+            used += [a, b]
+        else:
+            assert a == total
+            used.append(b)
+        assert int(result) == a + b
+        total = a + b
+    assert sorted(used) == sorted(terms)
+    assert answer_line == f"answer: {total}" and total == sum(terms)
+
+
+def test_sums_solutions_take_many_orders_and_are_all_correct():
+    from posttrain.tasks.sums import SumsTask
+
+    task = SumsTask(max_digits=1, steps=True)
+    rows = task.sft_rows("train", 400, seed=3)
+    for row in rows:
+        terms = [int(t) for t in row["messages"][0]["content"].rstrip("=").split("+")]
+        solution = row["messages"][1]["content"]
+        assert 3 <= len(terms) <= 6
+        _check_running_totals(terms, solution.split("\n"))
+        assert task.score(row["messages"][0]["content"], solution) == 1.0
+        assert int(row["answer"]) == sum(terms)
+    # Orders vary: among 4+ term problems, the first line is often not the first two terms in order.
+    firsts = [r["messages"][1]["content"].split("\n")[0] for r in rows]
+    prompts = [r["messages"][0]["content"].split("+") for r in rows]
+    assert sum(f.split("=")[0] != "+".join(p[:2]) for f, p in zip(firsts, prompts)) > len(rows) // 2
+    assert task.sft_rows("train", 400, seed=3) == rows  # deterministic, orders included
+
+
+def test_sums_worked_example_splits_and_verifier():
+    from posttrain.tasks.sums import SumsTask, running_totals, split_of
+
+    task = SumsTask(max_digits=1, steps=True)
+    assert running_totals((4, 9, 7, 2), [2, 3, 1, 0]) == ["7+2=9", "9+9=18", "18+4=22"]
+    assert task.solution_text((4, 9, 7, 2)) == "4+9=13\n13+7=20\n20+2=22\nanswer: 22"
+    assert SumsTask(max_digits=1).solution_text((4, 9, 7, 2)) == "22"
+    # The verifier reads the answer line whatever the order; without a reference it recomputes from the prompt,
+    # also when the prompt is chat-rendered.
+    assert task.score("4+9+7+2=", "7+2=9\n9+9=18\n18+4=22\nanswer: 22") == 1.0
+    assert task.score("<user>4+9+7+2=</user>", "answer: 21") == 0.0
+    assert task.score("hello", "answer: 3") is None
+    train = {r["prompt"] for r in task.rows("train", 3000)}
+    evals = [r["prompt"] for r in task.rows("eval", 300)]
+    assert len(set(evals)) == 300 and not train & set(evals)
+    assert all(split_of(tuple(map(int, p.rstrip("=").split("+")))) == "eval" for p in evals)
+    with pytest.raises(ConfigError, match="task.ops"):
+        SumsTask(ops="-")
+    with pytest.raises(ConfigError, match="max_digits"):
+        tasks.get("sums", max_digits=5)
+
+
+def test_sums_process_rows_label_the_first_wrong_line_on():
+    from posttrain.tasks.sums import SumsTask
+
+    task = SumsTask(max_digits=1, steps=True)
+    rows = task.process_rows("train", 600, seed=1)
+    corrupted = 0
+    for row in rows:
+        terms = [int(t) for t in row["prompt"].rstrip("=").split("+")]
+        lines, labels = row["completions"], row["labels"]
+        assert len(lines) == len(labels) == len(terms)  # len - 1 running totals and the answer line
+        if all(labels):
+            _check_running_totals(terms, lines)
+            continue
+        corrupted += 1
+        k = labels.index(False)
+        assert labels == [True] * k + [False] * (len(lines) - k)
+        assert task.score(row["prompt"], "\n".join(lines)) == 0.0  # the error reaches the answer
+        with pytest.raises(AssertionError):
+            _check_running_totals(terms, lines)
+    assert 0.4 < corrupted / len(rows) < 0.6
+    with pytest.raises(ConfigError, match="steps"):
+        SumsTask().process_rows("train", 1)

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from posttrain.errors import ConfigError
 from posttrain.tasks.arith import ArithTask
+from posttrain.tasks.sums import SumsTask
 
 
 class Task(Protocol):
@@ -27,7 +28,7 @@ class Task(Protocol):
     def score(self, prompt: str, completion: str, **row) -> float | None: ...
 
 
-_TASKS: dict[str, type] = {"arith": ArithTask}
+_TASKS: dict[str, type] = {"arith": ArithTask, "sums": SumsTask}
 
 
 def names() -> list[str]:

@@ -39,8 +39,8 @@ from posttrain.errors import ConfigError
 Problem = tuple[int, str, int]
 
 _PROBLEM_RE = re.compile(r"(\d+)\s*([+-])\s*(\d+)\s*=")
-_ANSWER_LINE_RE = re.compile(r"answer:\s*(-?\d+)")
-_INTEGER_RE = re.compile(r"-?\d+")
+ANSWER_LINE_RE = re.compile(r"answer:\s*(-?\d+)")
+INTEGER_RE = re.compile(r"-?\d+")
 _EXHAUSTED_AFTER = 10_000  # eval draws in a row with no new problem: the split has run out
 
 
@@ -52,6 +52,13 @@ def split_of(a: int, op: str, b: int) -> str:
 
 def _evaluate(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b
+
+
+def random_operand(rng: random.Random, max_digits: int) -> int:
+    """Digit count uniform in 1..max_digits, then a value uniform among numbers that long (1 digit includes 0)."""
+    n_digits = rng.randint(1, max_digits)
+    low = 0 if n_digits == 1 else 10 ** (n_digits - 1)
+    return rng.randint(low, 10**n_digits - 1)
 
 
 def _digits(n: int, width: int) -> list[int]:
@@ -109,9 +116,7 @@ class ArithTask:
 
     def operand(self, rng: random.Random) -> int:
         """Digit count uniform in 1..max_digits, then a value uniform among numbers that long."""
-        n_digits = rng.randint(1, self.max_digits)
-        low = 0 if n_digits == 1 else 10 ** (n_digits - 1)
-        return rng.randint(low, 10**n_digits - 1)
+        return random_operand(rng, self.max_digits)
 
     def problem(self, rng: random.Random) -> Problem:
         op = rng.choice(self.ops)
@@ -262,7 +267,7 @@ class ArithTask:
         With steps=True: the number after the first "answer:" (the format's final line; what follows
         it is ignored). Otherwise: the first integer, sign included ("  -35</s>" → "-35").
         """
-        pattern = _ANSWER_LINE_RE if self.steps else _INTEGER_RE
+        pattern = ANSWER_LINE_RE if self.steps else INTEGER_RE
         match = pattern.search(completion)
         if match is None:
             return None
