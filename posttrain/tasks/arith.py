@@ -46,7 +46,12 @@ _EXHAUSTED_AFTER = 10_000  # eval draws in a row with no new problem: the split 
 
 def split_of(a: int, op: str, b: int) -> str:
     """"eval" for one problem in ten (stable hash of "a op b"), else "train"."""
-    digest = hashlib.blake2b(f"{a}{op}{b}".encode(), digest_size=8).digest()
+    return split_by_hash(f"{a}{op}{b}")
+
+
+def split_by_hash(key: str) -> str:
+    """"eval" when blake2b(key) is 0 mod 10, else "train": stable across processes, unlike Python's hash()."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return "eval" if int.from_bytes(digest, "big") % 10 == 0 else "train"
 
 
@@ -59,6 +64,33 @@ def random_operand(rng: random.Random, max_digits: int) -> int:
     n_digits = rng.randint(1, max_digits)
     low = 0 if n_digits == 1 else 10 ** (n_digits - 1)
     return rng.randint(low, 10**n_digits - 1)
+
+
+def draw_problems(task: str, draw, split_key, split: str, n: int, seed: int) -> list:
+    """`n` problems of `split` from draw(rng), kept when split_key(problem) == split; deterministic in (task, split,
+    n, seed). Train samples with replacement; eval keeps unique problems and returns fewer than `n` when the split
+    runs out (_EXHAUSTED_AFTER draws in a row with nothing new)."""
+    if split not in ("train", "eval"):
+        raise ConfigError(f"{task}: split must be 'train' or 'eval', got {split!r}")
+    rng = random.Random(f"{task}:{seed}:{split}")  # str seeds are hashed stably (sha512)
+    out, seen, misses = [], set(), 0
+    while len(out) < n and misses < _EXHAUSTED_AFTER:
+        problem = draw(rng)
+        if split_key(problem) == split and (split == "train" or problem not in seen):
+            out.append(problem)
+            seen.add(problem)
+            misses = 0
+        else:
+            misses += 1
+    return out
+
+
+def answer_in(completion: str, steps: bool) -> str | None:
+    """The number after the first "answer:" (steps format), else the first integer, sign included; None if none."""
+    match = (ANSWER_LINE_RE if steps else INTEGER_RE).search(completion)
+    if match is None:
+        return None
+    return match.group(1) if steps else match.group(0)
 
 
 def _digits(n: int, width: int) -> list[int]:
@@ -146,20 +178,7 @@ class ArithTask:
         Train samples with replacement; eval keeps unique problems and returns fewer than `n` when the
         split runs out (with max_digits=1 there are only about ten eval problems).
         """
-        if split not in ("train", "eval"):
-            raise ConfigError(f"arith: split must be 'train' or 'eval', got {split!r}")
-        rng = random.Random(f"arith:{seed}:{split}")  # str seeds are hashed stably (sha512)
-        out, seen, misses = [], set(), 0
-        while len(out) < n and misses < _EXHAUSTED_AFTER:
-            problem = self.problem(rng)
-            fresh = split == "train" or problem not in seen
-            if split_of(*problem) == split and fresh:
-                out.append(problem)
-                seen.add(problem)
-                misses = 0
-            else:
-                misses += 1
-        return out
+        return draw_problems("arith", self.problem, lambda problem: split_of(*problem), split, n, seed)
 
     def rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
         """Online-RL rows: [{"prompt": "47+85=", "answer": "132"}, ...]."""
@@ -267,11 +286,7 @@ class ArithTask:
         With steps=True: the number after the first "answer:" (the format's final line; what follows
         it is ignored). Otherwise: the first integer, sign included ("  -35</s>" → "-35").
         """
-        pattern = ANSWER_LINE_RE if self.steps else INTEGER_RE
-        match = pattern.search(completion)
-        if match is None:
-            return None
-        return match.group(1) if self.steps else match.group(0)
+        return answer_in(completion, self.steps)
 
     def score(self, prompt: str, completion: str, answer: str | None = None, **row) -> float | None:
         """Reward: 1.0 if the extracted answer equals `answer` as integers, else 0.0.

@@ -23,25 +23,22 @@ solution is the bare answer ("22").
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from dataclasses import dataclass
 
 from posttrain.errors import ConfigError
-from posttrain.tasks.arith import ANSWER_LINE_RE, INTEGER_RE, random_operand
+from posttrain.tasks.arith import answer_in, draw_problems, random_operand, split_by_hash
 
 MIN_TERMS, MAX_TERMS = 3, 6
 _PROBLEM_RE = re.compile(r"(\d+(?:\+\d+)+)=")
-_EXHAUSTED_AFTER = 10_000  # eval draws in a row with no new problem: the split has run out
 
 Problem = tuple[int, ...]
 
 
 def split_of(terms: Problem) -> str:
     """"eval" for one problem in ten (blake2b of "4+9+7+2"), else "train"."""
-    digest = hashlib.blake2b("+".join(map(str, terms)).encode(), digest_size=8).digest()
-    return "eval" if int.from_bytes(digest, "big") % 10 == 0 else "train"
+    return split_by_hash("+".join(map(str, terms)))
 
 
 def running_totals(terms: Problem, order: list[int]) -> list[str]:
@@ -99,19 +96,7 @@ class SumsTask:
 
     def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
         """`n` problems of `split`, deterministic in (split, n, seed, options); train with replacement, eval unique."""
-        if split not in ("train", "eval"):
-            raise ConfigError(f"sums: split must be 'train' or 'eval', got {split!r}")
-        rng = random.Random(f"sums:{seed}:{split}")
-        out, seen, misses = [], set(), 0
-        while len(out) < n and misses < _EXHAUSTED_AFTER:
-            problem = self.problem(rng)
-            if split_of(problem) == split and (split == "train" or problem not in seen):
-                out.append(problem)
-                seen.add(problem)
-                misses = 0
-            else:
-                misses += 1
-        return out
+        return draw_problems("sums", self.problem, split_of, split, n, seed)
 
     def rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
         """Online-RL rows: [{"prompt": "4+9+7+2=", "answer": "22"}, ...]."""
@@ -190,10 +175,7 @@ class SumsTask:
 
     def extract_answer(self, completion: str) -> str | None:
         """With steps: the number after the first "answer:"; otherwise the first integer."""
-        match = (ANSWER_LINE_RE if self.steps else INTEGER_RE).search(completion)
-        if match is None:
-            return None
-        return match.group(1) if self.steps else match.group(0)
+        return answer_in(completion, self.steps)
 
     def score(self, prompt: str, completion: str, answer: str | None = None, **row) -> float | None:
         """1.0 if the extracted answer equals `answer` (else recomputed from the prompt's "x+y+…=") as integers,
