@@ -80,6 +80,21 @@ def test_eval_table_has_every_strategy_and_counts_tokens(tmp_path, reward_dirs, 
     for record in completions:
         if record["strategy"].startswith(("step beam", "MCTS")):
             assert record["generated_tokens"] < spent[record["problem"]] + 8 * 6 + 12
+
+    # vs greedy: the difference and the sign test on the same problems' verdicts, for rows that chose one completion
+    from posttrain.eval.metrics import paired_sign_test
+
+    verdicts = {}
+    for record in completions:
+        verdicts.setdefault(record["strategy"], []).append(record["score"] or 0.0)
+    for (strategy, scorer), row in rows.items():
+        label = f"{strategy} | {scorer}"
+        if label in verdicts and strategy != "greedy":
+            delta, p = row["vs_greedy"]
+            assert delta == pytest.approx(row["accuracy"] - rows[("greedy", "—")]["accuracy"])
+            assert p == pytest.approx(paired_sign_test(verdicts["greedy | —"], verdicts[label]))
+    assert rows[("maj@3", "—")]["vs_greedy"] is not None
+    assert rows[("greedy", "—")]["vs_greedy"] is None and rows[("pass@2", "verifier (oracle)")]["vs_greedy"] is None
     table = (out / "results.md").read_text()
     assert "| best-of-3 | reward model |" in table and "compute-matched" in table.lower()
     assert "pass@3" in capsys.readouterr().out

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from posttrain.eval.metrics import accuracy, correct_counts, maj_at_k, mean_over_problems, pass_at_k
+from posttrain.eval.metrics import (accuracy, correct_counts, maj_at_k, mean_over_problems, paired_sign_test,
+                                     pass_at_k)
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
@@ -58,3 +59,32 @@ def test_accuracy_and_helpers():
     assert accuracy([]) == 0.0
     assert correct_counts([[1.0, 0.0, None], [1.0, 1.0]]) == [(3, 1), (2, 2)]
     assert mean_over_problems([0.5, 1.0]) == 0.75 and mean_over_problems([]) == 0.0
+
+
+# ---- paired sign test ------------------------------------------------------------------------------------------------
+
+def test_sign_test_worked_examples():
+    a = [0] * 5 + [1] + [1, 0] * 3  # b wins the first 5, a the 6th, the rest agree
+    b = [1] * 5 + [0] + [1, 0] * 3
+    assert paired_sign_test(a, b) == pytest.approx(2 * 7 / 64)
+    assert paired_sign_test(b, a) == pytest.approx(2 * 7 / 64)  # two-sided: symmetric
+    assert paired_sign_test([0] * 9 + [1], [1] * 9 + [0]) == pytest.approx(2 * 11 / 1024)
+    assert paired_sign_test([1, 0, 1], [1, 0, 1]) == 1.0
+    assert paired_sign_test([0, 1], [1, 0]) == 1.0  # a 1-1 split: the tail holds everything, capped at 1
+
+
+def test_sign_test_matches_enumeration():
+    """The p-value is the probability, under fair coin flips on the m disagreements, of a split at least as far
+    from even as the one seen — counted here over all 2^m outcomes."""
+    for a_wins, b_wins in [(0, 4), (1, 6), (3, 3), (2, 7)]:
+        m = a_wins + b_wins
+        seen = abs(b_wins - m / 2)
+        extreme = sum(1 for flips in itertools.product([0, 1], repeat=m) if abs(sum(flips) - m / 2) >= seen)
+        a = [1] * a_wins + [0] * b_wins
+        b = [0] * a_wins + [1] * b_wins
+        assert paired_sign_test(a, b) == pytest.approx(min(1.0, extreme / 2 ** m))
+
+
+def test_sign_test_rejects_unpaired_scores():
+    with pytest.raises(ValueError, match="one score per problem"):
+        paired_sign_test([1, 0], [1])

@@ -3,12 +3,14 @@
     accuracy([1.0, 0.0, None, 1.0])              → 0.5     (None = unscorable, counts as wrong)
     pass_at_k(n=4, c=1, k=2)                     → 0.5     P(at least one of k draws is right)
     maj_at_k(["5", "7", "5"], [1, 0, 1], k=3)    → 1.0     the majority answer's verdict
+    paired_sign_test([0, 0, 1], [1, 1, 1])       → 0.5     is one strategy's lead over another chance?
 
-Every function is per problem; `mean_over_problems` averages any of them over a data set.
+Every function but the last is per problem; `mean_over_problems` averages any of them over a data set.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from posttrain.search.voting import majority_vote
@@ -81,3 +83,27 @@ def correct_counts(scores: Sequence[Sequence[float | None]], threshold: float = 
 
 
 __all__ = ["accuracy", "correct_counts", "maj_at_k", "mean_over_problems", "pass_at_k"]
+
+
+def paired_sign_test(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value that strategies a and b, scored 0/1 on the same problems, are equally accurate — the
+    exact sign test on the problems where they disagree (McNemar's exact test).
+
+    Problems both get right or both get wrong say nothing about which is better. Of the m problems where they
+    disagree, b wins w; if the two were equally good, w would be Binomial(m, 1/2), and the p-value is the chance
+    of a split at least as lopsided:
+
+        p = min(1, 2 · Σ_{i ≤ min(w, m − w)} C(m, i) / 2^m)
+
+    Worked example: b wins 5 problems a gets wrong, a wins 1 → m = 6, the smaller side 1:
+    p = 2 · (C(6, 0) + C(6, 1)) / 64 = 2 · 7 / 64 = 0.219 — a 5–1 split is not yet evidence. 9–1 gives
+    p = 2 · 11 / 1024 = 0.021. No disagreements → 1.0.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired_sign_test needs one score per problem from each strategy, got {len(a)} and "
+                         f"{len(b)}")
+    b_wins = sum(1 for x, y in zip(a, b) if (y or 0) > (x or 0))
+    a_wins = sum(1 for x, y in zip(a, b) if (x or 0) > (y or 0))
+    m = a_wins + b_wins
+    tail = sum(math.comb(m, i) for i in range(min(a_wins, b_wins) + 1))
+    return min(1.0, 2 * tail / 2 ** m)

@@ -17,7 +17,9 @@ GENERATED tokens spent per problem — the compute that test-time search trades 
 Sampling, pass@k, maj@n, best-of-n and the votes choose among the SAME n samples (seeded by problem and sample
 index), so their differences are the choice rule's alone. Step beam search and MCTS are compute-matched: each
 problem may spend what best-of-n spent on it (search.budget_tokens=0), or search.budget_tokens. A strategy whose
-model was not given is listed as skipped, with what to pass.
+model was not given is listed as skipped, with what to pass. Every strategy that picks one completion per problem
+is compared with greedy on the same problems: the accuracy difference and the exact sign test's p-value
+(`eval.metrics.paired_sign_test`), so a lead of a few problems is not read as a win.
 
 Writes OUTPUT_DIR/results.json (the rows and the config), results.md (the table) and completions.jsonl (every
 chosen completion with its tokens and verdict).
@@ -27,13 +29,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from posttrain import tasks
 from posttrain.config import EVAL_STRATEGIES, EvaluateConfig, to_dict
 from posttrain.errors import ConfigError, DataError
-from posttrain.eval.metrics import accuracy, correct_counts, maj_at_k, mean_over_problems, pass_at_k
+from posttrain.eval.metrics import (accuracy, correct_counts, maj_at_k, mean_over_problems, paired_sign_test,
+                                    pass_at_k)
 from posttrain.search import (Policy, SearchResult, choose_best, choose_by_vote, load_outcome_rm, load_prm,
                               mcts_search, prm_value, rollout_value, sample_candidates, step_beam_search)
 from posttrain.search.best_of_n import vote_weights
@@ -42,7 +45,9 @@ from posttrain.search.scorers import Verifier
 
 @dataclass
 class Row:
-    """One line of the table; accuracy None = skipped (the note says why)."""
+    """One line of the table; accuracy None = skipped (the note says why). per_problem: the chosen completion's
+    verdict on each problem (None for rows that average over samples); vs_greedy: (accuracy − greedy's, the sign
+    test's p-value), filled in by `compare_with_greedy`."""
 
     strategy: str
     scorer: str
@@ -50,6 +55,8 @@ class Row:
     tokens_per_problem: float | None
     seconds: float = 0.0
     note: str = ""
+    per_problem: list[float] | None = field(default=None, repr=False)
+    vs_greedy: tuple[float, float] | None = None
 
 
 def run(cfg: EvaluateConfig) -> dict:
@@ -90,9 +97,11 @@ def run(cfg: EvaluateConfig) -> dict:
         rows += search_rows(cfg, policy, problems, budgets, verifier, rm, prm, chosen)
 
     # ---- outputs ---------------------------------------------------------------------------------------------------
+    compare_with_greedy(rows)
     table = markdown_table(rows, cfg, len(problems))
     print("\n" + table, flush=True)
-    results = {"model": str(path), "problems": len(problems), "rows": [asdict(r) for r in rows], "config": to_dict(cfg)}
+    results = {"model": str(path), "problems": len(problems), "config": to_dict(cfg),
+               "rows": [{k: v for k, v in asdict(r).items() if k != "per_problem"} for r in rows]}
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     (out / "results.md").write_text(table + "\n")
     write_completions(out / "completions.jsonl", problems, chosen, verifier)
@@ -130,8 +139,9 @@ def sampled_rows(cfg: EvaluateConfig, problems: list[dict], samples: list, sampl
     answers = [[extract_answer(t) for t in ts] for ts in texts]
     if "maj@k" in wanted:  # the first k samples vote; ties go to the answer seen first
         for k in sorted({k for k in cfg.search.pass_k if k > 1} | {n}):
-            value = mean_over_problems([maj_at_k(a, v, k) for a, v in zip(answers, verdicts)])
-            rows.append(Row(f"maj@{k}", "—", value, k * per_sample, note="self-consistency"))
+            per_problem = [maj_at_k(a, v, k) for a, v in zip(answers, verdicts)]
+            rows.append(Row(f"maj@{k}", "—", mean_over_problems(per_problem), k * per_sample,
+                            note="self-consistency", per_problem=per_problem))
     scorers = [s for s in (rm, prm) if s is not None]
     for name, label in (("best_of_n", f"best-of-{n}"), ("weighted_vote", f"weighted vote@{n}")):
         if name not in wanted:
@@ -191,7 +201,15 @@ def result_row(strategy: str, scorer: str, results: list[SearchResult], problems
     verdicts = [verifier.scores(p, [r.completion])[0] for p, r in zip(problems, results)]
     chosen[f"{strategy} | {scorer}"] = results
     return Row(strategy, scorer, accuracy(verdicts), mean_over_problems([r.generated_tokens for r in results]),
-               seconds, note)
+               seconds, note, per_problem=[v or 0.0 for v in verdicts])
+
+
+def compare_with_greedy(rows: list[Row]) -> None:
+    """Set vs_greedy on every row that chose one completion per problem, when the table has a greedy row."""
+    greedy = next((r for r in rows if r.strategy == "greedy" and r.per_problem is not None), None)
+    for row in rows:
+        if greedy is not None and row is not greedy and row.per_problem is not None:
+            row.vs_greedy = (row.accuracy - greedy.accuracy, paired_sign_test(greedy.per_problem, row.per_problem))
 
 
 def timed(make_row) -> Row:
@@ -243,13 +261,15 @@ def markdown_table(rows: list[Row], cfg: EvaluateConfig, num_problems: int) -> s
               else f"the generated tokens best-of-{s.n} spent on each problem")
     lines = [f"Test-time compute on {num_problems} problems (seed {cfg.seed}). Accuracy: the task's verifier on the "
              f"chosen completion. Tokens: generated tokens per problem, every sample, expansion and rollout "
-             f"counted (reward-model forward passes are not). Compute-matched: step beam and MCTS stop at {budget}.",
-             "", "| strategy | scored by | accuracy | tokens / problem | seconds | note |",
-             "|---|---|---:|---:|---:|---|"]
+             f"counted (reward-model forward passes are not). Compute-matched: step beam and MCTS stop at {budget}. "
+             "The column vs greedy: the accuracy difference on the same problems and the exact sign test's two-sided p-value.",
+             "", "| strategy | scored by | accuracy | vs greedy (p) | tokens / problem | seconds | note |",
+             "|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
         acc = "—" if r.accuracy is None else f"{r.accuracy:.3f}"
+        versus = "—" if r.vs_greedy is None else f"{r.vs_greedy[0]:+.3f} ({r.vs_greedy[1]:.2g})"
         tokens = "—" if r.tokens_per_problem is None else f"{r.tokens_per_problem:.1f}"
-        lines.append(f"| {r.strategy} | {r.scorer} | {acc} | {tokens} | {r.seconds:.1f} | {r.note} |")
+        lines.append(f"| {r.strategy} | {r.scorer} | {acc} | {versus} | {tokens} | {r.seconds:.1f} | {r.note} |")
     return "\n".join(lines)
 
 
