@@ -262,7 +262,8 @@ def markdown_table(rows: list[Row], cfg: EvaluateConfig, num_problems: int) -> s
     lines = [f"Test-time compute on {num_problems} problems (seed {cfg.seed}). Accuracy: the task's verifier on the "
              f"chosen completion. Tokens: generated tokens per problem, every sample, expansion and rollout "
              f"counted (reward-model forward passes are not). Compute-matched: step beam and MCTS stop at {budget}. "
-             "The column vs greedy: the accuracy difference on the same problems and the exact sign test's two-sided p-value.",
+             "The column vs greedy: the accuracy difference on the same problems and the exact sign test's "
+             "two-sided p-value.",
              "", "| strategy | scored by | accuracy | vs greedy (p) | tokens / problem | seconds | note |",
              "|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
