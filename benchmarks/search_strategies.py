@@ -53,6 +53,10 @@ from posttrain.config import (CheckpointConfig, DataConfig, DemoConfig, EvalConf
 from posttrain.demo import SAMPLE_TEMPERATURE, eval_config, rm_stage_config, sft_stage_config, task_config
 
 
+TASK_DEFAULTS = {"arith": {"sft_steps": 600, "pair_problems": 4096, "rm_steps": 400},
+                 "sums": {"sft_steps": 2000, "pair_problems": 8192, "rm_steps": 1600}}
+
+
 def bench_task(args, demo: DemoConfig) -> TaskConfig:
     """arith: the demo's task (3-digit column addition, one correct solution per problem). sums: 3..6 one-digit
     terms added in any order (many correct solutions), 400 held-out problems."""
@@ -65,7 +69,8 @@ def sft_stage(args, demo: DemoConfig) -> Path:
     from posttrain.train import sft
 
     cfg = sft_stage_config(demo)
-    cfg = replace(cfg, threads=1, task=bench_task(args, demo), train=replace(cfg.train, max_steps=args.sft_steps),
+    cfg = replace(cfg, threads=args.threads, task=bench_task(args, demo),
+                  train=replace(cfg.train, max_steps=args.sft_steps),
                   eval=replace(cfg.eval, every=0), log=replace(cfg.log, progress=False))
     print(f"sft: greedy accuracy {sft.run(cfg)['eval/accuracy']:.3f} after {args.sft_steps} steps", flush=True)
     return Path(cfg.output_dir) / "final"
@@ -100,7 +105,8 @@ def rm_stage(args, demo: DemoConfig, model_dir: Path, pairs_dir: Path) -> Path:
     from posttrain.train import reward
 
     cfg = rm_stage_config(demo, model_dir, pairs_dir)
-    cfg = replace(cfg, threads=1, task=bench_task(args, demo), train=replace(cfg.train, max_steps=args.rm_steps))
+    cfg = replace(cfg, threads=args.threads, task=bench_task(args, demo),
+                  train=replace(cfg.train, max_steps=args.rm_steps))
     metrics = reward.run(cfg)
     print(f"rm: held-out pair accuracy {metrics['eval/accuracy']:.3f}", flush=True)
     return Path(cfg.output_dir)
@@ -110,7 +116,7 @@ def prm_stage(args, demo: DemoConfig, model_dir: Path) -> Path:
     from posttrain.train import reward
 
     cfg = RMConfig(
-        output_dir=str(Path(demo.output_dir) / "prm"), overwrite=True, seed=demo.seed, threads=1,
+        output_dir=str(Path(demo.output_dir) / "prm"), overwrite=True, seed=demo.seed, threads=args.threads,
         reward=RewardConfig(mode="prm"), model=ModelConfig(name_or_path=str(model_dir)),
         task=replace(bench_task(args, demo), num_train=20_000), data=DataConfig(max_length=256),
         train=TrainConfig(lr=args.prm_lr, max_steps=args.prm_steps, micro_batch_size=32, warmup_steps=50,
@@ -139,12 +145,16 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench_search")
     parser.add_argument("--reuse", action="store_true", help="keep every stage whose output is already in --out")
     parser.add_argument("--task", choices=["arith", "sums"], default="arith")
-    parser.add_argument("--sft-steps", type=int, default=600)
-    parser.add_argument("--pair-problems", type=int, default=4096)
-    parser.add_argument("--rm-steps", type=int, default=400)
+    parser.add_argument("--sft-steps", type=int, help="default: 600 (arith), 2000 (sums)")
+    parser.add_argument("--pair-problems", type=int, help="default: 4096 (arith), 8192 (sums)")
+    parser.add_argument("--rm-steps", type=int, help="default: 400 (arith), 1600 (sums)")
     parser.add_argument("--prm-steps", type=int, default=600)
     parser.add_argument("--prm-lr", type=float, default=3e-4)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per stage")
     args = parser.parse_args()
+    for name, value in TASK_DEFAULTS[args.task].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     demo = DemoConfig(output_dir=args.out, seed=0)
     out = Path(args.out)
     t0 = time.perf_counter()
@@ -168,7 +178,7 @@ def main() -> None:
         prm_dir = prm_stage(args, demo, sft_dir)
     table = eval_stage(args, demo, sft_dir, rm_dir, prm_dir)  # posttrain eval prints the table
     print(f"table in {table}")
-    print(f"runtime: {time.perf_counter() - t0:.0f} s (one torch thread per stage)")
+    print(f"runtime: {time.perf_counter() - t0:.0f} s ({args.threads} torch thread(s) per stage)")
 
 
 if __name__ == "__main__":
