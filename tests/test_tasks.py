@@ -217,3 +217,32 @@ def test_sums_process_rows_label_the_first_wrong_line_on():
     assert 0.4 < corrupted / len(rows) < 0.6
     with pytest.raises(ConfigError, match="steps"):
         SumsTask().process_rows("train", 1)
+
+
+def test_sums_preference_rows_reject_a_swapped_term():
+    """rejected: every line adds correctly, but the terms used are the problem's with one replaced by another of
+    its values; chosen: a correct solution."""
+    import random
+
+    from posttrain.tasks.sums import SumsTask, swap_a_term
+
+    task = SumsTask(max_digits=1, steps=True)
+    rows = task.preference_rows("train", 300, seed=2)
+    swapped = 0
+    for row in rows:
+        terms = [int(t) for t in row["prompt"].rstrip("=").split("+")]
+        assert task.score(row["prompt"], row["chosen"]) == 1.0 and task.score(row["prompt"], row["rejected"]) == 0.0
+        _check_running_totals(terms, row["chosen"].split("\n"))
+        if len(set(terms)) == 1:  # nothing to swap: the answer line is off instead
+            continue
+        lines = row["rejected"].split("\n")
+        used = [int(lines[0].split("+")[0])] + [int(line.split("+")[1].split("=")[0]) for line in lines[:-1]]
+        _check_running_totals(used, lines)
+        missing = [t for t in set(terms) if terms.count(t) > used.count(t)]
+        extra = [t for t in set(used) if used.count(t) > terms.count(t)]
+        assert len(missing) == len(extra) == 1 and extra[0] in terms and len(used) == len(terms)
+        swapped += 1
+    assert swapped > 0.95 * len(rows)
+    assert task.preference_rows("train", 300, seed=2) == rows
+    assert swap_a_term((3, 3, 3), random.Random(0)) is None
+    assert sorted(swap_a_term((4, 9), random.Random(0))) in ([4, 4], [9, 9])

@@ -51,6 +51,17 @@ def running_totals(terms: Problem, order: list[int]) -> list[str]:
     return lines
 
 
+def swap_a_term(terms: Problem, rng: random.Random) -> Problem | None:
+    """The terms with one (drawn uniformly) replaced by the value of another term that differs from it; None when
+    every term is equal. swap_a_term((4, 9, 7, 2), rng) may give (4, 7, 7, 2): 9 replaced by the 7."""
+    if len(set(terms)) < 2:
+        return None
+    i = rng.randrange(len(terms))
+    out = list(terms)
+    out[i] = rng.choice([t for t in terms if t != terms[i]])
+    return tuple(out)
+
+
 @dataclass
 class SumsTask:
     """Sums of 3..6 terms with a verifier (see the module docstring for formats).
@@ -115,15 +126,27 @@ class SumsTask:
         return [{"text": self.prompt_text(p) + self.solution_text(p)} for p in self.problems(split, n, seed)]
 
     def preference_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
-        """chosen = a correct solution, rejected = the same with a final answer off by 1 or 10 (never negative)."""
+        """chosen = a correct solution; rejected = the problem solved with one term replaced by another of its
+        values, every line's arithmetic right — one term added twice, another skipped. That is the commonest error
+        of a trained policy on this task (benchmarks/RESULTS.md, "sums"), and a reward model trained on on-policy
+        pairs alone learns to catch it only slowly. A problem whose terms are all equal gets a final answer off by
+        1 or 10 instead. Without steps both are bare answers.
+
+        Example: 4+9+7+2 with the 9 replaced by the 7, added in the order 0, 1, 2, 3, gives the rejected
+        "4+7=11", "11+7=18", "18+2=20", "answer: 20" (one line each; the right answer is 22).
+        """
         rng = random.Random(f"sums-preference:{seed}:{split}")
         out = []
         for p in self.problems(split, n, seed):
             answer = sum(p)
-            chosen = self.solution_text(p, rng)
-            head, _, _ = chosen.rpartition(str(answer))
-            out.append({"prompt": self.prompt_text(p), "chosen": chosen, "answer": str(answer),
-                        "rejected": head + str(_off_by(answer, (-10, -1, 1, 10), rng))})
+            swapped = swap_a_term(p, rng)
+            if swapped is None:
+                chosen = self.solution_text(p, rng)
+                rejected = chosen.rpartition(str(answer))[0] + str(_off_by(answer, (-10, -1, 1, 10), rng))
+            else:
+                rejected = self.solution_text(swapped, rng)
+                chosen = self.solution_text(p, rng)
+            out.append({"prompt": self.prompt_text(p), "chosen": chosen, "rejected": rejected, "answer": str(answer)})
         return out
 
     def process_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
