@@ -53,8 +53,8 @@ from posttrain.config import (CheckpointConfig, DataConfig, DemoConfig, EvalConf
 from posttrain.demo import SAMPLE_TEMPERATURE, eval_config, rm_stage_config, sft_stage_config, task_config
 
 
-TASK_DEFAULTS = {"arith": {"sft_steps": 600, "pair_problems": 4096, "rm_steps": 400},
-                 "sums": {"sft_steps": 2000, "pair_problems": 8192, "rm_steps": 1600}}
+TASK_DEFAULTS = {"arith": {"sft_steps": 600, "pair_problems": 4096, "task_pairs": 0, "rm_steps": 400},
+                 "sums": {"sft_steps": 2000, "pair_problems": 8192, "task_pairs": 64000, "rm_steps": 5000}}
 
 
 def bench_task(args, demo: DemoConfig) -> TaskConfig:
@@ -77,7 +77,8 @@ def sft_stage(args, demo: DemoConfig) -> Path:
 
 
 def pairs_stage(args, demo: DemoConfig, model_dir: Path, out_dir: Path) -> dict:
-    """4 verified samples per problem → chosen/rejected pairs (posttrain.demo.sample_pairs, more problems)."""
+    """4 verified samples per problem → chosen/rejected pairs (posttrain.demo.sample_pairs, more problems); the
+    training file adds --task-pairs of the task's own preference rows."""
     from posttrain.data.preference import verified_pairs
     from posttrain.eval.accuracy import sampled_completions
     from posttrain.models.loading import load_model, load_tokenizer
@@ -94,9 +95,12 @@ def pairs_stage(args, demo: DemoConfig, model_dir: Path, out_dir: Path) -> dict:
                                       use_chat_template=True, max_new_tokens=eval_config(demo).max_new_tokens,
                                       batch_size=64, seed=demo.seed)
         pairs = verified_pairs(rows, samples)
-        (out_dir / f"{split}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
         right = sum(s["score"] == 1.0 for row in samples for s in row) / (4 * len(rows))
         counts[split] = {"problems": len(rows), "pairs": len(pairs), "sample_accuracy": round(right, 3)}
+        if split == "train" and args.task_pairs:
+            pairs += task.preference_rows("train", args.task_pairs, seed=demo.seed + 2)
+            counts[split]["task_pairs"] = args.task_pairs
+        (out_dir / f"{split}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     print(f"pairs: {counts}", flush=True)
     return counts
 
@@ -147,7 +151,9 @@ def main() -> None:
     parser.add_argument("--task", choices=["arith", "sums"], default="arith")
     parser.add_argument("--sft-steps", type=int, help="default: 600 (arith), 2000 (sums)")
     parser.add_argument("--pair-problems", type=int, help="default: 4096 (arith), 8192 (sums)")
-    parser.add_argument("--rm-steps", type=int, help="default: 400 (arith), 1600 (sums)")
+    parser.add_argument("--task-pairs", type=int, help="the task's own preference rows added to the RM's "
+                        "training pairs; default: 0 (arith), 64000 (sums: a term swapped for another)")
+    parser.add_argument("--rm-steps", type=int, help="default: 400 (arith), 5000 (sums)")
     parser.add_argument("--prm-steps", type=int, default=600)
     parser.add_argument("--prm-lr", type=float, default=3e-4)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per stage")
