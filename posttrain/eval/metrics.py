@@ -82,9 +82,6 @@ def correct_counts(scores: Sequence[Sequence[float | None]], threshold: float = 
     return [(len(s), sum(1 for x in s if x is not None and x >= threshold)) for s in scores]
 
 
-__all__ = ["accuracy", "correct_counts", "maj_at_k", "mean_over_problems", "pass_at_k"]
-
-
 def paired_sign_test(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided p-value that strategies a and b, scored 0/1 on the same problems, are equally accurate — the
     exact sign test on the problems where they disagree (McNemar's exact test).
@@ -107,3 +104,6 @@ def paired_sign_test(a: Sequence[float], b: Sequence[float]) -> float:
     m = a_wins + b_wins
     tail = sum(math.comb(m, i) for i in range(min(a_wins, b_wins) + 1))
     return min(1.0, 2 * tail / 2 ** m)
+
+
+__all__ = ["accuracy", "correct_counts", "maj_at_k", "mean_over_problems", "paired_sign_test", "pass_at_k"]
