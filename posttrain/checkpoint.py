@@ -10,12 +10,14 @@ Layout of a run directory:
 
 Write protocol (a kill at any instant leaves the previous checkpoint loadable and `latest` pointing at it):
 write everything into `step_N.tmp/`, fsync the files, rename to `step_N/` (atomic on POSIX), fsync the parent,
-replace `latest` atomically, and only then remove checkpoints beyond `keep_last`.
+replace `latest` atomically, and only then remove checkpoints beyond `keep_last`. Re-saving a step that exists
+sets the old copy aside as `step_N.old` until the new one is in place, so `latest` never names nothing.
 Nothing is unpickled from outside: tensors are safetensors, the rest loads with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -52,33 +54,58 @@ def save(run_dir: Path, step: int, write: Callable[[Path], None], keep_last: int
 
 
 def replace_dir(tmp: Path, final: Path, write: Callable[[Path], None]) -> None:
-    """Fill `tmp` with `write(tmp)`, flush it to disk, then rename it to `final` (replacing an old one).
+    """Fill `tmp` with `write(tmp)`, flush it to disk, then rename it to `final`.
 
-    Every rank calls `write` (barriers around it); rank 0 prepares `tmp` and does the rename.
+    An existing `final` (e.g. the final save of a step just saved periodically) is renamed aside to `final.old`
+    first and removed last, so at every instant a complete copy is at `final` or at `final.old` (`latest()`
+    and rotation know the second). Every rank calls `write` (barriers around it); rank 0 prepares `tmp` and
+    renames. A full disk raises OSError(ENOSPC) naming `final`, with the partial `tmp` removed.
     """
     main = distributed.rank() == 0
     if main:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed mid-write
         tmp.mkdir(parents=True)
     distributed.barrier()
-    write(tmp)
-    distributed.barrier()
+    try:
+        write(tmp)
+        distributed.barrier()
+        if main:
+            _fsync_tree(tmp)
+    except Exception as e:
+        if not _disk_full(e, tmp):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(errno.ENOSPC, f"no space left on device while writing {final}", str(final)) from e
     if main:
-        _fsync_tree(tmp)
-        if final.exists():  # e.g. the final save of a step that was just saved periodically
-            shutil.rmtree(final)
+        old = final.with_name(final.name + ".old")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
         os.rename(tmp, final)
         _fsync_dir(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
     distributed.barrier()
 
 
 def latest(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    pointer = Path(run_dir) / CHECKPOINTS / LATEST
-    if not pointer.is_file():
-        return None
-    path = pointer.parent / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    """The newest complete checkpoint of a run, or None: the step directory `latest` names; if it is missing
+    (a crash while it was being re-saved), its complete old copy `step_N.old`, else the newest step directory."""
+    root = Path(run_dir) / CHECKPOINTS
+    pointer = root / LATEST
+    if pointer.is_file():
+        path = root / pointer.read_text().strip()
+        for candidate in (path, path.with_name(path.name + ".old")):
+            if path.name and candidate.is_dir():
+                return candidate
+    complete = sorted((p for p in root.glob("step_*") if p.is_dir() and _step_of(p) is not None), key=_step_of)
+    return complete[-1] if complete else None
+
+
+def _step_of(path: Path) -> int | None:
+    """N for step_N and step_N.old (a complete copy set aside), None for a torn step_N.tmp."""
+    name = path.name.removesuffix(".old")
+    digits = name.removeprefix("step_")
+    return int(digits) if name.startswith("step_") and digits.isdigit() else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -154,13 +181,36 @@ def _rng_file(rank: int) -> str:
 
 
 def _rotate(root: Path, keep_last: int, keep: str) -> None:
-    """Remove checkpoints beyond the newest `keep_last`, and directories torn by an earlier crash."""
+    """Remove checkpoints beyond the newest `keep_last`, directories torn by an earlier crash, and copies set
+    aside by an interrupted re-save (put back in place when their step directory is missing)."""
     for torn in root.glob("step_*.tmp"):
         shutil.rmtree(torn, ignore_errors=True)
-    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in root.glob("step_*.old"):
+        current = old.with_name(old.name.removesuffix(".old"))
+        if current.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, current)
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir() and _step_of(p) is not None)
     for old in steps[:-keep_last]:
         if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _disk_full(error: BaseException, path: Path) -> bool:
+    """True when a failed write ran out of disk space: an OSError ENOSPC/EDQUOT anywhere in the exception chain
+    (torch and safetensors wrap it in their own errors), or, failing that, under 1 MiB left where it wrote."""
+    e: BaseException | None = error
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    try:
+        return shutil.disk_usage(path if path.exists() else path.parent).free < 2 ** 20
+    except OSError:
+        return False
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -9,10 +9,13 @@ user mistake exits with code 2 and one message (`--debug` shows the traceback in
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib
 import os
+import shutil
 import sys
 import typing
+from pathlib import Path
 
 from posttrain import config as C
 from posttrain.classic.config import ClassicConfig
@@ -65,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(C.to_dict(expand(cfg)), sort_keys=False), end="")
             return 0
         module, function = target.split(":")
-        getattr(importlib.import_module(module), function)(cfg)
+        try:
+            getattr(importlib.import_module(module), function)(cfg)
+        finally:
+            from posttrain.run_dir import release
+            release()  # the run directory's lock (a killed process's lock the kernel releases)
     except UserError as e:
         if debug:
             raise
@@ -75,7 +82,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            print(f"posttrain {command}: error: {disk_full_message(e)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def disk_full_message(e: OSError) -> str:
+    """One line for a full disk: which file, how much space is left, and that the last checkpoint is intact."""
+    path = Path(e.filename) if e.filename else None
+    where = path
+    while where is not None and not where.exists() and where != where.parent:
+        where = where.parent
+    free = f"{shutil.disk_usage(where).free / 2 ** 20:.1f} MiB free" if where is not None else "free space unknown"
+    return (f"no space left on device writing {path or 'a file'} ({free} there) — the last complete checkpoint is "
+            "intact; fix: free disk space (or move output_dir to a larger disk), then rerun the same command with "
+            "checkpoint.resume=auto")
 
 
 def _quiet_libraries() -> None:
@@ -152,7 +177,7 @@ def _to_tyro_args(args: list[str], paths: dict[str, typing.Any]) -> list[str]:
             if key not in paths:
                 raise C.unknown_key_error(key, list(paths), "command line")
             out += ["--" + key, *_values(value, paths[key])]
-        elif a.startswith("--") and "=" not in a and paths.get(a[2:]) is bool:
+        elif a.startswith("--") and "=" not in a and _takes_bool(paths.get(a[2:])):
             nxt = args[i + 1] if i + 1 < len(args) else "-"
             is_value = not nxt.startswith("-") and "=" not in nxt
             out += [a, *(_values(nxt, bool) if is_value else ["True"])]
@@ -163,12 +188,17 @@ def _to_tyro_args(args: list[str], paths: dict[str, typing.Any]) -> list[str]:
     return out
 
 
+def _takes_bool(ftype: typing.Any) -> bool:
+    """A boolean field, or one whose type also admits a boolean (bool | None, bool | Literal["auto"])."""
+    return ftype is bool or bool in typing.get_args(ftype)
+
+
 def _values(value: str, ftype: typing.Any) -> list[str]:
     origin = typing.get_origin(ftype)
     if value.lower() in ("none", "null") and type(None) in typing.get_args(ftype):
         return ["None"]
-    if ftype == bool | None:  # an optional flag (unset = decided by another setting) takes true/false too
-        ftype = bool
+    if _takes_bool(ftype) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        ftype = bool  # also an optional flag (unset = decided by another setting) or checkpoint.resume (or auto)
     if ftype is bool and value.lower() in ("true", "false", "1", "0", "yes", "no"):
         return ["True" if value.lower() in ("true", "1", "yes") else "False"]
     if origin is list:

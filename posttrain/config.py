@@ -13,6 +13,7 @@ generated from these dataclasses by `tyro` (see `cli.py`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -133,7 +134,12 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute precision: bf16 runs forward/backward under autocast with fp32 master weights."""
     max_bad_steps: int = 5
-    """Abort after this many consecutive steps with a non-finite loss or gradient (each is skipped)."""
+    """Abort after this many consecutive bad steps (each is skipped): a non-finite loss or gradient, or a gradient
+    norm above train.bad_grad_norm."""
+    bad_grad_norm: float = 0.0
+    """A finite blow-up guard: a step whose gradient norm (before clipping) exceeds this counts as bad — skipped,
+    weights unchanged, and train.max_bad_steps in a row stop the run with its last checkpoint intact. 0: no bound.
+    Set it well above a healthy run's grad_norm in metrics.jsonl (e.g. 100× its typical value)."""
 
 
 @dataclass
@@ -159,8 +165,16 @@ class CheckpointConfig:
     """Save a resumable checkpoint every N optimizer steps; 0: only at the end."""
     keep_last: int = 2
     """Checkpoints kept on disk; older ones are removed after a newer one is complete."""
-    resume: bool = False
-    """Continue the run in output_dir from its latest checkpoint."""
+    resume: bool | Literal["auto"] = False
+    """Continue the run in output_dir from its latest checkpoint. true: a checkpoint must exist; auto: resume when
+    a complete checkpoint exists, else start the run afresh in the same output_dir (for a job supervisor that
+    restarts a killed job with the same command). A resumed run must keep the run's settings, except durations,
+    cadences and logging (train.max_steps, train.epochs, total_steps, eval/log/checkpoint.every, …), which are
+    applied and recorded under `resumed:` in RUN_DIR/config.yaml."""
+    allow_changes: list[str] = field(default_factory=list)
+    """Settings a resumed run may change besides durations, cadences and logging, e.g. train.lr; each change is
+    applied from the resumed step on and recorded in RUN_DIR/config.yaml. The model, LoRA shape and algorithm
+    can never change."""
 
 
 @dataclass
@@ -864,7 +878,25 @@ def load_yaml(path: str | Path, cls: type):
         values = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({e})") from None
-    return from_dict(cls, values, source=str(p))
+    return from_dict(cls, apply_resumed(values), source=str(p))
+
+
+def apply_resumed(values: dict) -> dict:
+    """A run's config.yaml keeps the settings it started with and, under `resumed:`, each resume's changes
+    ({step, changes: {key: {from, to}}}); the settings in effect at the end are the first with the changes applied
+    in order. Other config files pass through unchanged."""
+    if not isinstance(values, dict) or "resumed" not in values:
+        return values
+    resumed = values["resumed"] or []
+    values = copy.deepcopy({k: v for k, v in values.items() if k != "resumed"})
+    for entry in resumed:
+        for key, change in (entry.get("changes") or {}).items():
+            *sections, name = key.split(".")
+            node = values
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[name] = change["to"]
+    return values
 
 
 def coerce(value: Any, ftype: Any, where: str) -> Any:
@@ -874,7 +906,12 @@ def coerce(value: Any, ftype: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], where)
+        for option in inner[:-1]:  # e.g. bool | Literal["auto"]: the first type the value fits
+            try:
+                return coerce(value, option, where)
+            except ConfigError:
+                pass
+        return coerce(value, inner[-1], where)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")

@@ -7,10 +7,15 @@ Metric names are stable across commands: `loss`, `lr`, `grad_norm`, `tokens_per_
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import time
+from collections import Counter
 from pathlib import Path
+
+from posttrain.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
 HEADLINE = ("loss", "eval/loss", "eval/accuracy", "lr", "tokens_per_s")
@@ -27,7 +32,11 @@ class Tracker:
         if not active:
             return
         self.path = Path(run_dir) / METRICS_FILE
-        _truncate_after(self.path, start_step)
+        kept = _truncate_after(self.path, start_step) if start_step > 0 else _drop_torn_last_line(self.path)
+        # lines already written at the resumed step (a classic run's final evaluation, logged after its final
+        # checkpoint): logging them again would repeat them, so each is logged only once
+        self.already = Counter(frozenset(r) - {"step", "time"} for r in kept if r["step"] == start_step)
+        self.start_step = start_step
         self.file = open(self.path, "a")
         self.start = time.time()
         self.bar = _progress_bar(total_steps, start_step) if progress else None
@@ -42,10 +51,20 @@ class Tracker:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.active:
             return
+        if step < self.start_step:
+            return
+        if step == self.start_step and self.already[frozenset(metrics)] > 0:
+            self.already[frozenset(metrics)] -= 1
+            return
         record = {"step": step, "time": round(time.time() - self.start, 3)}
         record.update({k: _plain(v) for k, v in metrics.items()})
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(e.errno, f"no space left on device while writing {self.path}", str(self.path)) from e
+            raise
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(k, _plain(v), step)
@@ -83,14 +102,12 @@ class Tracker:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every record of RUN_DIR/metrics.jsonl (a torn last line, left by a kill mid-write, is skipped)."""
+    return _records(Path(run_dir) / METRICS_FILE)[0]
 
 
 def plot_run(cfg) -> list[Path]:
     """`posttrain plot RUN_DIR`: one PNG per metric (and one overview) in RUN_DIR/plots/."""
-    from posttrain.errors import UserError
-
     run_dir = Path(cfg.run_dir)
     if not (run_dir / METRICS_FILE).is_file():
         raise UserError(f"{run_dir / METRICS_FILE} not found — fix: pass a run directory written by a posttrain command")
@@ -136,12 +153,42 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def _truncate_after(path: Path, step: int) -> None:
-    """Keep only lines with step <= `step` (a killed run may have logged past its last checkpoint)."""
+def _records(path: Path) -> tuple[list[dict], list[str], str | None]:
+    """The records of a metrics file, their lines, and its torn last line (None if there is none). A kill or a
+    full disk can cut the line being written; any other unreadable line is damage the user must see."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    records, torn = [], None
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise UserError(f"{path}, line {number}: not a JSON record ({line[:60]!r}) — fix: delete or repair "
+                                "that line, then rerun") from None
+            torn = lines.pop()
+    return records, lines, torn
+
+
+def _truncate_after(path: Path, step: int) -> list[dict]:
+    """Keep only records with step <= `step` (a killed run may have logged past its last checkpoint), and drop
+    a torn last line. Returns the records kept."""
     if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+        return []
+    records, lines, torn = _records(path)
+    keep = [i for i, r in enumerate(records) if r["step"] <= step]
+    if torn is not None:
+        print(f"{path}: dropped a torn last line ({len(torn)} characters, cut by an interrupted write)", flush=True)
+    unended = not path.read_bytes().endswith(b"\n")  # a complete record whose newline was not written
+    if torn is not None or len(keep) < len(records) or unended:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(lines[i] + "\n" for i in keep))
+        os.replace(tmp, path)
+    return [records[i] for i in keep]
+
+
+def _drop_torn_last_line(path: Path) -> list[dict]:
+    """A fresh start in a reused directory appends nothing to a torn line (normally the file is new)."""
+    return _truncate_after(path, step=2 ** 62) if path.exists() else []
 
 
 def _progress_bar(total: int, initial: int):

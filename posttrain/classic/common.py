@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from posttrain import checkpoint, config as C
+from posttrain.run_dir import open_run
 from posttrain.track import Tracker
 
 GRIDWORLD = "GridWorld"
@@ -188,12 +189,10 @@ class Run:
     metrics line; `save` / `load` write and read exact-resume checkpoints; `finish` writes final/."""
 
     def __init__(self, cfg, total: int):
-        from posttrain.train.common import prepare_run_dir  # run-directory rules shared with every command
-
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
-        self.dir, self.resume = prepare_run_dir(cfg)
+        self.dir, self.resume = open_run(cfg, command="classic")
         self.start_step = json.loads((self.resume / "state.json").read_text())["step"] if self.resume else 0
         self.tracker = Tracker(self.dir, total_steps=total, start_step=self.start_step,
                                report_to=cfg.log.report_to, progress=cfg.log.progress, config=C.to_dict(cfg))

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 from pathlib import Path
 
 import torch
 
-from posttrain import checkpoint, config as C, distributed, tasks
+from posttrain import checkpoint, distributed, tasks
 from posttrain.data import collate, load_rows
 from posttrain.errors import ConfigError, UserError
+from posttrain.run_dir import open_run
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -22,39 +22,10 @@ from posttrain.errors import ConfigError, UserError
 # ---------------------------------------------------------------------------------------------------------------------
 
 def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
-    """Create (or reopen) the run directory. Returns (run_dir, checkpoint to resume from or None).
-
-    Called only after config and data are validated, so a bad input never leaves a half-made run behind.
-    With several processes rank 0 decides and acts; the others get its answer (or its error).
-    """
-    outcome = None
-    if distributed.rank() == 0:
-        try:
-            run_dir, resume_from = _prepare_run_dir(cfg)
-            outcome = ("ok", str(run_dir), str(resume_from) if resume_from else None)
-        except UserError as e:
-            outcome = ("error", str(e), None)
-    kind, value, resume = distributed.broadcast_object(outcome)
-    if kind == "error":
-        raise UserError(value)
-    return Path(value), Path(resume) if resume else None
-
-
-def _prepare_run_dir(cfg) -> tuple[Path, Path | None]:
-    run_dir = Path(cfg.output_dir)
-    resume_from = checkpoint.latest(run_dir) if cfg.checkpoint.resume else None
-    if cfg.checkpoint.resume and resume_from is None:
-        raise UserError(f"checkpoint.resume is set but {run_dir} has no complete checkpoint — fix: drop "
-                        "checkpoint.resume to start a new run, or point output_dir at the run to continue")
-    has_run = run_dir.exists() and any(run_dir.iterdir())
-    if has_run and resume_from is None:
-        if not cfg.overwrite:
-            raise UserError(f"{run_dir} already holds a run — fix: set checkpoint.resume=true to continue it, "
-                            "overwrite=true to replace it, or choose another output_dir")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    C.save_yaml(cfg, run_dir / "config.yaml")
-    return run_dir, resume_from
+    """Create, reopen or reuse the run directory and lock it (posttrain/run_dir.py has the rules). Returns
+    (run_dir, checkpoint to resume from or None). Called only after config and data are validated, so a bad
+    input never leaves a half-made run behind."""
+    return open_run(cfg, command=type(cfg).__name__.removesuffix("Config").lower())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -221,35 +192,49 @@ def device_of(model) -> torch.device:
 
 
 def optimizer_step(model, optimizer, cfg, guard: "NonFiniteGuard", loss: float) -> float:
-    """Clip the gradient norm (train.max_grad_norm; 0 = no clipping), step unless loss or norm is non-finite
-    (the guard counts and eventually aborts), zero the gradients. Returns the pre-clip gradient norm."""
+    """Clip the gradient norm (train.max_grad_norm; 0 = no clipping), step unless the step is bad — a non-finite
+    loss or norm, or a norm above train.bad_grad_norm (the guard counts and eventually aborts) — and zero the
+    gradients. Returns the pre-clip gradient norm."""
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
     grad_norm = distributed.local_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    if guard.ok(loss, grad_norm):
+    if guard.ok(loss, grad_norm, bound=cfg.train.bad_grad_norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm.item()
 
 
-class NonFiniteGuard:
-    """Skip a step whose loss or gradient is not finite; abort after `limit` in a row.
+class TrainingDiverged(UserError):
+    """Too many bad steps in a row: the run stops before saving them (its last checkpoint is the last good one)."""
 
-    Aborting raises before any checkpoint is written, so the last good checkpoint stays intact.
+
+class NonFiniteGuard:
+    """Skip a bad step — a non-finite loss or gradient norm, or a finite blow-up: a gradient norm above `bound`
+    (train.bad_grad_norm) — and abort after `limit` in a row.
+
+    A skipped step leaves the weights and optimizer state as they were. Aborting raises before any checkpoint is
+    written, so the last checkpoint, saved after good steps only, stays intact and resumable.
     """
 
     def __init__(self, limit: int):
         self.limit, self.in_a_row, self.skipped = limit, 0, 0
 
-    def ok(self, *values: torch.Tensor | float) -> bool:
-        if all(math.isfinite(float(v)) for v in values):
+    def ok(self, loss: torch.Tensor | float, grad_norm: torch.Tensor | float, bound: float = 0.0) -> bool:
+        loss, grad_norm = float(loss), float(grad_norm)
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite and not (bound > 0 and grad_norm > bound):
             self.in_a_row = 0
             return True
         self.in_a_row += 1
         self.skipped += 1
         if self.in_a_row >= self.limit:
-            raise RuntimeError(f"{self.in_a_row} consecutive steps had a non-finite loss or gradient; stopping. "
-                               "The last good checkpoint is intact — lower train.lr, use fp32, or check the data.")
+            what = ("a non-finite loss or gradient" if not finite else
+                    f"a gradient norm above train.bad_grad_norm={bound:g} (last {grad_norm:.4g})")
+            raise TrainingDiverged(
+                f"{self.in_a_row} consecutive steps had {what}; stopped without saving them — the last checkpoint "
+                "in output_dir is intact. Fix: lower train.lr (or train.precision=fp32, or check the data), then "
+                "continue with checkpoint.resume=true plus the changed setting in checkpoint.allow_changes, e.g. "
+                "train.lr=1e-4 checkpoint.allow_changes=train.lr")
         return False
 
 
@@ -274,6 +259,9 @@ def start_training(cfg, model, world, run_dir, resume_from, num_steps: int, plan
     if resume_from is not None:
         start_step = checkpoint.read_training_state(resume_from, optimizer=optimizer, scheduler=scheduler,
                                                     model=model)["step"]
+        if start_step > num_steps:  # a shorter run than the checkpoint (train.epochs lowered): refuse, save nothing
+            raise ConfigError(f"cannot resume {run_dir} at step {start_step}: the run now has {num_steps} steps — "
+                              f"fix: train.max_steps={start_step} or more")
     else:
         torch.manual_seed(cfg.seed + world.rank)
     trainable, total = count_parameters(distributed.unwrap(model))
