@@ -194,7 +194,8 @@ class SFTConfig:
     output_dir: str = "runs/sft"
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
     overwrite: bool = False
-    """Replace an existing run in output_dir (otherwise it is an error unless checkpoint.resume)."""
+    """Replace the posttrain run in output_dir (never a folder that is not one, nor a run in use); without it an
+    existing run is an error unless checkpoint.resume."""
     seed: int = 0
     """Seeds data order, initialization and every generator."""
     threads: int = 0
@@ -243,7 +244,8 @@ class DPOConfig:
     output_dir: str = "runs/dpo"
     """Run directory: config.yaml, metrics.jsonl, reference_logps.safetensors, checkpoints/, final/."""
     overwrite: bool = False
-    """Replace an existing run in output_dir (otherwise it is an error unless checkpoint.resume)."""
+    """Replace the posttrain run in output_dir (never a folder that is not one, nor a run in use); without it an
+    existing run is an error unless checkpoint.resume."""
     seed: int = 0
     """Seeds data order, initialization and every generator."""
     threads: int = 0
@@ -302,7 +304,8 @@ class RMConfig:
     output_dir: str = "runs/rm"
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/ (loads with AutoModelForSequenceClassification)."""
     overwrite: bool = False
-    """Replace an existing run in output_dir (otherwise it is an error unless checkpoint.resume)."""
+    """Replace the posttrain run in output_dir (never a folder that is not one, nor a run in use); without it an
+    existing run is an error unless checkpoint.resume."""
     seed: int = 0
     """Seeds data order, the new head and every generator."""
     threads: int = 0
@@ -477,7 +480,8 @@ class RLConfig:
     output_dir: str = "runs/rl"
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
     overwrite: bool = False
-    """Replace an existing run in output_dir (otherwise it is an error unless checkpoint.resume)."""
+    """Replace the posttrain run in output_dir (never a folder that is not one, nor a run in use); without it an
+    existing run is an error unless checkpoint.resume."""
     seed: int = 0
     """Seeds prompt order, every sample, new heads."""
     threads: int = 0

@@ -2,6 +2,7 @@
 kill during a checkpoint write leaves the previous checkpoint loadable with `latest` pointing at it."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, losses, run_cli
 from posttrain import checkpoint
+from posttrain.track import read_metrics
 
 ARGS = ["train.max_steps=40", "train.micro_batch_size=8", "train.grad_accum=2", "train.lr=3e-3",
         "train.warmup_steps=5", "checkpoint.every=10", "checkpoint.keep_last=2", "log.every=1",
@@ -43,7 +45,7 @@ def test_sigkill_mid_training_then_resume_reproduces_the_uninterrupted_run(tmp_p
     assert checkpoint.latest(killed).name == "step_000020"
     assert not (killed / "final").exists()
 
-    run_cli("sft", f"output_dir={killed}", *ARGS, "checkpoint.resume=true", check=True)
+    run_cli("sft", f"output_dir={killed}", *ARGS, "checkpoint.resume=auto", check=True)
     expected, got = losses(straight), losses(killed)
     assert sorted(got) == sorted(expected) == list(range(1, 41))
     for step in expected:
@@ -120,3 +122,29 @@ def test_rng_state_round_trips_every_generator():
     expected = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=g).item())
     checkpoint.set_rng_state(state, {"rollout": g})
     assert (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=g).item()) == expected
+
+
+CLASSIC = {"dqn": ["total_steps=600", "dqn.learning_starts=100", "dqn.train_every=4", "dqn.gradient_steps=1",
+                   "dqn.hidden=8", "dqn.target_every=50"],
+           "ppo": ["total_steps=512", "ppo.n_steps=16", "ppo.epochs=2", "ppo.hidden=8"]}
+
+
+def _without_time(run_dir):
+    return [{k: v for k, v in r.items() if k not in ("time", "sps")} for r in read_metrics(run_dir)]
+
+
+@pytest.mark.parametrize("algo", sorted(CLASSIC))
+def test_resuming_a_finished_classic_run_adds_no_metrics_line(tmp_path, algo):
+    args = ["classic", algo, "--env", "CartPole-v1", f"output_dir={tmp_path}", *CLASSIC[algo], "checkpoint.every=200",
+            "eval_episodes=2", "log.progress=false"]
+    run_cli(*args, check=True)
+    finished = _without_time(tmp_path)
+    assert "eval/return" in finished[-1]
+    run_cli(*args, "checkpoint.resume=true", check=True)
+    assert _without_time(tmp_path) == finished
+    # killed after its final checkpoint, before the final evaluation was logged: resume logs it, once
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    shutil.rmtree(tmp_path / "final")
+    run_cli(*args, "checkpoint.resume=auto", check=True)
+    assert _without_time(tmp_path) == finished

@@ -177,7 +177,8 @@ class ClassicConfig:
     output_dir: str = "runs/classic"
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
     overwrite: bool = False
-    """Replace an existing run in output_dir (otherwise it is an error unless checkpoint.resume)."""
+    """Replace the posttrain run in output_dir (never a folder that is not one, nor a run in use); without it an
+    existing run is an error unless checkpoint.resume."""
     seed: int = 0
     """Seeds the networks, exploration and the environments."""
     threads: int = 1
