@@ -128,18 +128,21 @@ def classify(path: Path) -> str:
 
 def worth_keeping(run_dir: Path) -> bool:
     """A run holds something worth keeping once it has a checkpoint, a final model or a metrics line past step 0;
-    an attempt that failed before its first step (bad LoRA targets, an unscorable first batch …) holds none."""
-    if checkpoint.latest(run_dir) is not None or (run_dir / "final").exists():
+    an attempt that failed before its first step (bad LoRA targets, an unscorable first batch …) holds none.
+    Anything unexpected (no marker: a run of an older version; an unreadable metrics line) counts as worth keeping."""
+    if not (run_dir / MARKER).is_file() or checkpoint.latest(run_dir) is not None or (run_dir / "final").exists():
         return True
     metrics = run_dir / METRICS
     if not metrics.is_file():
         return False
     for line in metrics.read_text(errors="replace").splitlines():
-        try:
-            if json.loads(line).get("step", 0) > 0:
-                return True
-        except (ValueError, AttributeError):
+        if not line.strip():
             continue
+        try:
+            if json.loads(line)["step"] > 0:
+                return True
+        except (ValueError, KeyError, TypeError):
+            return True
     return False
 
 

@@ -68,6 +68,7 @@ def test_too_long_under_error_policy(tmp_path, capsys):
 def test_existing_run_is_not_overwritten(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
+    (out / "config.yaml").write_text("seed: 0\n")  # a run: config.yaml with metrics.jsonl
     (out / "metrics.jsonl").write_text("precious\n")
     assert cli.main(["sft", f"output_dir={out}"]) == 2
     assert "checkpoint.resume=true" in capsys.readouterr().err
