@@ -5,6 +5,7 @@ blow-up guard whose abort leaves a good checkpoint."""
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,13 @@ def one_error_line(proc, *needles):
     return lines[0]
 
 
+def refused(capsys, run_dir, *args, needles=()):
+    """Run `posttrain sft` in this process (faster than a new one) and expect exit 2 with one error line."""
+    code = cli.main(["sft", f"output_dir={run_dir}", *SFT, *args])
+    proc = subprocess.CompletedProcess([], code, "", capsys.readouterr().err)
+    return one_error_line(proc, *needles)
+
+
 def weights(run_dir):
     return load_file(str(Path(run_dir) / "final" / "model.safetensors"))
 
@@ -44,16 +52,16 @@ def weights(run_dir):
 # overwrite deletes only posttrain runs (item 5)
 # ---------------------------------------------------------------------------------------------------------------------
 
-def test_overwrite_refuses_a_folder_that_is_not_a_run_and_a_file(tmp_path):
+def test_overwrite_refuses_a_folder_that_is_not_a_run_and_a_file(tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "holiday.jpg").write_text("precious")
-    one_error_line(sft(folder, "train.max_steps=1", "overwrite=true"), str(folder), "not a posttrain run")
+    refused(capsys, folder, "train.max_steps=1", "overwrite=true", needles=(str(folder), "not a posttrain run"))
     assert (folder / "holiday.jpg").read_text() == "precious" and sorted(os.listdir(folder)) == ["holiday.jpg"]
 
     a_file = tmp_path / "notes.txt"
     a_file.write_text("keep me")
-    one_error_line(sft(a_file, "train.max_steps=1", "overwrite=true"), str(a_file), "is a file")
+    refused(capsys, a_file, "train.max_steps=1", "overwrite=true", needles=(str(a_file), "is a file"))
     assert a_file.read_text() == "keep me"
 
 
@@ -114,19 +122,19 @@ def test_a_live_run_is_locked_against_a_second_run_an_overwrite_and_a_resume_unt
 # Resume checks the config (item 7)
 # ---------------------------------------------------------------------------------------------------------------------
 
-def test_resume_refuses_settings_that_cannot_change_and_a_shorter_run(tmp_path):
+def test_resume_refuses_settings_that_cannot_change_and_a_shorter_run(tmp_path, capsys):
     run = tmp_path / "run"
     sft(run, "train.max_steps=4", check=True)
     before = (run / "config.yaml").read_text()
-    line = one_error_line(sft(run, "train.max_steps=4", "checkpoint.resume=true", "seed=1",
-                              "train.micro_batch_size=2"), "seed 0 → 1", "train.micro_batch_size 4 → 2")
+    line = refused(capsys, run, "train.max_steps=4", "checkpoint.resume=true", "seed=1", "train.micro_batch_size=2",
+                   needles=("seed 0 → 1", "train.micro_batch_size 4 → 2"))
     assert "checkpoint.allow_changes=seed,train.micro_batch_size" in line
-    one_error_line(sft(run, "train.max_steps=4", "checkpoint.resume=true", "lora.r=4"), "lora.r 0 → 4",
-                   "LoRA run cannot continue a full fine-tune")
-    one_error_line(sft(run, "train.max_steps=4", "checkpoint.resume=true", "train.lr=1e-4"), "train.lr 0.003 → 0.0001",
-                   "checkpoint.allow_changes=train.lr")
-    one_error_line(sft(run, "train.max_steps=3", "checkpoint.resume=true"), "train.max_steps=3",
-                   "checkpoint is at step 4", "train.max_steps=4 or more")
+    refused(capsys, run, "train.max_steps=4", "checkpoint.resume=true", "lora.r=4",
+            needles=("lora.r 0 → 4", "LoRA run cannot continue a full fine-tune"))
+    refused(capsys, run, "train.max_steps=4", "checkpoint.resume=true", "train.lr=1e-4",
+            needles=("train.lr 0.003 → 0.0001", "checkpoint.allow_changes=train.lr"))
+    refused(capsys, run, "train.max_steps=3", "checkpoint.resume=true",
+            needles=("train.max_steps=3", "checkpoint is at step 4", "train.max_steps=4 or more"))
     assert (run / "config.yaml").read_text() == before
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_000004"]
 
@@ -158,19 +166,17 @@ def test_resume_applies_and_records_permitted_changes_and_the_config_file_replay
 # resume=auto (item 11), and a failed first attempt does not block the rerun (item 12)
 # ---------------------------------------------------------------------------------------------------------------------
 
-def test_resume_auto_starts_afresh_without_a_checkpoint_and_resumes_with_one(tmp_path):
+def test_resume_auto_starts_afresh_without_a_checkpoint_and_resumes_with_one(tmp_path, capsys):
     straight, run = tmp_path / "straight", tmp_path / "run"
     sft(straight, "train.max_steps=4", "checkpoint.every=2", check=True)
     # killed after two logged steps, before its first checkpoint: metrics but nothing to resume from
     sft(run, "train.max_steps=4", "checkpoint.resume=auto", "checkpoint.every=2", check=True)
     for d in ("final", "checkpoints"):
-        import shutil
         shutil.rmtree(run / d)
-    one_error_line(sft(run, "train.max_steps=4", "checkpoint.every=2"), "already holds a run")
+    refused(capsys, run, "train.max_steps=4", "checkpoint.every=2", needles=("already holds a run",))
     sft(run, "train.max_steps=4", "checkpoint.every=2", "checkpoint.resume=auto", check=True)
     assert losses(run) == losses(straight)
     # with a checkpoint, auto resumes it: rewind to step 2 and continue
-    import shutil
     shutil.rmtree(run / "final")
     shutil.rmtree(run / "checkpoints" / "step_000004")
     (run / "checkpoints" / "latest").write_text("step_000002\n")
@@ -228,7 +234,6 @@ def test_a_torn_last_metrics_line_is_dropped_and_reported_on_resume(tmp_path):
     run, straight = tmp_path / "run", tmp_path / "straight"
     sft(straight, "train.max_steps=4", "checkpoint.every=2", check=True)
     sft(run, "train.max_steps=4", "checkpoint.every=2", check=True)
-    import shutil
     shutil.rmtree(run / "final")
     shutil.rmtree(run / "checkpoints" / "step_000004")
     (run / "checkpoints" / "latest").write_text("step_000002\n")
