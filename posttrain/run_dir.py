@@ -20,6 +20,7 @@ Under torchrun rank 0 decides, locks and writes; the others receive its answer (
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -103,8 +104,13 @@ def _open_run(cfg, command: str) -> tuple[Path, Path | None]:
         else:
             raise UserError(f"{run_dir} already holds a run — fix: checkpoint.resume=true to continue it, "
                             "overwrite=true to replace it, or choose another output_dir")
-    write_marker(run_dir, command)
-    C.save_yaml(cfg, run_dir / CONFIG)
+    try:
+        write_marker(run_dir, command)
+        C.save_yaml(cfg, run_dir / CONFIG)
+    except OSError as e:  # a full disk: name the file (the CLI reports it in one line)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(e.errno, f"no space left on device while writing {run_dir / CONFIG}", str(run_dir / CONFIG))
     return run_dir, None
 
 

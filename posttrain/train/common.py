@@ -204,8 +204,9 @@ def optimizer_step(model, optimizer, cfg, guard: "NonFiniteGuard", loss: float) 
     return grad_norm.item()
 
 
-class TrainingDiverged(UserError):
-    """Too many bad steps in a row: the run stops before saving them (its last checkpoint is the last good one)."""
+class TrainingDiverged(UserError, RuntimeError):
+    """Too many bad steps in a row: the run stops before saving them (its last checkpoint is the last good one).
+    The CLI reports it in one line and exits 2, like a user mistake: the fix is a setting."""
 
 
 class NonFiniteGuard:
@@ -231,8 +232,8 @@ class NonFiniteGuard:
             what = ("a non-finite loss or gradient" if not finite else
                     f"a gradient norm above train.bad_grad_norm={bound:g} (last {grad_norm:.4g})")
             raise TrainingDiverged(
-                f"{self.in_a_row} consecutive steps had {what}; stopped without saving them — the last checkpoint "
-                "in output_dir is intact. Fix: lower train.lr (or train.precision=fp32, or check the data), then "
+                f"{self.in_a_row} consecutive steps had {what}; stopped without saving them; the last good "
+                "checkpoint is intact (in output_dir). Fix: lower train.lr (or train.precision=fp32, or check the data), then "
                 "continue with checkpoint.resume=true plus the changed setting in checkpoint.allow_changes, e.g. "
                 "train.lr=1e-4 checkpoint.allow_changes=train.lr")
         return False
