@@ -233,9 +233,9 @@ class NonFiniteGuard:
                     f"a gradient norm above train.bad_grad_norm={bound:g} (last {grad_norm:.4g})")
             raise TrainingDiverged(
                 f"{self.in_a_row} consecutive steps had {what}; stopped without saving them; the last good "
-                "checkpoint is intact (in output_dir). Fix: lower train.lr (or train.precision=fp32, or check the data), then "
-                "continue with checkpoint.resume=true plus the changed setting in checkpoint.allow_changes, e.g. "
-                "train.lr=1e-4 checkpoint.allow_changes=train.lr")
+                "checkpoint is intact (in output_dir). Fix: lower train.lr (or train.precision=fp32, or check the "
+                "data), then continue with checkpoint.resume=true plus the changed setting in "
+                "checkpoint.allow_changes, e.g. train.lr=1e-4 checkpoint.allow_changes=train.lr")
         return False
 
 
