@@ -18,24 +18,16 @@ from posttrain.rollout import build_engine, format_prompt, generate_text
 
 
 def load_for_inference(name_or_path: str):
-    """(model in eval mode, tokenizer, model directory) from 'tiny', a model dir, an adapter dir or a run dir."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    from posttrain.export import find_model_dir
-    from posttrain.models.loading import load_tokenizer, resolve_model_path
+    """(model in eval mode, tokenizer, model directory) from 'tiny', a model dir, an adapter dir or a run dir.
+    An adapter is merged into its base (and an adapter trained on a merged start into that start)."""
+    from posttrain.config import LoraConfig, ModelConfig
+    from posttrain.models.loading import is_model_dir, load_model, load_tokenizer, resolve_model_path
 
     path = Path(resolve_model_path(name_or_path))
-    if not path.exists():
+    if not is_model_dir(path):
         raise UserError(f"model '{name_or_path}' not found — fix: pass a model, adapter or run directory, or 'tiny'")
-    path = find_model_dir(path)
-    adapter = path / "adapter_config.json"
-    base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else str(path)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if adapter.is_file():
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, str(path))
-    tokenizer = load_tokenizer(str(path) if (path / "tokenizer_config.json").is_file() else base)
-    return model.eval(), tokenizer, path
+    model = load_model(ModelConfig(name_or_path=str(path)), LoraConfig(r=0))
+    return model.eval(), load_tokenizer(str(path)), path
 
 
 def use_template(tokenizer, choice: str) -> bool:
