@@ -18,16 +18,16 @@ from posttrain.rollout import build_engine, format_prompt, generate_text
 
 
 def load_for_inference(name_or_path: str):
-    """(model in eval mode, tokenizer, model directory) from 'tiny', a model dir, an adapter dir or a run dir.
-    An adapter is merged into its base (and an adapter trained on a merged start into that start)."""
+    """(frozen model in eval mode, tokenizer, model directory) from 'tiny', a model dir, an adapter dir or a run
+    dir. An adapter is loaded on its base as trained (an adapter trained on a merged start: on that start)."""
     from posttrain.config import LoraConfig, ModelConfig
     from posttrain.models.loading import is_model_dir, load_model, load_tokenizer, resolve_model_path
 
     path = Path(resolve_model_path(name_or_path))
     if not is_model_dir(path):
         raise UserError(f"model '{name_or_path}' not found — fix: pass a model, adapter or run directory, or 'tiny'")
-    model = load_model(ModelConfig(name_or_path=str(path)), LoraConfig(r=0))
-    return model.eval(), load_tokenizer(str(path)), path
+    model = load_model(ModelConfig(name_or_path=str(path)), LoraConfig())
+    return model.eval().requires_grad_(False), load_tokenizer(str(path)), path
 
 
 def use_template(tokenizer, choice: str) -> bool:

@@ -601,7 +601,7 @@ def load_head_model(path: str | Path, head: str, fix: str, trust_remote_code: bo
             raise UserError(f"{directory} holds {', '.join(architectures) or 'a model'}, not {kind} "
                             f"(…{suffix}, {unit}) — fix: {fix}")
     model = load_model(ModelConfig(name_or_path=str(directory), trust_remote_code=trust_remote_code),
-                       LoraConfig(r=0), head=head)  # an adapter is merged into its base: scoring only
+                       LoraConfig(), head=head)  # an adapter on its base, unmerged: the scores training saw
     model.requires_grad_(False)
     return model, load_tokenizer(str(directory), trust_remote_code)
 

@@ -80,3 +80,97 @@ def test_grpo_on_a_model_with_dropout_updates_on_policy(tmp_path):
     assert first["rollout/logprob_diff_max"] <= 1e-5
     assert abs(first["ratio/min"] - 1) < 1e-5 and abs(first["ratio/max"] - 1) < 1e-5
     assert abs(first["kl"]) < 1e-6
+
+
+# ---- 2. continuing a LoRA run ----------------------------------------------------------------------------------------
+
+DPO = [*FAST, "train.max_steps=2", "train.micro_batch_size=8", "train.lr=1e-2"]
+
+
+@pytest.fixture(scope="module")
+def sft_lora(tmp_path_factory) -> Path:
+    """A finished SFT run whose final/ is a rank-4 LoRA adapter on the tiny model, trained enough to matter."""
+    run_dir = tmp_path_factory.mktemp("sft") / "run"
+    run_cli("sft", f"output_dir={run_dir}", *FAST, "lora.r=4", "train.max_steps=4", "train.lr=3e-2",
+            "train.micro_batch_size=8", check=True)
+    assert (run_dir / "final" / "adapter_config.json").is_file()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def sft_merged(sft_lora) -> Path:
+    """The SFT run exported: the adapter merged into a plain model directory (what `lora.r=0` starts from)."""
+    out = sft_lora.parent / "merged"
+    run_cli("export", str(sft_lora), str(out), check=True)
+    return out
+
+
+def reference_logps(run_dir: Path) -> torch.Tensor:
+    """DPO's cached log π_ref of every train/eval response: the policy as loaded, before the first step."""
+    from safetensors.torch import load_file
+    from posttrain.train.preference import REFERENCE_FILE
+    flat = load_file(str(run_dir / REFERENCE_FILE))
+    return torch.cat([flat[k] for k in sorted(flat)])
+
+
+def adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(str(directory / "adapter_model.safetensors"))
+
+
+def test_dpo_continues_the_sft_adapter_when_lora_r_is_unset(tmp_path, sft_lora, sft_merged):
+    run_cli("dpo", f"model.name_or_path={sft_lora}", f"output_dir={tmp_path / 'run'}", *DPO, check=True)
+    run_cli("dpo", f"model.name_or_path={sft_merged}", f"output_dir={tmp_path / 'merged'}", *DPO, check=True)
+    run_cli("dpo", f"output_dir={tmp_path / 'base'}", *DPO, check=True)
+    # step 0's policy (and so the reference) is the SFT model — not the raw base the adapter was trained on
+    start = reference_logps(tmp_path / "run")
+    torch.testing.assert_close(start, reference_logps(tmp_path / "merged"), atol=1e-5, rtol=0)
+    assert (start - reference_logps(tmp_path / "base")).abs().max() > 1e-2
+    assert records(tmp_path / "run")[1]["rewards/margins"] == 0
+    # the same adapter (rank, targets, base) kept training
+    before, after = adapter_weights(sft_lora / "final"), adapter_weights(tmp_path / "run" / "final")
+    assert sorted(before) == sorted(after)
+    assert max((after[k] - before[k]).abs().max().item() for k in before) > 1e-4
+    config = json.loads((tmp_path / "run" / "final" / "adapter_config.json").read_text())
+    original = json.loads((sft_lora / "final" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["base_model_name_or_path"] == original["base_model_name_or_path"]
+
+
+def test_dpo_with_lora_r_0_merges_the_adapter_and_trains_in_full(tmp_path, sft_lora, sft_merged):
+    run_cli("dpo", f"model.name_or_path={sft_lora}", f"output_dir={tmp_path / 'run'}", *DPO, "lora.r=0", check=True)
+    run_cli("dpo", f"model.name_or_path={sft_merged}", f"output_dir={tmp_path / 'merged'}", *DPO, check=True)
+    torch.testing.assert_close(reference_logps(tmp_path / "run"), reference_logps(tmp_path / "merged"), atol=1e-5,
+                               rtol=0)
+    final = tmp_path / "run" / "final"
+    assert (final / "model.safetensors").is_file() and not (final / "adapter_config.json").exists()
+    assert records(tmp_path / "run")[2]["loss"] == pytest.approx(records(tmp_path / "merged")[2]["loss"], abs=1e-4)
+
+
+def test_dpo_with_lora_r_8_trains_new_adapters_on_the_merged_sft_model(tmp_path, sft_lora, sft_merged):
+    run_cli("dpo", f"model.name_or_path={sft_lora}", f"output_dir={tmp_path / 'run'}", *DPO, "lora.r=8", check=True)
+    run_cli("dpo", f"model.name_or_path={sft_merged}", f"output_dir={tmp_path / 'merged'}", *DPO, check=True)
+    torch.testing.assert_close(reference_logps(tmp_path / "run"), reference_logps(tmp_path / "merged"), atol=1e-5,
+                               rtol=0)
+    config = json.loads((tmp_path / "run" / "final" / "adapter_config.json").read_text())
+    assert config["r"] == 8 and Path(config["base_model_name_or_path"]) == (sft_lora / "final").resolve()
+    # generate and export rebuild the chain: the SFT adapter merged, then the new adapter on it
+    run_cli("export", str(tmp_path / "run"), str(tmp_path / "exported"), check=True)
+    outputs = {}
+    for name, model in (("chain", tmp_path / "run"), ("exported", tmp_path / "exported")):
+        outputs[name] = tmp_path / f"{name}.jsonl"
+        run_cli("generate", f"model={model}", f"output={outputs[name]}", "num_prompts=4", "sampling.temperature=0",
+                "sampling.max_new_tokens=8", "task.max_digits=1", check=True)
+    chain, exported = ([json.loads(line) for line in outputs[n].read_text().splitlines()] for n in outputs)
+    assert [r["completion"] for r in chain] == [r["completion"] for r in exported]
+    assert [r["logprob"] for r in chain] == pytest.approx([r["logprob"] for r in exported], abs=1e-4)
+
+
+@pytest.mark.parametrize("lora", ["unset", "lora.r=4"])
+def test_grpo_from_an_sft_adapter_starts_at_zero_kl_to_the_sft_model(tmp_path, sft_lora, lora):
+    # The reference is the starting policy (the SFT model), with the adapter continued or new adapters on top.
+    args = [] if lora == "unset" else [lora]
+    run_cli("rl", "--algo", "grpo", f"model.name_or_path={sft_lora}", f"output_dir={tmp_path / 'run'}", *FAST,
+            "train.max_steps=1", "rl.prompts_per_step=4", "rl.generations=4", "train.micro_batch_size=16",
+            "sampling.max_new_tokens=8", "kl.coef=0.1", *args, check=True)
+    first = records(tmp_path / "run")[1]
+    assert abs(first["kl"]) < 1e-6 and abs(first["ratio/max"] - 1) < 1e-5

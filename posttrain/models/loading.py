@@ -159,7 +159,8 @@ def pretrained(path: str | Path, auto: str = "AutoModelForCausalLM", kwargs: dic
         return _auto(auto).from_pretrained(path, **kwargs)
     from peft import PeftModel
     base = pretrained(adapter["base_model_name_or_path"], auto, kwargs)
-    return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    merged = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    return merged.requires_grad_(True)  # PEFT froze the base; merged, it is an ordinary model again
 
 
 def _load_adapter(model, adapter_dir, task_type: str):
