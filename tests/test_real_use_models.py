@@ -30,15 +30,16 @@ def save_model(directory: Path, config, seed: int = 0) -> Path:
     return directory
 
 
-def gpt2_with_dropout(directory: Path, p: float = 0.1) -> Path:
-    """A 2-layer GPT-2 whose residual, embedding and attention dropout are all p (GPT-2's own default is 0.1)."""
+def gpt2_with_dropout(directory: Path, p: float = 0.1, pad: bool = True) -> Path:
+    """A 2-layer GPT-2 whose residual, embedding and attention dropout are all p (GPT-2's own default is 0.1);
+    pad=False leaves the config's pad_token_id unset, as GPT-2's own is."""
     from transformers import GPT2Config
     from posttrain.models.tiny import build_tokenizer
 
     tok = build_tokenizer()
     config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=256, vocab_size=384, resid_pdrop=p,
                         embd_pdrop=p, attn_pdrop=p, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id)
+                        pad_token_id=tok.pad_token_id if pad else None)
     return save_model(directory, config)
 
 
@@ -174,3 +175,70 @@ def test_grpo_from_an_sft_adapter_starts_at_zero_kl_to_the_sft_model(tmp_path, s
             "sampling.max_new_tokens=8", "kl.coef=0.1", *args, check=True)
     first = records(tmp_path / "run")[1]
     assert abs(first["kl"]) < 1e-6 and abs(first["ratio/max"] - 1) < 1e-5
+
+
+# ---- 3. exported reward models keep their heads ---------------------------------------------------------------------
+
+PAIRS = [("12+30=", "42"), ("12+30=", "43"), ("7+8=", "15"), ("7+8=", "15 because seven and eight"), ("1+1=", "")]
+
+
+def plain_scores(model, tokenizer) -> list[float]:
+    """An outcome RM's scores of PAIRS in one right-padded batch, by plain transformers (no posttrain model code):
+    the config must name the pad token, or transformers refuses a batch of more than one."""
+    from posttrain.data.preference import response_example
+
+    ids = [response_example(p, c, tokenizer)["input_ids"] for p, c in PAIRS]
+    width = max(map(len, ids))
+    input_ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in ids])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+    with torch.no_grad():
+        return model.eval()(input_ids=input_ids, attention_mask=mask).logits[:, 0].tolist()
+
+
+@pytest.mark.parametrize("lora", ["full", "lora.r=4"])
+def test_an_exported_reward_model_loads_in_transformers_and_gives_the_runs_scores(tmp_path, lora):
+    from transformers import AutoModelForSequenceClassification
+    from posttrain.rewards import load_reward_model
+
+    base = gpt2_with_dropout(tmp_path / "gpt2", pad=False)  # GPT-2's config names no pad token
+    args = [] if lora == "full" else [lora, "train.lr=3e-2"]
+    run_cli("rm", f"model.name_or_path={base}", f"output_dir={tmp_path / 'rm'}", *FAST, "train.max_steps=2",
+            "train.micro_batch_size=8", *args, check=True)
+    run_cli("export", str(tmp_path / "rm"), str(tmp_path / "out"), check=True)
+    reward = load_reward_model(tmp_path / "rm")
+    expected = reward.score([p for p, _ in PAIRS], [c for _, c in PAIRS], [{}] * len(PAIRS))
+    assert max(expected) - min(expected) > 1e-3  # a trained head, not a constant
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    assert plain_scores(exported, reward.tokenizer) == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_lora_reward_model_reloaded_with_peft_scores_batches(tmp_path):
+    # README's recipe for a LoRA RM's final/: PEFT on its base, which is given the tokenizer's pad token
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from posttrain.rewards import load_reward_model
+
+    base = gpt2_with_dropout(tmp_path / "gpt2", pad=False)
+    run_cli("rm", f"model.name_or_path={base}", f"output_dir={tmp_path / 'rm'}", *FAST, "train.max_steps=2",
+            "train.micro_batch_size=8", "lora.r=4", "train.lr=3e-2", check=True)
+    final = tmp_path / "rm" / "final"
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    model = PeftModel.from_pretrained(model, final)
+    expected = load_reward_model(tmp_path / "rm").score([p for p, _ in PAIRS], [c for _, c in PAIRS], [{}] * len(PAIRS))
+    assert plain_scores(model, tokenizer) == pytest.approx(expected, abs=1e-5)
+
+
+def test_an_exported_lora_process_reward_model_loads_as_token_classification(tmp_path):
+    from transformers import AutoModelForTokenClassification
+    from posttrain.rewards import load_head_model
+    from posttrain.train.process_reward import step_scores
+
+    run_cli("rm", "reward.mode=prm", f"output_dir={tmp_path / 'prm'}", *FAST, "train.max_steps=2",
+            "train.micro_batch_size=8", "lora.r=4", "train.lr=3e-2", check=True)
+    run_cli("export", str(tmp_path / "prm"), str(tmp_path / "out"), check=True)
+    model, tokenizer = load_head_model(tmp_path / "prm", "token", "a PRM")
+    plain = AutoModelForTokenClassification.from_pretrained(tmp_path / "out").eval()
+    steps = ["7+5=12 carry 1", "4+8+1=14 carry 1", "answer: 142"]
+    expected = step_scores(model.eval(), tokenizer, "47+95=", steps)
+    assert step_scores(plain, tokenizer, "47+95=", steps) == pytest.approx(expected, abs=1e-5)
