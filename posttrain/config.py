@@ -765,7 +765,9 @@ class GenerateConfig:
     model: str = "tiny"
     """A model directory, a LoRA adapter directory, a run directory (its final/), or 'tiny'."""
     data_path: str | None = None
-    """Prompts: rows with `prompt` (string or messages) or `messages`. Empty: the task's held-out problems."""
+    """Prompts: rows with `prompt` (a string or messages) or `messages` (a conversation: the model writes the next
+    assistant turn through the chat template; a last message that is the assistant's is dropped). Empty: the task's
+    held-out problems."""
     output: str = "runs/generate.jsonl"
     """Where the completions go (one JSON object per line)."""
     num_prompts: int = 0

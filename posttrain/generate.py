@@ -53,7 +53,7 @@ def run_generate(cfg) -> Path:
 
     params = cfg.sampling.validate()
     if cfg.data_path is not None:
-        rows = list(normalize(load_rows(cfg.data_path), kind="prompt"))
+        rows = list(normalize(conversation_prompts(load_rows(cfg.data_path)), kind="prompt"))
         score = None
     else:
         task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
@@ -62,6 +62,10 @@ def run_generate(cfg) -> Path:
     model, tokenizer, path = load_for_inference(cfg.model)
     template = use_template(tokenizer, cfg.chat_template)
     prompts = [r["prompt"] for r in rows]
+    if not template and any(isinstance(p, list) for p in prompts):
+        raise ConfigError(f"{cfg.data_path} holds conversations, which need a chat template, and chat_template="
+                          f"{cfg.chat_template} gives none — fix: chat_template=on with a tokenizer that has one, or "
+                          "plain-text prompts")
     if cfg.beam.num_beams > 1:
         results = beam_records(model, tokenizer, prompts, cfg.beam, params, template)
     else:
@@ -85,6 +89,26 @@ def run_generate(cfg) -> Path:
     summary = f"; mean score {sum(scores) / len(scores):.3f}" if scores else ""
     print(f"wrote {len(results)} completions for {len(rows)} prompts to {out}{summary}")
     return out
+
+
+def conversation_prompts(rows):
+    """A `messages` row becomes the prompt of its conversation: the model writes the next assistant turn (chat
+    template, generation prompt appended), so a last message that is the assistant's — a reference reply — is
+    dropped. Other rows are unchanged; normalize(kind="prompt") validates them all."""
+    from posttrain.data import Rows
+
+    out = []
+    for i, row in enumerate(rows):
+        messages = row.get("messages")
+        if "prompt" not in row and isinstance(messages, list):
+            if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+                messages = messages[:-1]
+            if not messages:
+                raise rows.error(i, "the conversation has only an assistant message: nothing to reply to",
+                                 field="messages", fix="add the user's message before it, or remove the row")
+            row = {**{k: v for k, v in row.items() if k != "messages"}, "prompt": messages}
+        out.append(row)
+    return Rows(out, rows.source, list(rows.row_numbers))
 
 
 def run_chat(cfg, stdin=None, stdout=None) -> list[dict]:

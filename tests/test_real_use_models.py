@@ -242,3 +242,29 @@ def test_an_exported_lora_process_reward_model_loads_as_token_classification(tmp
     steps = ["7+5=12 carry 1", "4+8+1=14 carry 1", "answer: 142"]
     expected = step_scores(model.eval(), tokenizer, "47+95=", steps)
     assert step_scores(plain, tokenizer, "47+95=", steps) == pytest.approx(expected, abs=1e-5)
+
+
+# ---- 4. generate takes conversations ----------------------------------------------------------------------------------
+
+def test_generate_continues_messages_rows_through_the_chat_template(tmp_path):
+    conversation = [{"role": "system", "content": "Add."}, {"role": "user", "content": "2+3="}]
+    data = write_jsonl(tmp_path / "chats.jsonl", [
+        {"messages": conversation},
+        {"messages": [*conversation, {"role": "assistant", "content": "5"}]},  # the reference reply is dropped
+        {"prompt": conversation},
+    ])
+    out = tmp_path / "out.jsonl"
+    run_cli("generate", f"data_path={data}", f"output={out}", "sampling.temperature=0", "sampling.max_new_tokens=6",
+            check=True)
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in got] == [conversation] * 3
+    assert got[0]["completion"] == got[1]["completion"] == got[2]["completion"]
+    assert got[0]["logprob"] == pytest.approx(got[2]["logprob"], abs=1e-5)
+
+
+def test_generate_refuses_a_conversation_that_is_only_an_assistant_message(tmp_path):
+    data = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "hi"}]},
+                                                  {"messages": [{"role": "assistant", "content": "5"}]}])
+    proc = run_cli("generate", f"data_path={data}", f"output={tmp_path / 'out.jsonl'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "row 2" in proc.stderr and "messages" in proc.stderr and not (tmp_path / "out.jsonl").exists()
