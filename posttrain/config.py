@@ -798,7 +798,8 @@ class ChatConfig:
 
 @dataclass
 class ExportConfig:
-    """Write a plain Hugging Face model directory from a run (LoRA adapters merged into the base)."""
+    """Write a plain Hugging Face model directory from a run (LoRA adapters merged into the base). A reward model
+    keeps its head (AutoModelForSequenceClassification; a PRM AutoModelForTokenClassification) and the pad token."""
 
     run_dir: tyro.conf.Positional[str]
     """A run directory (its final/ or latest checkpoint is used) or a model/adapter directory."""
