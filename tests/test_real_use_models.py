@@ -166,6 +166,23 @@ def test_dpo_with_lora_r_8_trains_new_adapters_on_the_merged_sft_model(tmp_path,
     assert [r["logprob"] for r in chain] == pytest.approx([r["logprob"] for r in exported], abs=1e-4)
 
 
+@pytest.mark.parametrize("lora", ["unset", "lora.r=8"])
+def test_a_resumed_continuation_reads_its_checkpoints_adapter(tmp_path, sft_lora, lora):
+    import shutil
+    args = [*DPO, "checkpoint.every=1", "checkpoint.keep_last=5"] + ([] if lora == "unset" else [lora])
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_cli("dpo", f"model.name_or_path={sft_lora}", f"output_dir={straight}", *args, check=True)
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "final")
+    shutil.rmtree(resumed / "checkpoints" / "step_000002")
+    (resumed / "checkpoints" / "latest").write_text("step_000001\n")
+    run_cli("dpo", f"model.name_or_path={sft_lora}", f"output_dir={resumed}", *args, "checkpoint.resume=true",
+            check=True)
+    assert records(resumed)[2]["loss"] == pytest.approx(records(straight)[2]["loss"], abs=1e-6)
+    a, b = adapter_weights(straight / "final"), adapter_weights(resumed / "final")
+    assert sorted(a) == sorted(b) and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+
+
 @pytest.mark.parametrize("lora", ["unset", "lora.r=4"])
 def test_grpo_from_an_sft_adapter_starts_at_zero_kl_to_the_sft_model(tmp_path, sft_lora, lora):
     # The reference is the starting policy (the SFT model), with the adapter continued or new adapters on top.
