@@ -43,15 +43,16 @@ def gpt2_with_dropout(directory: Path, p: float = 0.1, pad: bool = True) -> Path
     return save_model(directory, config)
 
 
-def qwen2(directory: Path) -> Path:
-    """A 2-layer Qwen2 (grouped-query attention, untied output head)."""
+def qwen2(directory: Path, pad: bool = True) -> Path:
+    """A 2-layer Qwen2 (grouped-query attention, untied output head); pad=False: no pad_token_id in its config."""
     from transformers import Qwen2Config
     from posttrain.models.tiny import build_tokenizer
 
     tok = build_tokenizer()
     config = Qwen2Config(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=384, max_position_embeddings=256, tie_word_embeddings=False,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id if pad else None)
     return save_model(directory, config)
 
 
@@ -212,12 +213,13 @@ def plain_scores(model, tokenizer) -> list[float]:
         return model.eval()(input_ids=input_ids, attention_mask=mask).logits[:, 0].tolist()
 
 
-@pytest.mark.parametrize("lora", ["full", "lora.r=4"])
-def test_an_exported_reward_model_loads_in_transformers_and_gives_the_runs_scores(tmp_path, lora):
+@pytest.mark.parametrize("arch,lora", [("gpt2", "full"), ("gpt2", "lora.r=4"), ("qwen2", "lora.r=4")])
+def test_an_exported_reward_model_loads_in_transformers_and_gives_the_runs_scores(tmp_path, arch, lora):
     from transformers import AutoModelForSequenceClassification
     from posttrain.rewards import load_reward_model
 
-    base = gpt2_with_dropout(tmp_path / "gpt2", pad=False)  # GPT-2's config names no pad token
+    build = gpt2_with_dropout if arch == "gpt2" else qwen2
+    base = build(tmp_path / arch, pad=False)  # GPT-2's config names no pad token
     args = [] if lora == "full" else [lora, "train.lr=3e-2"]
     run_cli("rm", f"model.name_or_path={base}", f"output_dir={tmp_path / 'rm'}", *FAST, "train.max_steps=2",
             "train.micro_batch_size=8", *args, check=True)
@@ -261,7 +263,7 @@ def test_an_exported_lora_process_reward_model_loads_as_token_classification(tmp
     assert step_scores(plain, tokenizer, "47+95=", steps) == pytest.approx(expected, abs=1e-5)
 
 
-# ---- 4. generate takes conversations ----------------------------------------------------------------------------------
+# ---- 4. generate takes conversations --------------------------------------------------------------------------------
 
 def test_generate_continues_messages_rows_through_the_chat_template(tmp_path):
     conversation = [{"role": "system", "content": "Add."}, {"role": "user", "content": "2+3="}]
