@@ -167,6 +167,19 @@ def test_dpo_with_lora_r_8_trains_new_adapters_on_the_merged_sft_model(tmp_path,
     assert [r["logprob"] for r in chain] == pytest.approx([r["logprob"] for r in exported], abs=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["outcome", "prm"])
+def test_a_reward_model_continues_the_sft_adapter_under_a_new_head(tmp_path, sft_lora, mode):
+    # The SFT adapter's LoRA weights carry over (a tiny learning rate barely moves them); the new head trains too.
+    run_cli("rm", f"reward.mode={mode}", f"model.name_or_path={sft_lora}", f"output_dir={tmp_path / 'rm'}", *FAST,
+            "train.max_steps=1", "train.micro_batch_size=8", "train.lr=1e-9", check=True)
+    before, after = adapter_weights(sft_lora / "final"), adapter_weights(tmp_path / "rm" / "final")
+    lora = [k for k in before if "lora_" in k]
+    assert lora and all(torch.allclose(before[k], after[k], atol=1e-6) for k in lora)
+    assert any(k.startswith("base_model.model.score") for k in after)
+    config = json.loads((tmp_path / "rm" / "final" / "adapter_config.json").read_text())
+    assert config["task_type"] == {"outcome": "SEQ_CLS", "prm": "TOKEN_CLS"}[mode]
+
+
 @pytest.mark.parametrize("lora", ["unset", "lora.r=8"])
 def test_a_resumed_continuation_reads_its_checkpoints_adapter(tmp_path, sft_lora, lora):
     import shutil

@@ -164,13 +164,23 @@ def pretrained(path: str | Path, auto: str = "AutoModelForCausalLM", kwargs: dic
 
 
 def _load_adapter(model, adapter_dir, task_type: str):
-    """`model` with the adapter in adapter_dir, trainable. An adapter trained for another head (an SFT adapter on a
-    reward model's backbone) is loaded under this head's task type, so PEFT also trains and saves the new head."""
-    from peft import PeftConfig, PeftModel
+    """`model` with the adapter in adapter_dir, trainable. An adapter trained for another head (an SFT adapter
+    continued as a reward model's backbone) is set up under this head's task type, so PEFT also trains and saves
+    the new head, and its LoRA weights are loaded into it."""
+    from peft import (PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict, load_peft_weights,
+                      set_peft_model_state_dict)
 
     config = PeftConfig.from_pretrained(str(adapter_dir))
-    config.task_type = task_type
-    return PeftModel.from_pretrained(model, str(adapter_dir), config=config, is_trainable=True)
+    if config.task_type == task_type:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    config.task_type, config.inference_mode = task_type, False
+    model = get_peft_model(model, config)
+    weights = {**get_peft_model_state_dict(model), **load_peft_weights(str(adapter_dir))}  # + the new head
+    result = set_peft_model_state_dict(model, weights)
+    if result.unexpected_keys:
+        raise UserError(f"the adapter in {adapter_dir} does not fit this model ({result.unexpected_keys[0]} …) — "
+                        "fix: lora.r=0 merges it into its base instead")
+    return model
 
 
 def disable_dropout_in_model(model) -> None:
