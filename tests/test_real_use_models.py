@@ -180,6 +180,15 @@ def test_a_reward_model_continues_the_sft_adapter_under_a_new_head(tmp_path, sft
     assert config["task_type"] == {"outcome": "SEQ_CLS", "prm": "TOKEN_CLS"}[mode]
 
 
+def test_rft_from_a_lora_run_directory_ends_with_a_model_not_the_run(tmp_path, sft_lora):
+    # no round keeps a sample (the tiny SFT model solves nothing), so final/ is the start: the run's adapter
+    run_cli("rft", f"model.name_or_path={sft_lora}", f"output_dir={tmp_path / 'rft'}", "task.max_digits=1",
+            "task.num_train=8", "task.num_eval=4", "eval.num_samples=4", "sampling.n=2", "sampling.max_new_tokens=8",
+            "rft.rounds=1", "log.progress=false", "threads=1", check=True)
+    final = tmp_path / "rft" / "final"
+    assert (final / "adapter_config.json").is_file() and not (final / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("lora", ["unset", "lora.r=8"])
 def test_a_resumed_continuation_reads_its_checkpoints_adapter(tmp_path, sft_lora, lora):
     import shutil

@@ -303,9 +303,10 @@ def prompt_rows(path: str, cfg: RFTConfig) -> list[dict]:
 # ---- files -----------------------------------------------------------------------------------------------------------
 
 def model_path(run_dir: Path, model: str) -> Path:
-    """A state's model: a path inside the run ("round_1/sft/final"), else the given directory or 'tiny'."""
+    """A state's model: a path inside the run ("round_1/sft/final"), else the given model directory, run directory
+    (its final/) or 'tiny'."""
     inside = Path(run_dir) / model
-    return inside if inside.exists() else Path(resolve_model_path(model))
+    return Path(resolve_model_path(str(inside) if inside.exists() else model))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
