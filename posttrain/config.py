@@ -36,7 +36,9 @@ from posttrain.errors import ConfigError
 @dataclass
 class ModelConfig:
     name_or_path: str = "tiny"
-    """Hugging Face model directory (or hub id already in the local cache), or 'tiny' for the embedded ~1M-parameter model."""
+    """Hugging Face model directory (or hub id already in the local cache), 'tiny' for the embedded ~1M-parameter
+    model, a LoRA adapter directory, or a run directory (its final/). From an adapter, lora.r decides: unset keeps
+    training the same adapter, 0 merges it and trains in full, > 0 merges it and trains new adapters on top."""
     init: Literal["pretrained", "scratch"] = "pretrained"
     """'scratch' keeps the architecture but re-initializes every weight (pretraining from scratch)."""
     attn_implementation: str = "sdpa"
@@ -49,8 +51,11 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = 0
-    """LoRA rank. 0 means full fine-tuning; > 0 trains PEFT LoRA adapters and freezes the base."""
+    r: int | None = None
+    """LoRA rank. 0: full fine-tuning; > 0: train PEFT LoRA adapters of this rank, the base frozen. Unset: full
+    fine-tuning of a full model; when model.name_or_path is a LoRA adapter (or a run whose final/ is one), keep
+    training that adapter (the reference of dpo/rl is the starting adapter, frozen). With an adapter, 0 merges it
+    into its base and trains the merged model in full, and > 0 merges it and trains fresh adapters on top."""
     alpha: float = 16.0
     """LoRA scaling numerator: the update is scaled by alpha / r."""
     dropout: float = 0.0
@@ -140,6 +145,11 @@ class TrainConfig:
     """A finite blow-up guard: a step whose gradient norm (before clipping) exceeds this counts as bad — skipped,
     weights unchanged, and train.max_bad_steps in a row stop the run with its last checkpoint intact. 0: no bound.
     Set it well above a healthy run's grad_norm in metrics.jsonl (e.g. 100× its typical value)."""
+    disable_dropout: bool = False
+    """Set every dropout of the trained models to 0 (the model's own, the config's, lora.dropout). On by default
+    where log-probs are compared or an on-policy ratio is formed — dpo (policy vs reference), rl (sampler vs trainer,
+    the reference, the critic), rm, distill — so that step 1's rewards, ratios and KL are exactly 0/1; off for sft,
+    pretrain and rft, which keep the model's dropout as transformers' Trainer does. The saved config records 0."""
 
 
 @dataclass
@@ -255,7 +265,7 @@ class DPOConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, disable_dropout=True))
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -315,7 +325,7 @@ class RMConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(packing=False))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, disable_dropout=True))
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -497,7 +507,7 @@ class RLConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, micro_batch_size=16, max_steps=100,
-                                                                   schedule="constant"))
+                                                                   schedule="constant", disable_dropout=True))
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -657,6 +667,7 @@ class DistillConfig(SFTConfig):
 
     output_dir: str = "runs/distill"
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/ (cot: rationales.jsonl and student/)."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(disable_dropout=True))
     distill: DistillSection = field(default_factory=DistillSection)
 
 
@@ -772,7 +783,9 @@ class GenerateConfig:
     model: str = "tiny"
     """A model directory, a LoRA adapter directory, a run directory (its final/), or 'tiny'."""
     data_path: str | None = None
-    """Prompts: rows with `prompt` (string or messages) or `messages`. Empty: the task's held-out problems."""
+    """Prompts: rows with `prompt` (a string or messages) or `messages` (a conversation: the model writes the next
+    assistant turn through the chat template; a last message that is the assistant's is dropped). Empty: the task's
+    held-out problems."""
     output: str = "runs/generate.jsonl"
     """Where the completions go (one JSON object per line)."""
     num_prompts: int = 0
@@ -803,7 +816,8 @@ class ChatConfig:
 
 @dataclass
 class ExportConfig:
-    """Write a plain Hugging Face model directory from a run (LoRA adapters merged into the base)."""
+    """Write a plain Hugging Face model directory from a run (LoRA adapters merged into the base). A reward model
+    keeps its head (AutoModelForSequenceClassification; a PRM AutoModelForTokenClassification) and the pad token."""
 
     run_dir: tyro.conf.Positional[str]
     """A run directory (its final/ or latest checkpoint is used) or a model/adapter directory."""
@@ -967,7 +981,7 @@ def validate(cfg: SFTConfig) -> None:
             raise ConfigError(f"{key} = {value} must be at least 1")
     non_negative = {
         "train.max_steps": cfg.train.max_steps, "train.warmup_steps": cfg.train.warmup_steps,
-        "eval.every": cfg.eval.every, "checkpoint.every": cfg.checkpoint.every, "lora.r": cfg.lora.r,
+        "eval.every": cfg.eval.every, "checkpoint.every": cfg.checkpoint.every, "lora.r": cfg.lora.r or 0,
         "train.max_grad_norm": cfg.train.max_grad_norm, "data.pack_length": cfg.data.pack_length,
         "train.weight_decay": cfg.train.weight_decay, "train.global_batch_size": cfg.train.global_batch_size,
     }

@@ -1,17 +1,18 @@
 """`posttrain export RUN_DIR OUT`: a plain Hugging Face directory that transformers and vLLM load unchanged.
 
-LoRA adapters are merged into their base (W + (alpha/r)·B·A) so the output needs no PEFT at load time.
+LoRA adapters are merged into their base (W + (alpha/r)·B·A) so the output needs no PEFT at load time. A reward
+model keeps its head: an outcome RM is written as …ForSequenceClassification, a process RM as
+…ForTokenClassification, with the tokenizer's pad token in its config (the score head reads the last non-pad token,
+and transformers refuses a batch of more than one without it).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import torch
 
 from posttrain import checkpoint
 from posttrain.errors import UserError
+from posttrain.models.loading import adapter_config, is_model_dir, resolve_model_path
 
 
 def run(cfg) -> Path:
@@ -25,30 +26,35 @@ def run(cfg) -> Path:
 
 def find_model_dir(path: Path) -> Path:
     """A run's final/ model, else its latest checkpoint's model/, else `path` itself if it is a model."""
-    if (path / "final").is_dir():
-        return path / "final"
-    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
-        return path
-    latest = checkpoint.latest(path)
-    if latest is not None:
-        return latest / "model"
+    found = Path(resolve_model_path(str(path)))
+    if is_model_dir(found):
+        return found
     raise UserError(f"no model found in {path} — fix: pass a run directory (with final/ or checkpoints/) "
                     "or a model/adapter directory")
 
 
-def export_model(src: Path, out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def model_head(src: Path) -> str:
+    """'score' (an outcome reward model), 'token' (a process reward model) or 'lm', read from the adapter's task
+    type or the model's architecture."""
+    import json
 
-    adapter_config = src / "adapter_config.json"
-    if adapter_config.is_file():
-        from peft import PeftModel
-        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, str(src)).merge_and_unload()
-    else:
-        base = None
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    has_tokenizer = (src / "tokenizer_config.json").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(src if has_tokenizer or base is None else base)
+    adapter = adapter_config(src)
+    if adapter is not None:
+        return {"SEQ_CLS": "score", "TOKEN_CLS": "token"}.get(adapter.get("task_type"), "lm")
+    architectures = json.loads((src / "config.json").read_text()).get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "score"
+    return "token" if any(a.endswith("ForTokenClassification") for a in architectures) else "lm"
+
+
+def export_model(src: Path, out: Path) -> None:
+    from posttrain.config import LoraConfig, ModelConfig
+    from posttrain.models.loading import load_model, load_tokenizer
+
+    head = model_head(src)
+    model = load_model(ModelConfig(name_or_path=str(src)), LoraConfig(r=0), head=head)  # adapters merged
+    tokenizer = load_tokenizer(str(src))
+    if head != "lm" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
     checkpoint.replace_dir(out.with_name(out.name + ".tmp"), out,
                            lambda d: (model.save_pretrained(d, safe_serialization=True), tokenizer.save_pretrained(d)))

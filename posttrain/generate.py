@@ -18,24 +18,16 @@ from posttrain.rollout import build_engine, format_prompt, generate_text
 
 
 def load_for_inference(name_or_path: str):
-    """(model in eval mode, tokenizer, model directory) from 'tiny', a model dir, an adapter dir or a run dir."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    from posttrain.export import find_model_dir
-    from posttrain.models.loading import load_tokenizer, resolve_model_path
+    """(frozen model in eval mode, tokenizer, model directory) from 'tiny', a model dir, an adapter dir or a run
+    dir. An adapter is loaded on its base as trained (an adapter trained on a merged start: on that start)."""
+    from posttrain.config import LoraConfig, ModelConfig
+    from posttrain.models.loading import is_model_dir, load_model, load_tokenizer, resolve_model_path
 
     path = Path(resolve_model_path(name_or_path))
-    if not path.exists():
+    if not is_model_dir(path):
         raise UserError(f"model '{name_or_path}' not found — fix: pass a model, adapter or run directory, or 'tiny'")
-    path = find_model_dir(path)
-    adapter = path / "adapter_config.json"
-    base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else str(path)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if adapter.is_file():
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, str(path))
-    tokenizer = load_tokenizer(str(path) if (path / "tokenizer_config.json").is_file() else base)
-    return model.eval(), tokenizer, path
+    model = load_model(ModelConfig(name_or_path=str(path)), LoraConfig())
+    return model.eval().requires_grad_(False), load_tokenizer(str(path)), path
 
 
 def use_template(tokenizer, choice: str) -> bool:
@@ -61,7 +53,7 @@ def run_generate(cfg) -> Path:
 
     params = cfg.sampling.validate()
     if cfg.data_path is not None:
-        rows = list(normalize(load_rows(cfg.data_path), kind="prompt"))
+        rows = list(normalize(conversation_prompts(load_rows(cfg.data_path)), kind="prompt"))
         score = None
     else:
         task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
@@ -70,6 +62,10 @@ def run_generate(cfg) -> Path:
     model, tokenizer, path = load_for_inference(cfg.model)
     template = use_template(tokenizer, cfg.chat_template)
     prompts = [r["prompt"] for r in rows]
+    if not template and any(isinstance(p, list) for p in prompts):
+        raise ConfigError(f"{cfg.data_path} holds conversations, which need a chat template, and chat_template="
+                          f"{cfg.chat_template} gives none — fix: chat_template=on with a tokenizer that has one, or "
+                          "plain-text prompts")
     if cfg.beam.num_beams > 1:
         results = beam_records(model, tokenizer, prompts, cfg.beam, params, template)
     else:
@@ -93,6 +89,26 @@ def run_generate(cfg) -> Path:
     summary = f"; mean score {sum(scores) / len(scores):.3f}" if scores else ""
     print(f"wrote {len(results)} completions for {len(rows)} prompts to {out}{summary}")
     return out
+
+
+def conversation_prompts(rows):
+    """A `messages` row becomes the prompt of its conversation: the model writes the next assistant turn (chat
+    template, generation prompt appended), so a last message that is the assistant's — a reference reply — is
+    dropped. Other rows are unchanged; normalize(kind="prompt") validates them all."""
+    from posttrain.data import Rows
+
+    out = []
+    for i, row in enumerate(rows):
+        messages = row.get("messages")
+        if "prompt" not in row and isinstance(messages, list):
+            if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+                messages = messages[:-1]
+            if not messages:
+                raise rows.error(i, "the conversation has only an assistant message: nothing to reply to",
+                                 field="messages", fix="add the user's message before it, or remove the row")
+            row = {**{k: v for k, v in row.items() if k != "messages"}, "prompt": messages}
+        out.append(row)
+    return Rows(out, rows.source, list(rows.row_numbers))
 
 
 def run_chat(cfg, stdin=None, stdout=None) -> list[dict]:

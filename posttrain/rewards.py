@@ -584,30 +584,24 @@ def load_head_model(path: str | Path, head: str, fix: str, trust_remote_code: bo
     import json
 
     from posttrain.config import LoraConfig, ModelConfig
-    from posttrain.models.loading import load_model, load_tokenizer
+    from posttrain.models.loading import adapter_config, load_model, load_tokenizer, resolve_model_path
 
     task_type, suffix, kind, unit = REWARD_HEADS[head]
-    directory = Path(path)
-    if (directory / "final").is_dir():
-        directory = directory / "final"
-    adapter_file, config_file = directory / "adapter_config.json", directory / "config.json"
-    if adapter_file.is_file():
-        adapter = json.loads(adapter_file.read_text())
-        if adapter.get("task_type") != task_type:
-            raise UserError(f"{directory} holds a LoRA adapter for {adapter.get('task_type')}, not {kind} "
-                            f"({task_type}) — fix: {fix}")
-        base = ModelConfig(name_or_path=adapter["base_model_name_or_path"], trust_remote_code=trust_remote_code)
-        model = load_model(base, LoraConfig(r=adapter["r"]), weights_dir=directory, head=head)
-    elif config_file.is_file():
+    directory = Path(resolve_model_path(str(path)))
+    adapter, config_file = adapter_config(directory), directory / "config.json"
+    if adapter is None and not config_file.is_file():
+        raise UserError(f"{path} is not a reward model directory (no config.json or adapter_config.json) — "
+                        f"fix: {fix}")
+    if adapter is not None and adapter.get("task_type") != task_type:
+        raise UserError(f"{directory} holds a LoRA adapter for {adapter.get('task_type')}, not {kind} "
+                        f"({task_type}) — fix: {fix}")
+    if adapter is None:
         architectures = json.loads(config_file.read_text()).get("architectures") or []
         if not any(a.endswith(suffix) for a in architectures):
             raise UserError(f"{directory} holds {', '.join(architectures) or 'a model'}, not {kind} "
                             f"(…{suffix}, {unit}) — fix: {fix}")
-        model = load_model(ModelConfig(name_or_path=str(directory), trust_remote_code=trust_remote_code),
-                           LoraConfig(), head=head)
-    else:
-        raise UserError(f"{path} is not a reward model directory (no config.json or adapter_config.json) — "
-                        f"fix: {fix}")
+    model = load_model(ModelConfig(name_or_path=str(directory), trust_remote_code=trust_remote_code),
+                       LoraConfig(), head=head)  # an adapter on its base, unmerged: the scores training saw
     model.requires_grad_(False)
     return model, load_tokenizer(str(directory), trust_remote_code)
 

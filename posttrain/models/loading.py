@@ -15,17 +15,51 @@ from posttrain.errors import ConfigError, UserError
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """'tiny' → the embedded model's cached directory (built on first use); anything else unchanged."""
+    """Where a model named by the user lives: 'tiny' → the embedded model's cached directory (built on first use);
+    a run directory → its final/, else its latest checkpoint's model/; anything else (a model or adapter directory,
+    a hub id) unchanged. Every command that takes a model path resolves it here."""
     if name_or_path == "tiny":
         from posttrain.models.tiny import tiny_path
         return str(tiny_path())
+    path = Path(name_or_path)
+    if path.is_dir() and not is_model_dir(path):
+        if (path / "final").is_dir():
+            return str(path / "final")
+        from posttrain import checkpoint
+        latest = checkpoint.latest(path)
+        if latest is not None:
+            return str(latest / "model")
     return name_or_path
 
 
+def is_model_dir(path: str | Path) -> bool:
+    """A Hugging Face model directory (config.json) or a PEFT adapter directory (adapter_config.json)."""
+    return (Path(path) / "config.json").is_file() or (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_config(path: str | Path) -> dict | None:
+    """The adapter_config.json of a LoRA adapter directory, or None for anything else."""
+    import json
+
+    file = Path(path) / "adapter_config.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def base_model_path(name_or_path: str) -> str:
+    """The full model under a model, adapter or run directory: an adapter's base, followed down a chain of them."""
+    path = resolve_model_path(name_or_path)
+    adapter = adapter_config(path)
+    return path if adapter is None else base_model_path(adapter["base_model_name_or_path"])
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """The tokenizer of a model, adapter or run directory (an adapter saved without one: its base's), or 'tiny'."""
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
+    adapter = adapter_config(path)
+    if adapter is not None and not (Path(path) / "tokenizer_config.json").is_file():
+        return load_tokenizer(adapter["base_model_name_or_path"], trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -36,44 +70,53 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | None = None, head: str = "lm"):
+def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | None = None, head: str = "lm",
+               disable_dropout: bool = False):
     """Build the trainable model.
 
-    weights_dir: load the (full) weights from here instead of model_cfg.name_or_path — a checkpoint's
-    `model/` when resuming full fine-tuning, or, with LoRA, the adapter directory to continue.
+    model_cfg.name_or_path: a model directory, 'tiny', a LoRA adapter directory, or a run directory (its final/).
+    Starting from an adapter (continuing a LoRA run), lora.r decides what trains:
+        unset  the same adapter keeps training on its base (PeftModel.from_pretrained(base, adapter, trainable));
+        0      the adapter is merged into its base, and the merged model trains in full;
+        > 0    the adapter is merged into its base, and fresh adapters of rank r train on top (the saved adapter
+               names the start adapter as its base, so loading it rebuilds the merged base first).
+    From a full model, unset means 0 (full fine-tuning).
+    weights_dir: a checkpoint's `model/` to resume from: full weights, or the adapter of a LoRA run (on the base
+    built as above).
     head: "lm" (a causal LM); "score" (the same backbone with a scalar head on the last non-pad token:
     AutoModelForSequenceClassification, num_labels=1 — an outcome reward model); or "token" (a scalar head on
     every token: AutoModelForTokenClassification, num_labels=1 — a process reward model reads it at each step's
     end; its dropout is off, as the score head has none, so accumulation and resume stay exact). A new head is
     initialized from `seed`.
+    disable_dropout: every dropout probability set to 0 (see `disable_dropout_in_model`).
     """
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                              AutoModelForTokenClassification)
+    from transformers import AutoConfig
 
-    if lora_cfg.r > 0 and model_cfg.init == "scratch":
-        raise ConfigError("lora.r > 0 with model.init=scratch would train adapters on random weights "
-                          "that are never saved — use full training (lora.r=0) or model.init=pretrained")
-    path = resolve_model_path(model_cfg.name_or_path)
-    kwargs = dict(dtype=torch.float32, attn_implementation=model_cfg.attn_implementation,
-                  trust_remote_code=model_cfg.trust_remote_code)
-    auto = AutoModelForCausalLM
-    if head == "score":
-        auto, kwargs = AutoModelForSequenceClassification, {**kwargs, "num_labels": 1}
-    elif head == "token":
-        auto, kwargs = AutoModelForTokenClassification, {**kwargs, "num_labels": 1}
-    elif head != "lm":
+    if head not in HEADS:
         raise ValueError(f"head must be 'lm', 'score' or 'token', got {head!r}")
-    full_weights = weights_dir if (weights_dir is not None and lora_cfg.r == 0) else None
+    path = resolve_model_path(model_cfg.name_or_path)
+    start_adapter = adapter_config(path)
+    rank = lora_cfg.r
+    if (rank or start_adapter is not None) and model_cfg.init == "scratch":
+        raise ConfigError("model.init=scratch re-initializes every weight, so LoRA adapters (lora.r > 0, or a "
+                          "model.name_or_path that is an adapter) would train on random weights — use "
+                          "model.init=pretrained, or lora.r=0 with a full model")
+    auto, kwargs = HEADS[head]
+    kwargs = dict(dtype=torch.float32, attn_implementation=model_cfg.attn_implementation,
+                  trust_remote_code=model_cfg.trust_remote_code, **kwargs)
+    resume_adapter = weights_dir is not None and adapter_config(weights_dir) is not None
     try:
-        if model_cfg.init == "scratch" and full_weights is None:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model = auto.from_config(config, **kwargs)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)  # a new head (the reward model's score) starts the same every run
-                model = auto.from_pretrained(full_weights or path, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # a new head (the reward model's score) starts the same every run
+            if weights_dir is not None and not resume_adapter:
+                model = _auto(auto).from_pretrained(weights_dir, **kwargs)  # a full checkpoint holds everything
+            elif model_cfg.init == "scratch":
+                config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+                model = _auto(auto).from_config(config, **kwargs)
+            elif start_adapter is not None and rank is None:
+                model = pretrained(start_adapter["base_model_name_or_path"], auto, kwargs)
+            else:
+                model = pretrained(path, auto, kwargs)  # an adapter is merged into its base here
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a model from '{model_cfg.name_or_path}' ({_first_line(e)}) — fix: set "
                         "model.name_or_path to a local Hugging Face model directory, or 'tiny'") from None
@@ -81,17 +124,93 @@ def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | 
         model.dropout.p = model.config.classifier_dropout = 0.0  # transformers' default is 0.1; saved as 0
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if lora_cfg.r > 0:
-        task_type = {"lm": "CAUSAL_LM", "score": "SEQ_CLS", "token": "TOKEN_CLS"}[head]
-        model = _add_lora(model, lora_cfg, adapter_dir=weights_dir, task_type=task_type)
+    task_type = TASK_TYPES[head]
+    if resume_adapter:
+        model = _load_adapter(model, weights_dir, task_type)
+    elif start_adapter is not None and rank is None:
+        model = _load_adapter(model, path, task_type)
+    elif rank:
+        model = _add_lora(model, lora_cfg, task_type=task_type)
+        if start_adapter is not None:  # the base these adapters train on is the start adapter, merged
+            model.peft_config["default"].base_model_name_or_path = str(Path(path).resolve())
+    if disable_dropout:
+        disable_dropout_in_model(model)
     return model
 
 
-def _add_lora(model, lora_cfg, adapter_dir=None, task_type: str = "CAUSAL_LM"):
-    from peft import LoraConfig, PeftModel, get_peft_model
+# head → (transformers auto class name, extra from_pretrained arguments); head → PEFT task type
+HEADS = {"lm": ("AutoModelForCausalLM", {}), "score": ("AutoModelForSequenceClassification", {"num_labels": 1}),
+         "token": ("AutoModelForTokenClassification", {"num_labels": 1})}
+TASK_TYPES = {"lm": "CAUSAL_LM", "score": "SEQ_CLS", "token": "TOKEN_CLS"}
 
-    if adapter_dir is not None:
+
+def _auto(name: str):
+    import transformers
+    return getattr(transformers, name)
+
+
+def pretrained(path: str | Path, auto: str = "AutoModelForCausalLM", kwargs: dict | None = None):
+    """Full weights from a model directory, or from an adapter directory: its base (itself a model or, for an
+    adapter trained on a merged start, another adapter) with the adapter merged in (W + (alpha/r)·B·A)."""
+    kwargs = kwargs if kwargs is not None else {"dtype": torch.float32}
+    path = resolve_model_path(str(path))
+    adapter = adapter_config(path)
+    if adapter is None:
+        return _auto(auto).from_pretrained(path, **kwargs)
+    from peft import PeftModel
+    base = pretrained(adapter["base_model_name_or_path"], auto, kwargs)
+    merged = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    return merged.requires_grad_(True)  # PEFT froze the base; merged, it is an ordinary model again
+
+
+def _load_adapter(model, adapter_dir, task_type: str):
+    """`model` with the adapter in adapter_dir, trainable. An adapter trained for another head (an SFT adapter
+    continued as a reward model's backbone) is set up under this head's task type, so PEFT also trains and saves
+    the new head, and its LoRA weights are loaded into it."""
+    from peft import (PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict, load_peft_weights,
+                      set_peft_model_state_dict)
+
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    if config.task_type == task_type:
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    config.task_type, config.inference_mode = task_type, False
+    model = get_peft_model(model, config)
+    weights = {**get_peft_model_state_dict(model), **load_peft_weights(str(adapter_dir))}  # + the new head
+    result = set_peft_model_state_dict(model, weights)
+    if result.unexpected_keys:
+        raise UserError(f"the adapter in {adapter_dir} does not fit this model ({result.unexpected_keys[0]} …) — "
+                        "fix: lora.r=0 merges it into its base instead")
+    return model
+
+
+def disable_dropout_in_model(model) -> None:
+    """Set every dropout probability in `model` to 0: nn.Dropout modules (LoRA's included), the float dropout rates
+    attention layers read at forward time (Llama/Qwen's `attention_dropout`), and the config's `*dropout*` /
+    `*pdrop*` fields (some models read those at forward time; the saved config then records 0).
+
+    Why: in train mode dropout makes two passes over the same tokens differ, so a DPO policy at step 1 no longer
+    equals its reference (rewards ≠ 0) and an RL update's ratios π/π_old are not 1 where they must be.
+    """
+    from transformers import PretrainedConfig
+
+    configs = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name in ("attention_dropout", "attn_dropout", "dropout", "dropout_p", "dropout_rate"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+        if isinstance(getattr(module, "config", None), PretrainedConfig):
+            configs[id(module.config)] = module.config
+    for config in configs.values():
+        for name, value in list(vars(config).items()):
+            if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
+                setattr(config, name, 0.0)
+
+
+def _add_lora(model, lora_cfg, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig, get_peft_model
+
     targets = lora_cfg.target_modules
     # PEFT's all-linear skips a SEQ_CLS head but would put LoRA on a TOKEN_CLS head, which it trains in full (error)
     exclude = ["score", "classifier"] if task_type == "TOKEN_CLS" else None

@@ -49,7 +49,7 @@ from posttrain.config import DistillConfig, SFTConfig
 from posttrain.data import collate, load_rows, normalize
 from posttrain.errors import ConfigError, UserError
 from posttrain.generate import load_for_inference
-from posttrain.models.loading import load_model, load_tokenizer, resolve_model_path
+from posttrain.models.loading import base_model_path, load_model, load_tokenizer
 from posttrain.rollout import HFEngine, SamplingParams, generate_text
 from posttrain.train import sft
 from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, forward_logits,
@@ -77,7 +77,8 @@ def run(cfg: DistillConfig) -> dict:
     run_dir, resume_from = prepare_run_dir(cfg)
 
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
-                       weights_dir=resume_from / "model" if resume_from else None)
+                       weights_dir=resume_from / "model" if resume_from else None,
+                       disable_dropout=cfg.train.disable_dropout)
     model, optimizer, scheduler, start_step, tracker = start_training(
         cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
         f"{len(data.train)} training examples{data.report}; {cfg.distill.mode} distillation from {teacher_dir} "
@@ -379,6 +380,6 @@ def shared_vocabulary(tokenizer, teacher_tokenizer, cfg: DistillConfig, teacher,
 def student_output_size(cfg: DistillConfig) -> int:
     """The student's vocab_size from its config, read without loading the weights."""
     from transformers import AutoConfig
-    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name_or_path),
+    config = AutoConfig.from_pretrained(base_model_path(cfg.model.name_or_path),  # adapters keep the vocabulary
                                         trust_remote_code=cfg.model.trust_remote_code)
     return config.get_text_config().vocab_size

@@ -4,7 +4,8 @@
                (KTO: single responses labelled desirable / undesirable; pairs become one of each)
     reference  log π_ref of every response, computed ONCE before the first step with the initial weights and
                cached in RUN_DIR/reference_logps.safetensors (resume reads it back), so only one model is in
-               memory while training; with LoRA the initial model is the base (adapters start at zero).
+               memory while training. The initial model is the starting policy: with new LoRA adapters (they
+               start at zero) their base, continuing an adapter (lora.r unset) the base with that adapter.
                tr_dpo is the exception: its reference moves, so it keeps a live copy (saved in checkpoints).
     step       G = micro_batch_size × grad_accum pairs; chosen and rejected responses of a micro-batch go through
                one (packed) forward; Σ log π per response; the registered loss (algos/preference.py) gives a
@@ -68,7 +69,8 @@ def run(cfg: DPOConfig) -> dict:
     run_dir, resume_from = prepare_run_dir(cfg)
 
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
-                       weights_dir=resume_from / "model" if resume_from else None).to(world.device)
+                       weights_dir=resume_from / "model" if resume_from else None,
+                       disable_dropout=cfg.train.disable_dropout).to(world.device)
     reference_model = None
     if live_reference:
         reference_model = load_model(cfg.model, cfg.lora, seed=cfg.seed).to(world.device).eval()

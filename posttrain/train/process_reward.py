@@ -59,7 +59,8 @@ def run(cfg: RMConfig) -> dict:
         num_steps = total_steps(cfg.train, len(data.train), global_batch)
 
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed, head="token",
-                       weights_dir=resume_from / "model" if resume_from else None)
+                       weights_dir=resume_from / "model" if resume_from else None,
+                       disable_dropout=cfg.train.disable_dropout)
     labelled = sum(len(e["step_labels"]) for e in data.train)
     model, optimizer, scheduler, start_step, tracker = start_training(
         cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),

@@ -47,7 +47,8 @@ def run(cfg: RMConfig) -> dict:
     run_dir, resume_from = prepare_run_dir(cfg)
 
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed, head="score",
-                       weights_dir=resume_from / "model" if resume_from else None)
+                       weights_dir=resume_from / "model" if resume_from else None,
+                       disable_dropout=cfg.train.disable_dropout)
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last token that is not padding
     model, optimizer, scheduler, start_step, tracker = start_training(
         cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),

@@ -218,9 +218,10 @@ def round_sft_config(cfg: RFTConfig, round_dir: Path, start: Path, num_rows: int
 
 
 def round_model(cfg: RFTConfig, round_dir: Path) -> Path:
-    """M_r: the round's SFT model; with LoRA its adapters merged into the base, a full model the next round
-    samples from and trains new adapters on."""
-    if cfg.lora.r == 0:
+    """M_r: the round's SFT model. New adapters (lora.r > 0) are merged into their base: a full model the next
+    round samples from and trains new adapters on. A full model, or an adapter continued (lora.r unset, starting
+    from an adapter directory), is kept as it is: the next round trains it further."""
+    if not cfg.lora.r:
         return round_dir / "sft" / "final"
     from posttrain.export import export_model
     export_model(round_dir / "sft" / "final", round_dir / "model")
@@ -302,9 +303,10 @@ def prompt_rows(path: str, cfg: RFTConfig) -> list[dict]:
 # ---- files -----------------------------------------------------------------------------------------------------------
 
 def model_path(run_dir: Path, model: str) -> Path:
-    """A state's model: a path inside the run ("round_1/sft/final"), else the given directory or 'tiny'."""
+    """A state's model: a path inside the run ("round_1/sft/final"), else the given model directory, run directory
+    (its final/) or 'tiny'."""
     inside = Path(run_dir) / model
-    return inside if inside.exists() else Path(resolve_model_path(model))
+    return Path(resolve_model_path(str(inside) if inside.exists() else model))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -3,9 +3,9 @@
 An algorithm is a preset (presets.py) naming registered functions; this loop composes them:
 
     setup       preset expanded → batch arithmetic checked (explain.rl_plan) → prompts → reward sources →
-                run dir → policy; the frozen reference only when a KL term needs it (LoRA: the same model
-                with its adapters disabled); the critic only for GAE (a value head on the reward model or the
-                policy's backbone)
+                run dir → policy; the frozen reference (the starting policy) only when a KL term needs it (new
+                LoRA adapters: the same model with its adapters disabled); the critic only for GAE (a value head
+                on the reward model or the policy's backbone)
     rollout     rollouts.collect: prompts_per_step × generations samples from the engine, scored, shaped,
                 filtered (DAPO) — on each rank its share, then gathered
     score       no-grad passes: π_old (the sampler's log-probs reused when its distribution is the policy's),
@@ -38,7 +38,7 @@ from posttrain.data import collate
 from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.explain import TOKEN_ESTIMATORS, needs_reference, rl_plan
-from posttrain.models.loading import load_model, load_tokenizer
+from posttrain.models.loading import load_model, load_tokenizer, resolve_model_path
 from posttrain.train import rl_diagnostics as diagnostics, rollouts
 from posttrain.train.common import (NonFiniteGuard, autocast, build_optimizer, device_of, optimizer_step,
                                     prepare_run_dir, start_training)
@@ -64,10 +64,11 @@ def run(cfg: RLConfig) -> dict:
     run_dir, resume_from = prepare_run_dir(cfg)
 
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
-                       weights_dir=resume_from / "model" if resume_from else None).to(world.device)
+                       weights_dir=resume_from / "model" if resume_from else None,
+                       disable_dropout=cfg.train.disable_dropout).to(world.device)
     reference = None
-    if needs_reference(cfg) and cfg.lora.r == 0:
-        reference = load_model(cfg.model, LoraConfig(), seed=cfg.seed).to(world.device).eval().requires_grad_(False)
+    if needs_reference(cfg) and not cfg.lora.r:  # full training, or an adapter continued: a frozen copy of the start
+        reference = load_model(cfg.model, LoraConfig(r=0), seed=cfg.seed).to(world.device).eval().requires_grad_(False)
     critic = critic_optimizer = None
     if cfg.algo.critic == "value":
         critic, critic_optimizer = load_critic(cfg, world, resume_from)
@@ -229,7 +230,7 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
             batch.metrics.update(diagnostics.mismatch(batch.old_logps, sampler, batch.mask))
     kl_tokens = torch.zeros_like(batch.mask)
     if needs_reference(cfg):
-        if reference is None:  # LoRA: the reference is the base model, the adapters switched off
+        if reference is None:  # new LoRA adapters: the reference is their base (the start), the adapters switched off
             with distributed.unwrap(model).disable_adapter():
                 batch.ref_logps, = over_chunks(lambda p, c: forward_tokens(model, p, c, batch.width, cfg)[:1])
         else:
@@ -400,11 +401,10 @@ def load_critic(cfg: RLConfig, world, resume_from: Path | None):
     policy's backbone; full fine-tuning, its own AdamW."""
     from dataclasses import replace
     source = cfg.algo.critic_init or cfg.reward.model or cfg.model.name_or_path
-    path = Path(source)
-    path = path / "final" if (path / "final").is_dir() else path
-    model_cfg = replace(cfg.model, name_or_path=str(path))
+    model_cfg = replace(cfg.model, name_or_path=resolve_model_path(source))  # an adapter is merged (lora.r=0)
     weights = resume_from / "critic" if resume_from is not None else None
-    critic = load_model(model_cfg, LoraConfig(), seed=cfg.seed + 1, weights_dir=weights, head="token")
+    critic = load_model(model_cfg, LoraConfig(r=0), seed=cfg.seed + 1, weights_dir=weights, head="token",
+                        disable_dropout=cfg.train.disable_dropout)
     # Weights read from safetensors keep the file's byte offsets, and the [1, H] value head's dot products round
     # differently when misaligned: own fresh memory, so a resumed run matches one whose head was newly allocated.
     for p in critic.parameters():

@@ -46,7 +46,8 @@ def run(cfg: SFTConfig) -> dict:
     run_dir, resume_from = prepare_run_dir(cfg)
 
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
-                       weights_dir=resume_from / "model" if resume_from else None)
+                       weights_dir=resume_from / "model" if resume_from else None,
+                       disable_dropout=cfg.train.disable_dropout)
     model, optimizer, scheduler, start_step, tracker = start_training(
         cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
         f"{len(data.train)} training examples{data.report}")
