@@ -407,7 +407,8 @@ class RLRewardConfig:
     function_batched: bool = False
     """The function takes lists (TRL's convention: fn(prompts, completions, **columns) -> list)."""
     timeout_s: float = 10.0
-    """Seconds a user reward call may take; past it the worker is killed and the sample is unscorable."""
+    """Seconds a user reward call may take (and loading its file); past it the worker is killed with every process
+    it started, and the sample is unscorable."""
     model: str = ""
     """A trained reward model (an `rm` run directory or its final/), scoring prompt + completion."""
     verifier_weight: float = 1.0

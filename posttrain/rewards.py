@@ -315,7 +315,8 @@ class FileReward(RewardSource):
     The file is loaded when the source is built, so a missing file, a syntax error or a missing function stops the
     run before training starts; its module-level code may take timeout_s too. The worker is started once and reused
     (one pipe round trip per sample, about 0.1 ms). It and every process it starts are killed on a timeout, a
-    crash, close() and the trainer's death (see the module docstring).
+    crash, close() and the trainer's death (see the module docstring) — the death of the thread that started it,
+    to be exact (PR_SET_PDEATHSIG's rule): score from a thread that lives as long as the source.
     The file's directory is put on the worker's sys.path, so the file can import modules beside it.
     """
 
@@ -400,9 +401,12 @@ class FileReward(RewardSource):
             pass_fds=(child_conn.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL, env=env)
         child_conn.close()  # only the worker holds its end: when it dies, our recv sees EOF instead of hanging
         try:
-            reply = self._wait_for(conn, proc, self.BOOT_TIMEOUT_S, "starting the reward worker for")
+            reply = self._wait_for(conn, proc, self.BOOT_TIMEOUT_S, "starting the Python worker for",
+                                   "the machine is overloaded; run again when it is not")
             if reply[0] == "loading":
-                reply = self._wait_for(conn, proc, self.timeout_s, "loading the reward function file")
+                reply = self._wait_for(conn, proc, self.timeout_s, "loading the reward function file",
+                                       "move slow set-up out of module level or make it lazy (done on the first "
+                                       f"call), or raise reward.timeout_s (now {self.timeout_s:g})")
         except BaseException:
             _kill(proc, conn)
             raise
@@ -411,13 +415,11 @@ class FileReward(RewardSource):
             raise UserError(f"reward function file {self.path}: {reply[1]} — fix: {reply[2]}")
         self._proc, self._conn = proc, conn
 
-    def _wait_for(self, conn, proc, seconds: float, what: str) -> tuple:
+    def _wait_for(self, conn, proc, seconds: float, what: str, fix: str) -> tuple:
         """The worker's next message, or a UserError when it takes longer than `seconds` or the worker exits."""
         try:
             if not conn.poll(seconds):
-                raise UserError(f"{what} {self.path} took longer than {seconds:g} s — fix: move slow set-up out of "
-                                f"module level or make it lazy (done on the first call), or raise reward.timeout_s "
-                                f"(now {self.timeout_s:g})")
+                raise UserError(f"{what} {self.path} took longer than {seconds:g} s — fix: {fix}")
             return conn.recv()
         except EOFError:
             raise UserError(f"the worker process exited while loading {self.path} (exit code {proc.wait()}; its error "
