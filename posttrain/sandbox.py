@@ -44,6 +44,7 @@ such an error and exits quietly is reported by its exit code alone.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 import os
@@ -85,7 +86,8 @@ class SandboxResult:
     exit_code      the code's exit status; None when a signal ended it (then `signal` says which)
     timed_out      it ran past Limits.wall_s and was killed
     limit_hit      the resource that stopped it: one of LIMITS, or None
-    network_isolated, pid_isolated   whether a network / PID namespace contained it (False: the kernel refused)
+    network_isolated, pid_isolated, filesystem_isolated   whether a network / PID / mount namespace (read-only
+                   mounts, private /tmp) contained it (False: the kernel refused, or Limits.isolate was false)
     error          why the code could not be started at all (e.g. the interpreter is unreachable for its uid)
     """
 
@@ -101,6 +103,7 @@ class SandboxResult:
     cpu_s: float
     network_isolated: bool
     pid_isolated: bool
+    filesystem_isolated: bool
     error: str | None = None
 
     @property
@@ -113,16 +116,15 @@ class SandboxResult:
 # ---------------------------------------------------------------------------------------------------------------------
 
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
-_libc = None
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _prctl(option: int, value: int) -> bool:
-    global _libc
-    if not sys.platform.startswith("linux"):
-        return False
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc.prctl(option, value, 0, 0, 0) == 0
+    return sys.platform.startswith("linux") and _libc().prctl(option, value, 0, 0, 0) == 0
 
 
 def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL, exit_if_orphaned: bool = True) -> bool:
@@ -298,7 +300,7 @@ def _result(report: dict, out: str, err: str, out_cut: bool, err_cut: bool, time
     cpu = report.get("cpu_s", 0.0)
     result = SandboxResult(exit_code, sig, timed_out, out, err, out_cut, err_cut, None, wall, cpu,
                            report.get("network_isolated", False), report.get("pid_isolated", False),
-                           report.get("error"))
+                           report.get("filesystem_isolated", False), report.get("error"))
     result.limit_hit = _limit_hit(result, limits)
     return result
 
@@ -337,10 +339,7 @@ _WORK = "/tmp/sandbox"
 
 
 def _libc_call(name: str, *args) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if getattr(_libc, name)(*args) != 0:
+    if getattr(_libc(), name)(*args) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"{name}: {os.strerror(errno)}")
 
@@ -363,25 +362,30 @@ def _supervise(status_fd: int, trainer_pid: int) -> None:
     spec["uid"] = _OWN_UID_BASE + os.getpid() if root else os.getuid()
     spec["nproc"] = limits.nproc if root else _tasks_of_uid(os.getuid()) + limits.nproc  # see the module docstring
     isolated = limits.isolate and _unshare(root)
+    private_fs = isolated and _private_file_system(spec["prefixes"], root, 4 * limits.fsize_mb)
     with os.fdopen(status_fd, "w", buffering=1) as status:
-        status.write(json.dumps({"network_isolated": isolated, "pid_isolated": isolated}) + "\n")
+        status.write(json.dumps({"network_isolated": isolated, "pid_isolated": isolated,
+                                 "filesystem_isolated": private_fs}) + "\n")
         try:
-            work = _prepare_files(spec, limits, isolated, root)
+            work = _prepare_files(spec, private_fs, root)
         except OSError as e:
             status.write(json.dumps({"error": f"sandbox: could not prepare the work directory: {e}"}) + "\n")
             return
-        if isolated:
-            init = os.fork()
-            if init == 0:
-                _init(spec, limits, work, status, root)
-            _stop_on_term(lambda: os.kill(init, signal.SIGKILL))
-            os.waitpid(init, 0)
-        else:
-            status.write(json.dumps(_run_code(spec, limits, work, root)) + "\n")
-            kill_descendants(os.getpid())
-            import shutil
+        try:
+            if isolated:
+                init = os.fork()
+                if init == 0:
+                    _init(spec, limits, work, status, root)
+                _stop_on_term(lambda: os.kill(init, signal.SIGKILL))
+                os.waitpid(init, 0)
+            else:
+                status.write(json.dumps(_run_code(spec, limits, work, root)) + "\n")
+                kill_descendants(os.getpid())
+        finally:
+            if not private_fs:  # a private tmpfs goes with the namespace; a real directory must be removed
+                import shutil
 
-            shutil.rmtree(work, ignore_errors=True)
+                shutil.rmtree(work, ignore_errors=True)
 
 
 def _stop_on_term(kill) -> None:
@@ -390,8 +394,7 @@ def _stop_on_term(kill) -> None:
 
 
 def _unshare(root: bool) -> bool:
-    """New network, PID and mount namespaces (plus a user namespace when not root); False when the kernel refuses.
-    Then the file system: everything read-only, fresh tmpfs on the world-writable directories."""
+    """New network, PID and mount namespaces (plus a user namespace when not root); False when the kernel refuses."""
     flags = _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWNS | (0 if root else _CLONE_NEWUSER)
     uid, gid = os.getuid(), os.getgid()
     try:
@@ -406,10 +409,9 @@ def _unshare(root: bool) -> bool:
     return True
 
 
-def _prepare_files(spec: dict, limits: Limits, isolated: bool, root: bool) -> str:
-    """The work directory with the spec's files: on a private tmpfs /tmp when isolated, else a fresh temp dir."""
-    if isolated:
-        _read_only_world(spec["prefixes"], root, 4 * limits.fsize_mb)
+def _prepare_files(spec: dict, private_fs: bool, root: bool) -> str:
+    """The work directory with the spec's files: on the private tmpfs /tmp, else a fresh temp dir."""
+    if private_fs:
         work = _WORK
         os.mkdir(work, 0o700)
     else:
@@ -429,17 +431,23 @@ def _prepare_files(spec: dict, limits: Limits, isolated: bool, root: bool) -> st
     return work
 
 
-def _read_only_world(prefixes: list[str], root: bool, size_mb: int) -> None:
-    """Make every mount read-only, then put fresh writable tmpfs mounts on the world-writable directories. As root,
-    also open the way to the Python installation for the code's own uid (see _open_the_way)."""
-    if root:
-        _open_the_way(prefixes)
-    attr = (ctypes.c_uint64 * 4)(_MOUNT_ATTR_RDONLY, 0, 0, 0)
-    if _libc.syscall(_SYS_MOUNT_SETATTR, -100, b"/", _AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-        raise OSError(ctypes.get_errno(), "mount_setattr: could not make the file system read-only")
-    for directory in ("/tmp", "/var/tmp", "/dev/shm"):
-        if os.path.isdir(directory) and not os.path.islink(directory):
-            _mount("tmpfs", directory, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size_mb}m,mode=1777")
+def _private_file_system(prefixes: list[str], root: bool, size_mb: int) -> bool:
+    """In the new mount namespace: every mount read-only (mount_setattr, Linux 5.12+), then fresh writable tmpfs
+    mounts on the world-writable directories. As root, first open the way to the Python installation for the
+    code's own uid (_open_the_way). False, with nothing changed, when the kernel cannot make the mounts read-only."""
+    try:
+        if root:
+            _open_the_way(prefixes)
+        attr = (ctypes.c_uint64 * 4)(_MOUNT_ATTR_RDONLY, 0, 0, 0)
+        if _libc().syscall(_SYS_MOUNT_SETATTR, -100, b"/", _AT_RECURSIVE, ctypes.byref(attr),
+                           ctypes.sizeof(attr)) != 0:
+            return False
+        for directory in ("/tmp", "/var/tmp", "/dev/shm"):
+            if os.path.isdir(directory) and not os.path.islink(directory):
+                _mount("tmpfs", directory, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size_mb}m,mode=1777")
+    except OSError:
+        return False
+    return True
 
 
 def _open_the_way(paths: list[str]) -> None:
