@@ -75,7 +75,8 @@ PROBLEMS: list[tuple[str, str, str, str, list[str]]] = [
       "count_char('aaa', 'a') == 3"]),
     ("absolute", "absolute(x)", "returns the absolute value of the number x", "return abs(x)",
      ["absolute(-5) == 5", "absolute(3) == 3", "absolute(0) == 0", "absolute(-0.5) == 0.5"]),
-    ("minimum_of_three", "minimum_of_three(a, b, c)", "returns the smallest of the three numbers", "return min(a, b, c)",
+    ("minimum_of_three", "minimum_of_three(a, b, c)", "returns the smallest of the three numbers",
+     "return min(a, b, c)",
      ["minimum_of_three(3, 1, 2) == 1", "minimum_of_three(5, 5, 5) == 5", "minimum_of_three(-1, 0, 1) == -1",
       "minimum_of_three(9, 8, 7) == 7"]),
     ("capitalize_words", "capitalize_words(s)", "returns s with the first letter of every space-separated word upper "
