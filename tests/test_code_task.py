@@ -9,7 +9,7 @@ import pytest
 from posttrain import tasks
 from posttrain.sandbox import Limits
 from posttrain.tasks.code import PROBLEMS, CodeTask, code_tests, extract_code
-from tests.conftest import run_cli
+from conftest import run_cli
 
 TESTS = ["assert add(1, 2) == 3", "assert add(-4, 4) == 0", "assert add(10, 5) == 15", "assert add(0, 0) == 0"]
 

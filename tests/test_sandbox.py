@@ -3,7 +3,6 @@ survives the call. The escape corpus: each attempt is bounded and aimed only at 
 contained (README, "Sandbox", has the table of attempt → how it is contained)."""
 
 import os
-import signal
 import socket
 import subprocess
 import sys
