@@ -133,18 +133,20 @@ def test_sigkill_of_the_trainer_during_a_gil_holding_reward_ends_the_worker_and_
 
 
 def test_loading_may_take_reward_timeout_s_and_no_longer(tmp_path):
-    path = write(tmp_path, """
-        import time
-        time.sleep(1.5)
-        def reward(prompt, completion, **row):
-            return 1.0
-    """)
-    with FileReward(path, timeout_s=5) as source:  # 1.5 s of loading is within 5 s (once fixed at 60 s)
+    def slow_module(seconds: float, name: str):
+        return write(tmp_path, f"""
+            import time
+            time.sleep({seconds})
+            def reward(prompt, completion, **row):
+                return 1.0
+        """, name)
+
+    with FileReward(slow_module(1.0, "one_second.py"), timeout_s=3) as source:  # within 3 s (once: always 60 s)
         assert source.score(["p"], ["c"], [{}]) == [1.0]
     start = time.monotonic()
     with pytest.raises(UserError, match=r"took longer than 0\.5 s.*reward\.timeout_s"):
-        FileReward(path, timeout_s=0.5)
-    assert time.monotonic() - start < 1.4  # it gave up at the timeout, before the module finished loading
+        FileReward(slow_module(10.0, "ten_seconds.py"), timeout_s=0.5)
+    assert time.monotonic() - start < 5  # it gave up at the timeout, long before the module finished loading
 
 
 def test_the_worker_leads_its_own_process_group_and_session(tmp_path):
