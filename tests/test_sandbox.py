@@ -266,3 +266,18 @@ def test_sigkill_of_the_trainer_leaves_no_sandboxed_process():
     while with_marker(marker) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not with_marker(marker)
+
+
+def test_an_error_in_the_trainer_during_a_run_kills_everything_the_run_started(monkeypatch):
+    marker = f"posttrain-error-{uuid.uuid4().hex}"
+
+    def collect_then_fail(proc, *args):
+        deadline = time.monotonic() + 10
+        while len(with_marker(marker)) < 2 and time.monotonic() < deadline:  # the code and its setsid child run
+            time.sleep(0.02)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sandbox, "_collect", collect_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        sandbox.run("import os, time\nif os.fork() == 0: os.setsid()\ntime.sleep(30)", args=[marker])
+    assert not with_marker(marker)
