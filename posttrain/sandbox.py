@@ -10,8 +10,9 @@ What contains the code, and what it stops (Linux; each is measured in tests/test
                              kills every process in it — daemons, double forks and setsid escapes included
     parent-death signals     trainer dies (even by SIGKILL) → the supervisor dies → the namespace's init dies → all
     network namespace        only a loopback device that is down: no connection anywhere, 127.0.0.1 included
-    mount namespace          the whole file system read-only, except fresh tmpfs mounts on /tmp, /var/tmp and
-                             /dev/shm (private, size-capped, gone with the call); the work directory is on that /tmp
+    mount namespace          the whole file system read-only (mount_setattr, Linux 5.12+), except fresh tmpfs
+                             mounts on /tmp, /var/tmp and /dev/shm (private, size-capped, gone with the call); the
+                             work directory is on that /tmp
     user (as root)           the code runs as a uid of its own (no such user exists), so RLIMIT_NPROC counts exactly
                              its processes and it can read only what any user can; a directory on the way to the
                              Python installation that others cannot enter (/root, mode 700) is replaced by an empty
@@ -25,9 +26,11 @@ How the namespaces are made depends on who runs the trainer. As root: unshare(NE
 drops to its own uid. As another user, where the kernel allows unprivileged user namespaces:
 unshare(NEWUSER|NEWNET|NEWPID|NEWNS) with the user's own uid mapped; RLIMIT_NPROC then counts every process of that
 user (a per-uid count, in every namespace), so it is set to the user's current count plus `nproc`. Where no
-namespace can be made, the run still happens, with what can be enforced and said so in the result:
-`network_isolated` and `pid_isolated` are False, and a supervisor that is a child subreaper (PR_SET_CHILD_SUBREAPER)
-kills every descendant it can find when the call ends.
+namespace can be made (or with Limits(isolate=False)), the run still happens, with what can be enforced and said so
+in the result: `network_isolated`, `pid_isolated` and `filesystem_isolated` are False, the work directory is a real
+temporary directory (removed after), and the supervisor, a child subreaper (PR_SET_CHILD_SUBREAPER), kills every
+descendant it can find when the call ends or the trainer dies. Measured on Linux 6.18 as root and as an ordinary
+user: both get all three namespaces; one call costs about 0.13 s.
 
 The process tree of one call (S runs this file as a script, `python -I -S sandbox.py`, with only the standard
 library: no torch, nothing of the trainer's state):
