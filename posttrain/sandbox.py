@@ -498,17 +498,25 @@ def _init(spec: dict, limits: Limits, work: str, status, root: bool) -> None:
 
 def _run_code(spec: dict, limits: Limits, work: str, root: bool) -> dict:
     """Fork U, which sets the limits, drops to its own uid (as root) and execs the interpreter on main.py; wait for
-    it. Returns {"status": wait status, "cpu_s": CPU seconds} or {"error": why it could not start}."""
+    it. Returns {"status": wait status, "cpu_s": CPU seconds} or {"error": why it could not start}.
+
+    A failure before the code runs comes back through a close-on-exec pipe: a successful exec closes it unwritten,
+    so the code itself cannot fake a start-up error (which would make its sample unscorable instead of wrong)."""
+    errors_read, errors_write = os.pipe()  # close-on-exec, as every descriptor Python makes
     pid = os.fork()
     if pid == 0:
-        _become_code(spec, limits, work, root)
+        os.close(errors_read)
+        _become_code(spec, limits, work, root, errors_write)
+    os.close(errors_write)
+    with os.fdopen(errors_read, "rb") as errors:
+        error = errors.read().decode()
     _, status, usage = os.wait4(pid, 0)
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 127 and os.path.exists(os.path.join(work, ".exec_error")):
-        return {"error": Path(work, ".exec_error").read_text()}
+    if error:
+        return {"error": error}
     return {"status": status, "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
-def _become_code(spec: dict, limits: Limits, work: str, root: bool) -> None:
+def _become_code(spec: dict, limits: Limits, work: str, root: bool, errors: int) -> None:
     """U: in the work directory, with stdin from the spec, the limits set, a scrubbed environment: exec Python."""
     import resource
 
@@ -534,7 +542,7 @@ def _become_code(spec: dict, limits: Limits, work: str, root: bool) -> None:
         os.execve(spec["python"], [spec["python"], "-I", "main.py", *spec["args"]], env)
     except BaseException as e:
         try:
-            Path(work, ".exec_error").write_text(f"sandbox: could not start the code: {type(e).__name__}: {e}")
+            os.write(errors, f"sandbox: could not start the code: {type(e).__name__}: {e}".encode())
         finally:
             os._exit(127)
 

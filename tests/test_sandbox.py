@@ -73,6 +73,13 @@ def test_each_run_gets_a_fresh_work_directory_as_cwd_and_home():
         assert not os.path.exists(cwd)
 
 
+def test_the_code_cannot_pass_itself_off_as_a_start_up_failure():
+    # `error` (the sandbox could not start the code) makes a code reward's sample unscorable rather than wrong, so
+    # it comes through a close-on-exec pipe that the code never sees, not through anything the code can write
+    result = sandbox.run("open('.exec_error', 'w').write('fake'); import os; os._exit(127)")
+    assert (result.error, result.exit_code) == (None, 127)
+
+
 def test_bad_arguments_are_config_errors():
     with pytest.raises(ConfigError, match="exactly one of code= and path="):
         sandbox.run()
