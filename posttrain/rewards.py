@@ -6,6 +6,8 @@ be scored is not a zero reward: it is left out of baselines, gets advantage 0, a
 
     sources  VerifierReward(task.score)              trusted code in this process (the built-in task's verifier)
              FileReward("my_reward.py", "reward")    user code, in a worker process with a timeout per call
+             builtin_reward("code_tests")            a built-in reward by name (BUILTIN_REWARDS); code_tests runs the
+                                                     row's unit tests on the completion's code in posttrain.sandbox
              ModelReward(model, tokenizer)           a trained outcome reward model (`posttrain rm`)
     combine  score_all([(src, weight), ...], prompts, completions, rows) -> ScoredBatch
     watch    UnscorableGuard(reward.max_unscored_fraction).check(batch, step); reward_metrics(batch)
@@ -46,6 +48,7 @@ and without torch it starts in a fraction of a second instead of several — whi
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
 import multiprocessing.connection
@@ -335,8 +338,11 @@ class FileReward(RewardSource):
         self._start()
 
     @classmethod
-    def from_spec(cls, spec: str, **kwargs) -> "FileReward":
-        """From the config's "path/to/file.py:function" (no ":function": the function named `reward`)."""
+    def from_spec(cls, spec: str, **kwargs) -> RewardSource:
+        """From the config's "path/to/file.py:function" (no ":function": the function named `reward`) — or, for the
+        name of a built-in reward (BUILTIN_REWARDS), that reward (builtin_reward)."""
+        if spec in BUILTIN_REWARDS:
+            return builtin_reward(spec, **kwargs)
         path, colon, function = spec.rpartition(":")
         if not colon or not function.isidentifier():  # no function named (a Windows drive's "C:" is not one)
             path, function = spec, "reward"
@@ -461,6 +467,26 @@ class FileReward(RewardSource):
         except (OSError, subprocess.TimeoutExpired):
             pass
         self._stop()
+
+
+# name → "module:function" of a built-in reward, called as fn(prompt, completion, limits=sandbox.Limits(…), **row)
+BUILTIN_REWARDS = {"code_tests": "posttrain.tasks.code:code_tests"}  # the fraction of the row's `tests` that pass
+
+
+def builtin_reward(name: str, timeout_s: float = 10.0, batched: bool = False) -> RewardSource:
+    """A built-in reward by name, e.g. reward.function=code_tests (with prompt rows that carry `tests`). It runs in
+    this process — it is trusted code, and what it executes it sandboxes — with timeout_s as the sandbox's wall
+    clock and CPU limit."""
+    if batched:
+        raise ConfigError(f"the built-in reward {name} scores one sample at a time — fix: reward.function_batched=false")
+    if not timeout_s > 0:
+        raise ConfigError(f"reward.timeout_s must be positive, got {timeout_s}")
+    from posttrain.sandbox import Limits
+
+    module, _, function = BUILTIN_REWARDS[name].partition(":")
+    fn = getattr(importlib.import_module(module), function)
+    limits = Limits(wall_s=timeout_s, cpu_s=timeout_s)
+    return VerifierReward(lambda prompt, completion, **row: fn(prompt, completion, limits=limits, **row), name=name)
 
 
 def _kill(proc: subprocess.Popen, conn) -> None:

@@ -80,3 +80,19 @@ def test_posttrain_rl_on_the_code_task_runs_and_logs_the_reward(tmp_path):
     steps = [r for r in records if "reward/mean" in r]
     assert [r["step"] for r in steps] == [1, 2]
     assert all(0.0 <= r["reward/verifier/mean"] <= 1.0 and r["reward/unscored_frac"] == 0.0 for r in steps)
+
+
+def test_reward_function_code_tests_is_the_built_in_reward_with_the_timeout_as_the_sandbox_wall_clock():
+    from posttrain.errors import ConfigError
+    from posttrain.rewards import FileReward, score_all
+
+    source = FileReward.from_spec("code_tests", timeout_s=1.0, batched=False)  # as rl builds reward.function
+    completions = [fenced("def add(a, b):\n    return a + b"), fenced("def add(a, b):\n    return 0"),
+                   fenced("while True:\n    pass"), "no tests in this row"]
+    rows = [{"prompt": "p", "tests": TESTS}] * 3 + [{"prompt": "p"}]
+    start = time.monotonic()
+    batch = score_all([(source, 1.0)], ["p"] * 4, completions, rows)
+    assert batch.per_source["code_tests"][:3].tolist() == [1.0, 0.5, 0.0] and time.monotonic() - start < 6
+    assert batch.scored.tolist() == [True, True, True, False] and batch.failures["none"] == 1
+    with pytest.raises(ConfigError, match="reward.function_batched=false"):
+        FileReward.from_spec("code_tests", timeout_s=1.0, batched=True)
