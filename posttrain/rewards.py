@@ -478,7 +478,8 @@ def builtin_reward(name: str, timeout_s: float = 10.0, batched: bool = False) ->
     this process — it is trusted code, and what it executes it sandboxes — with timeout_s as the sandbox's wall
     clock and CPU limit."""
     if batched:
-        raise ConfigError(f"the built-in reward {name} scores one sample at a time — fix: reward.function_batched=false")
+        raise ConfigError(f"the built-in reward {name} scores one sample at a time — fix: "
+                          "reward.function_batched=false")
     if not timeout_s > 0:
         raise ConfigError(f"reward.timeout_s must be positive, got {timeout_s}")
     from posttrain.sandbox import Limits
