@@ -379,7 +379,9 @@ def _supervise(status_fd: int, trainer_pid: int) -> None:
                 init = os.fork()
                 if init == 0:
                     _init(spec, limits, work, status, root)
-                _stop_on_term(lambda: os.kill(init, signal.SIGKILL))
+                # the init's exit returns only once the kernel has ended every other process of the namespace, so
+                # waiting for it (here and on SIGTERM) means that nothing of the run is left when this one exits
+                _stop_on_term(lambda: (os.kill(init, signal.SIGKILL), os.waitpid(init, 0)))
                 os.waitpid(init, 0)
             else:
                 status.write(json.dumps(_run_code(spec, limits, work, root)) + "\n")
