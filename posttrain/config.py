@@ -430,11 +430,13 @@ class RLRewardConfig:
     file with the columns the verifier reads, e.g. `answer`)."""
     function: str = ""
     """User reward code, 'path/to/file.py:function_name' — fn(prompt, completion, **row) -> float | None, run in a
-    separate process with a timeout."""
+    separate process with a timeout — or a built-in reward: 'code_tests' (the fraction of the row's `tests`, assert
+    statements, that pass on the completion's Python code, run in the sandbox)."""
     function_batched: bool = False
     """The function takes lists (TRL's convention: fn(prompts, completions, **columns) -> list)."""
     timeout_s: float = 10.0
-    """Seconds a user reward call may take; past it the worker is killed and the sample is unscorable."""
+    """Seconds a user reward call may take (and loading its file); past it the worker is killed with every process
+    it started, and the sample is unscorable."""
     model: str = ""
     """A trained reward model (an `rm` run directory or its final/), scoring prompt + completion."""
     verifier_weight: float = 1.0

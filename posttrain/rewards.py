@@ -6,6 +6,8 @@ be scored is not a zero reward: it is left out of baselines, gets advantage 0, a
 
     sources  VerifierReward(task.score)              trusted code in this process (the built-in task's verifier)
              FileReward("my_reward.py", "reward")    user code, in a worker process with a timeout per call
+             builtin_reward("code_tests")            a built-in reward by name (BUILTIN_REWARDS); code_tests runs the
+                                                     row's unit tests on the completion's code in posttrain.sandbox
              ModelReward(model, tokenizer)           a trained outcome reward model (`posttrain rm`)
     combine  score_all([(src, weight), ...], prompts, completions, rows) -> ScoredBatch
     watch    UnscorableGuard(reward.max_unscored_fraction).check(batch, step); reward_metrics(batch)
@@ -28,8 +30,17 @@ Why a sample can be unscorable — `ScoredBatch.failures` counts each reason (on
     timeout    a user function took longer than timeout_s; its worker was killed and restarted
 
 Why a separate process for user code: a bug there must not crash or hang the run. A call that outlives its timeout is
-killed with its process (a thread cannot be killed), and the next call gets a fresh worker. The worker is started with
-"spawn", never "fork": forking a process that runs torch's thread pools can deadlock the child.
+killed with its process (a thread cannot be killed), and the next call gets a fresh worker. The worker is a fresh
+interpreter (subprocess: fork + exec at once), never a bare fork: forking a process that runs torch's thread pools can
+deadlock the child.
+
+Nothing the user's code starts outlives it. The worker leads its own session and process group, so killing the group
+(`killpg`) ends the processes its reward function started too; that is how a timeout, a crash, `close()` and the end of
+the run end it. When the trainer itself dies (even by SIGKILL, which runs no clean-up) the kernel kills the worker: it
+asked for SIGKILL as its parent-death signal (prctl PR_SET_PDEATHSIG) — no watchdog thread, which could not run while
+user code holds the GIL. A tiny second process in the group (the group reaper, forked before any user code) gets a
+signal when the worker dies and kills the whole group. A child that leaves the group (setsid, a daemon) is beyond
+this; code that does that deliberately belongs in posttrain.sandbox, whose PID namespace ends every descendant.
 
 torch is imported inside the functions that need it: the worker process imports this module to find its entry point,
 and without torch it starts in a fraction of a second instead of several — which matters each time a hang restarts it.
@@ -37,20 +48,21 @@ and without torch it starts in a fraction of a second instead of several — whi
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
-import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import subprocess
 import sys
-import threading
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from posttrain.errors import ConfigError, UserError
+from posttrain.sandbox import die_with_parent, kill_group
 
 if TYPE_CHECKING:
     import torch
@@ -304,26 +316,33 @@ class FileReward(RewardSource):
     name: the source's name in metrics; default the file's stem.
 
     The file is loaded when the source is built, so a missing file, a syntax error or a missing function stops the
-    run before training starts. The worker is started once and reused (one pipe round trip per sample, about 0.1
-    ms); it is a daemon, leaves with the parent, and also exits when the parent dies.
+    run before training starts; its module-level code may take timeout_s too. The worker is started once and reused
+    (one pipe round trip per sample, about 0.1 ms). It and every process it starts are killed on a timeout, a
+    crash, close() and the trainer's death (see the module docstring) — the death of the thread that started it,
+    to be exact (PR_SET_PDEATHSIG's rule): score from a thread that lives as long as the source.
     The file's directory is put on the worker's sys.path, so the file can import modules beside it.
     """
 
+    BOOT_TIMEOUT_S = 60.0  # a fresh interpreter importing this module: a fraction of a second, unless the machine is
+    # swamped; the user's module-level code then gets timeout_s of its own
+
     def __init__(self, path: str | Path, function: str = "reward", timeout_s: float = 10.0, batched: bool = False, *,
-                 name: str | None = None, start_timeout_s: float = 60.0):
+                 name: str | None = None):
         if not timeout_s > 0:
             raise ConfigError(f"reward.timeout_s must be positive, got {timeout_s}")
         self.path = Path(path).resolve()
         self.function, self.timeout_s, self.batched = function, timeout_s, batched
         self.name = name or Path(path).stem
-        self.start_timeout_s = start_timeout_s
         self._proc = self._conn = None
         self._check_file()
         self._start()
 
     @classmethod
-    def from_spec(cls, spec: str, **kwargs) -> "FileReward":
-        """From the config's "path/to/file.py:function" (no ":function": the function named `reward`)."""
+    def from_spec(cls, spec: str, **kwargs) -> RewardSource:
+        """From the config's "path/to/file.py:function" (no ":function": the function named `reward`) — or, for the
+        name of a built-in reward (BUILTIN_REWARDS), that reward (builtin_reward)."""
+        if spec in BUILTIN_REWARDS:
+            return builtin_reward(spec, **kwargs)
         path, colon, function = spec.rpartition(":")
         if not colon or not function.isidentifier():  # no function named (a Windows drive's "C:" is not one)
             path, function = spec, "reward"
@@ -377,25 +396,23 @@ class FileReward(RewardSource):
                             "the file (python -m py_compile FILE shows the same error)") from None
 
     def _start(self) -> None:
-        """Start a worker and wait until it has loaded the function (its start-up does not count against any call's
-        timeout). Loading errors become UserErrors naming the file."""
-        context = multiprocessing.get_context("spawn")
-        conn, child_conn = context.Pipe()
-        proc = context.Process(target=_serve, args=(child_conn, str(self.path), self.function, self.batched,
-                                                    os.getpid()), daemon=True, name=f"reward-{self.name}")
-        proc.start()
+        """Start a worker and wait until it has loaded the function: the interpreter's start does not count, the
+        file's module-level code gets timeout_s. Loading errors become UserErrors naming the file."""
+        conn, child_conn = multiprocessing.Pipe()
+        package_root = str(Path(__file__).resolve().parents[1])  # the worker imports this very copy of posttrain
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from posttrain.rewards import _worker_main; _worker_main()",
+             str(child_conn.fileno()), str(self.path), self.function, str(int(self.batched)), str(os.getpid())],
+            pass_fds=(child_conn.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL, env=env)
         child_conn.close()  # only the worker holds its end: when it dies, our recv sees EOF instead of hanging
         try:
-            if not conn.poll(self.start_timeout_s):
-                raise UserError(f"loading the reward function file {self.path} took longer than "
-                                f"{self.start_timeout_s:g} s — fix: move slow set-up out of module level, or make it "
-                                "lazy (done on the first call)")
-            reply = conn.recv()
-        except EOFError:
-            _kill(proc, conn)
-            raise UserError(f"the worker process exited while loading {self.path} (exit code {proc.exitcode}; its "
-                            "error output, if any, is printed above) — fix: check the file's module-level code (does "
-                            "it call exit() or crash Python?)") from None
+            reply = self._wait_for(conn, proc, self.BOOT_TIMEOUT_S, "starting the Python worker for",
+                                   "the machine is overloaded; run again when it is not")
+            if reply[0] == "loading":
+                reply = self._wait_for(conn, proc, self.timeout_s, "loading the reward function file",
+                                       "move slow set-up out of module level or make it lazy (done on the first "
+                                       f"call), or raise reward.timeout_s (now {self.timeout_s:g})")
         except BaseException:
             _kill(proc, conn)
             raise
@@ -404,10 +421,21 @@ class FileReward(RewardSource):
             raise UserError(f"reward function file {self.path}: {reply[1]} — fix: {reply[2]}")
         self._proc, self._conn = proc, conn
 
+    def _wait_for(self, conn, proc, seconds: float, what: str, fix: str) -> tuple:
+        """The worker's next message, or a UserError when it takes longer than `seconds` or the worker exits."""
+        try:
+            if not conn.poll(seconds):
+                raise UserError(f"{what} {self.path} took longer than {seconds:g} s — fix: {fix}")
+            return conn.recv()
+        except EOFError:
+            raise UserError(f"the worker process exited while loading {self.path} (exit code {proc.wait()}; its error "
+                            "output, if any, is printed above) — fix: check the file's module-level code (does it "
+                            "call exit() or crash Python?)") from None
+
     def _request(self, message) -> tuple[object, Outcome | None]:
         """Send one call to the worker and wait at most timeout_s: (reply, None), or (None, the failure) when the
         call timed out or the worker died — either way the worker is gone and the next call starts a new one."""
-        if self._proc is None or not self._proc.is_alive():
+        if self._proc is None or self._proc.poll() is not None:
             self._stop()
             self._start()
         try:
@@ -420,8 +448,8 @@ class FileReward(RewardSource):
         except (EOFError, OSError):
             proc = self._proc
             self._stop()
-            code = proc.exitcode
-            return None, Outcome(None, "exception", f"the worker process died (exit code {code}) during the call")
+            return None, Outcome(None, "exception", f"the worker process died (exit code {proc.returncode}) during "
+                                                    "the call")
 
     def _stop(self) -> None:
         if self._proc is not None:
@@ -429,32 +457,87 @@ class FileReward(RewardSource):
         self._proc = self._conn = None
 
     def close(self) -> None:
-        """Shut the worker down (politely, then by force). Scoring again later starts a new one."""
+        """Shut the worker down (politely, then by force) with every process it started. Scoring again later starts
+        a new one."""
         if self._proc is None:
             return
         try:
             self._conn.send(None)
-            self._proc.join(timeout=1.0)
-        except OSError:
+            self._proc.wait(timeout=1.0)
+        except (OSError, subprocess.TimeoutExpired):
             pass
         self._stop()
 
 
-def _kill(proc, conn) -> None:
-    if proc.is_alive():
-        proc.kill()
-    proc.join()
+# name → "module:function" of a built-in reward, called as fn(prompt, completion, limits=sandbox.Limits(…), **row)
+BUILTIN_REWARDS = {"code_tests": "posttrain.tasks.code:code_tests"}  # the fraction of the row's `tests` that pass
+
+
+def builtin_reward(name: str, timeout_s: float = 10.0, batched: bool = False) -> RewardSource:
+    """A built-in reward by name, e.g. reward.function=code_tests (with prompt rows that carry `tests`). It runs in
+    this process — it is trusted code, and what it executes it sandboxes — with timeout_s as the sandbox's wall
+    clock and CPU limit."""
+    if batched:
+        raise ConfigError(f"the built-in reward {name} scores one sample at a time — fix: "
+                          "reward.function_batched=false")
+    if not timeout_s > 0:
+        raise ConfigError(f"reward.timeout_s must be positive, got {timeout_s}")
+    from posttrain.sandbox import Limits
+
+    module, _, function = BUILTIN_REWARDS[name].partition(":")
+    fn = getattr(importlib.import_module(module), function)
+    limits = Limits(wall_s=timeout_s, cpu_s=timeout_s)
+    return VerifierReward(lambda prompt, completion, **row: fn(prompt, completion, limits=limits, **row), name=name)
+
+
+def _kill(proc: subprocess.Popen, conn) -> None:
+    """Kill the worker's process group — the worker, its reaper and whatever the user's code started — then reap the
+    worker. In that order: an unreaped worker keeps its PID, so the group's ID cannot have been reused meanwhile."""
+    kill_group(proc.pid)
+    proc.kill()
+    proc.wait()
     conn.close()
 
 
-def _serve(conn, path: str, function: str, batched: bool, parent_pid: int) -> None:
-    """The worker process: load the function, say "ready" (or why not), then answer calls until told to stop.
+def _worker_main() -> None:
+    """Entry point of the worker interpreter; argv: the pipe's fd, path, function, batched (0/1), the trainer's PID.
 
+    First of all it arranges to die with the trainer (PR_SET_PDEATHSIG = SIGKILL, then a check that the trainer is
+    still its parent — it may have died before the request was made) and starts the group reaper. Then it loads
+    the function and serves calls."""
+    fd, path, function, batched, parent_pid = sys.argv[1:]
+    die_with_parent(int(parent_pid))
+    _start_group_reaper(close_fd=int(fd))
+    _serve(multiprocessing.connection.Connection(int(fd)), path, function, batched == "1")
+
+
+def _start_group_reaper(close_fd: int) -> None:
+    """Fork a process that kills this process group when the worker dies, however it dies (SIGKILL included): the
+    parent-death signal kills the worker alone, not the children of the user's code.
+
+    The reaper blocks SIGTERM, asks for it as its own parent-death signal and waits for it; then it kills the group,
+    itself included. Forked before any user code runs, while the worker has no threads (so forking is safe)."""
+    worker = os.getpid()
+    if os.fork() != 0:
+        return
+    try:
+        os.close(close_fd)  # the pipe to the trainer is the worker's: EOF there must mean the worker is gone
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        if die_with_parent(worker, signal.SIGTERM, exit_if_orphaned=False):
+            signal.sigwait({signal.SIGTERM})
+        os.killpg(0, signal.SIGKILL)
+    finally:
+        os._exit(0)
+
+
+def _serve(conn, path: str, function: str, batched: bool) -> None:
+    """The worker's loop: load the function, say "ready" (or why not), then answer calls until told to stop.
+
+    Messages: ("loading",) once the interpreter is up, then ("ready",) or ("load_error", message, fix).
     Requests: (prompt, completion, row) → an Outcome as a tuple; batched: (prompts, completions, columns) →
     ("ok", [outcome tuples]) | ("failed", outcome tuple) | ("not_a_list", description).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; we then exit with it
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    conn.send(("loading",))
     try:
         fn = _load_function(path, function)
     except _LoadError as e:
@@ -470,13 +553,6 @@ def _serve(conn, path: str, function: str, batched: bool, parent_pid: int) -> No
         if request is None:
             return
         conn.send(call(fn, path, *request))
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Exit when the parent is gone, even if user code is stuck in a hang (then the pipe's EOF is never read)."""
-    while os.getppid() == parent_pid:
-        time.sleep(1.0)
-    os._exit(0)
 
 
 class _LoadError(Exception):

@@ -3,6 +3,9 @@
     task = tasks.get("arith", max_digits=2, ops="+-")
     task.rows("train", 1000)          # [{"prompt": "47+85=", "answer": "132"}, ...]
     task.score("47+85=", "132")       # 1.0 — the reward contract fn(prompt, completion, **row)
+
+    arith  column addition/subtraction        sums  3..6 terms in any order        code  Python functions with
+    hidden unit tests, scored in the sandbox (posttrain.tasks.code)
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Protocol
 
 from posttrain.errors import ConfigError
 from posttrain.tasks.arith import ArithTask
+from posttrain.tasks.code import CodeTask
 from posttrain.tasks.sums import SumsTask
 
 
@@ -28,7 +32,7 @@ class Task(Protocol):
     def score(self, prompt: str, completion: str, **row) -> float | None: ...
 
 
-_TASKS: dict[str, type] = {"arith": ArithTask, "sums": SumsTask}
+_TASKS: dict[str, type] = {"arith": ArithTask, "code": CodeTask, "sums": SumsTask}
 
 
 def names() -> list[str]:
