@@ -948,7 +948,7 @@ def resolve_defaults(cfg: Any, context: int | None) -> list[str]:
 
     Example (the embedded model has 512 positions):
         >>> cfg = SFTConfig(); resolve_defaults(cfg, 512); (cfg.train.lr, cfg.data.max_length)
-        ['train.lr = 1e-05 (the sft default for full fine-tuning)', 'data.max_length = 512 (the model's context)']
+        ['train.lr = 1e-05 (the sft default for full fine-tuning)', "data.max_length = 512 (the model's context)"]
         (1e-05, 512)
     """
     notes = []
