@@ -108,3 +108,16 @@ def test_an_example_longer_than_the_position_table_stops_before_training(tmp_pat
                    "train.max_steps=1", "log.progress=false")
     assert proc.returncode == 2 and "row 2" in proc.stderr and "data.max_length=64" in proc.stderr, proc.stderr
     shutil.rmtree(out, ignore_errors=True)
+
+
+def test_context_is_read_from_a_model_a_run_directory_and_an_adapter(tmp_path):
+    from posttrain.models.loading import context_length
+
+    model = _gpt2_with_a_short_position_table(tmp_path / "gpt2", n_positions=48)
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(model)}))
+    assert context_length("tiny") == 512
+    assert context_length(str(model)) == 48
+    assert context_length(str(run)) == 48  # run directory → final/ → the adapter's base
+    assert context_length(str(tmp_path / "nothing-here")) is None

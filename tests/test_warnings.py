@@ -31,10 +31,34 @@ def test_training_commands_print_no_warnings(tmp_path, command, lora):
     assert noisy_lines(proc.stderr) == [], proc.stderr
 
 
-def test_generate_from_a_lora_run_prints_no_warnings(tmp_path):
+def test_generate_and_export_from_a_lora_run_print_no_warnings(tmp_path):
     run_cli("sft", f"output_dir={tmp_path / 'sft'}", "lora.r=4", *COMMON, check=True)
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "1+1="}, {"prompt": "2+3="}])
     proc = run_cli("generate", f"model={tmp_path / 'sft' / 'final'}", f"data_path={prompts}",
                    f"output={tmp_path / 'out.jsonl'}", "sampling.max_new_tokens=4", check=True)
     assert (tmp_path / "out.jsonl").is_file()
     assert noisy_lines(proc.stderr) == [], proc.stderr
+    proc = run_cli("export", str(tmp_path / "sft"), str(tmp_path / "merged"), check=True)
+    assert noisy_lines(proc.stderr) == [], proc.stderr
+
+
+def test_the_filter_hides_exactly_one_message_from_one_module():
+    import warnings
+
+    import posttrain  # noqa: F401  (installs the filter)
+
+    ours = [f for f in warnings.filters if f[1] is not None and "is_gradient_checkpointing" in f[1].pattern]
+    assert len(ours) == 1
+
+    def shown(message: str, module: str) -> bool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.filters[:] = ours  # without pytest's own filters (which ignore every FutureWarning)
+            warnings.simplefilter("always", append=True)
+            warnings.warn_explicit(message, FutureWarning, filename=f"{module}.py", lineno=1, module=module,
+                                   registry={})
+        return bool(caught)
+
+    peft_reads = "`is_gradient_checkpointing` is deprecated and will be removed in v6."
+    assert not shown(peft_reads, "transformers.modeling_utils")
+    assert shown(peft_reads, "my_training_script")  # the same words from elsewhere still show
+    assert shown("`some_other_argument` is deprecated", "transformers.modeling_utils")

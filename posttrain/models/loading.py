@@ -55,12 +55,15 @@ def check_attention_kernel(attn_implementation: str) -> None:
 
 def context_length(name_or_path: str, trust_remote_code: bool = False) -> int | None:
     """Positions the model's position table holds (max_position_embeddings; GPT-2's n_positions …); None when
-    the config names none or cannot be read (an adapter directory is followed to its base model)."""
+    the config names none or cannot be read. A run directory is read through its final/, an adapter directory
+    through its base model."""
     import json
 
     from transformers import AutoConfig
 
     path = Path(resolve_model_path(name_or_path))
+    if (path / "final").is_dir() and not (path / "config.json").is_file():
+        path = path / "final"
     adapter = path / "adapter_config.json"
     if adapter.is_file():
         base = json.loads(adapter.read_text()).get("base_model_name_or_path")
