@@ -91,8 +91,10 @@ class DataConfig:
     """Held-out data in the same formats. Empty with a task: the task's eval split; empty otherwise: no eval loss."""
     columns: dict[str, str] = field(default_factory=dict)
     """Rename columns to the standard schema, e.g. question:prompt,response:completion."""
-    max_length: int = 256
-    """Longest tokenized example; longer ones follow `truncation`."""
+    max_length: int | None = None
+    """Longest tokenized example (rl: prompt); longer ones follow `truncation`. Unset: the model's context (its
+    position table, e.g. max_position_embeddings; rl: minus sampling.max_new_tokens), at most 2048. More than the
+    context is an error."""
     truncation: Literal["error", "drop", "truncate"] = "error"
     """Examples longer than max_length: stop with an error, drop them (counted), or cut them."""
     packing: bool = True
@@ -104,8 +106,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-3
-    """Peak learning rate (AdamW)."""
+    lr: float | None = None
+    """Peak learning rate (AdamW). Unset: the command's default for a pretrained model, full | LoRA: sft, rft,
+    distill 1e-5 | 1e-4; dpo 5e-7 | 5e-6; rm 1e-5 | 1e-4; rl 1e-6 | 1e-5; from scratch (model.init=scratch) 6e-4."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay."""
     adam_beta1: float = 0.9
@@ -265,7 +268,7 @@ class DPOConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, disable_dropout=True))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(disable_dropout=True))
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -325,7 +328,7 @@ class RMConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(packing=False))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, disable_dropout=True))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(disable_dropout=True))
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -480,7 +483,7 @@ class RFTConfig(SFTConfig):
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.5, n=4, max_new_tokens=72))
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(batch_size=256))
     task: TaskConfig = field(default_factory=lambda: TaskConfig(steps=True, num_train=1000))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, schedule="constant", micro_batch_size=16))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(schedule="constant", micro_batch_size=16))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(at_start=True, max_new_tokens=72))
 
 
@@ -508,7 +511,7 @@ class RLConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, micro_batch_size=16, max_steps=100,
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(micro_batch_size=16, max_steps=100,
                                                                    schedule="constant", disable_dropout=True))
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -971,13 +974,80 @@ def save_yaml(cfg: Any, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Defaults that depend on the model: learning rate and length
+# ----------------------------------------------------------------------------------------------------------------------
+
+# train.lr when unset: (full fine-tuning, LoRA) of a pretrained model, per command. README's table gives the sources
+# (TRL, LLaMA-Factory, the alignment handbook). LoRA's rate is ten times higher: its updates start at zero and are
+# scaled by alpha / r. The tiny model's own tuned rates are set explicitly where it is trained (demo, examples).
+LEARNING_RATES: dict[str, tuple[float, float]] = {
+    "sft": (1e-5, 1e-4), "pretrain": (1e-5, 1e-4), "rft": (1e-5, 1e-4), "distill": (1e-5, 1e-4),
+    "dpo": (5e-7, 5e-6), "rm": (1e-5, 1e-4), "rl": (1e-6, 1e-5),
+}
+SCRATCH_LR = 6e-4  # model.init=scratch: random weights take a pretraining rate (GPT-3 Small, nanoGPT)
+MAX_LENGTH_CAP = 2048  # data.max_length when unset is the model's context, but no more than this
+
+
+def command_of(cfg: Any) -> str:
+    """The command a training config belongs to (subclasses first: PretrainConfig is an SFTConfig)."""
+    for cls, name in ((PretrainConfig, "pretrain"), (RFTConfig, "rft"), (DistillConfig, "distill"),
+                      (SFTConfig, "sft"), (DPOConfig, "dpo"), (RMConfig, "rm"), (RLConfig, "rl")):
+        if isinstance(cfg, cls):
+            return name
+    raise TypeError(f"not a training config: {type(cfg).__name__}")
+
+
+def resolve_defaults(cfg: Any, context: int | None, trains_adapter: bool | None = None) -> list[str]:
+    """Fill in train.lr and data.max_length where they are unset, and check data.max_length against the model's
+    context (`context`: its position table, None when unknown). Changes cfg in place, so config.yaml records the
+    values used; returns a line per value chosen, for the run's log. `trains_adapter`: whether the run trains
+    LoRA adapters (lora.r > 0, or lora.r unset on a model that is an adapter); default lora.r > 0.
+
+    Example (the embedded model has 512 positions):
+        >>> cfg = SFTConfig(); resolve_defaults(cfg, 512); (cfg.train.lr, cfg.data.max_length)
+        ['train.lr = 1e-05 (the sft default for full fine-tuning)', "data.max_length = 512 (the model's context)"]
+        (1e-05, 512)
+    """
+    notes = []
+    if cfg.train.lr is None:
+        command = command_of(cfg)
+        lora = trains_adapter if trains_adapter is not None else bool(cfg.lora.r)
+        if cfg.model.init == "scratch":
+            cfg.train.lr, why = SCRATCH_LR, "training from scratch"
+        else:
+            cfg.train.lr = LEARNING_RATES[command][lora]
+            why = f"the {command} default for {'LoRA' if lora else 'full fine-tuning'}"
+        notes.append(f"train.lr = {cfg.train.lr:g} ({why})")
+    reserved = cfg.sampling.max_new_tokens if isinstance(cfg, RLConfig) else 0  # rl: the completion follows
+    also = f" + sampling.max_new_tokens = {reserved}" if reserved else ""
+    if cfg.data.max_length is None:
+        limits = {f"the cap, {MAX_LENGTH_CAP}": MAX_LENGTH_CAP}
+        if context:
+            limits["the model's context" + (" less sampling.max_new_tokens" if reserved else "")] = context - reserved
+        if cfg.data.pack_length:
+            limits["data.pack_length"] = cfg.data.pack_length
+        why, cfg.data.max_length = min(limits.items(), key=lambda item: item[1])
+        if cfg.data.max_length < 1:
+            raise ConfigError(f"sampling.max_new_tokens = {reserved} leaves no room for a prompt in the model's "
+                              f"{context} positions — fix: sampling.max_new_tokens={context // 2}")
+        notes.append(f"data.max_length = {cfg.data.max_length} ({why})")
+    elif context and cfg.data.max_length + reserved > context:
+        raise ConfigError(f"data.max_length = {cfg.data.max_length}{also} is more than the model's context, "
+                          f"{context} positions (its position table): a longer example would fail inside the model "
+                          f"— fix: data.max_length={context - reserved}")
+    return notes
+
+
 def validate(cfg: SFTConfig) -> None:
     """Checks on values that types cannot express. Each error names the key and what to set."""
     positive = {
         "train.micro_batch_size": cfg.train.micro_batch_size, "train.grad_accum": cfg.train.grad_accum,
-        "data.max_length": cfg.data.max_length, "eval.batch_size": cfg.eval.batch_size,
+        "eval.batch_size": cfg.eval.batch_size,
         "checkpoint.keep_last": cfg.checkpoint.keep_last, "log.every": cfg.log.every,
     }
+    if cfg.data.max_length is not None:  # unset: resolve_defaults takes the model's context
+        positive["data.max_length"] = cfg.data.max_length
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} = {value} must be at least 1")
@@ -990,11 +1060,11 @@ def validate(cfg: SFTConfig) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key} = {value} must not be negative")
-    if not cfg.train.lr > 0:
+    if cfg.train.lr is not None and not cfg.train.lr > 0:  # unset: resolve_defaults picks the command's
         raise ConfigError(f"train.lr = {cfg.train.lr} must be positive")
     if cfg.train.max_steps == 0 and not cfg.train.epochs > 0:
         raise ConfigError("train.epochs must be positive when train.max_steps is 0 — set one of them")
-    if 0 < cfg.data.pack_length < cfg.data.max_length:
+    if cfg.data.max_length is not None and 0 < cfg.data.pack_length < cfg.data.max_length:
         raise ConfigError(f"data.pack_length = {cfg.data.pack_length} is below data.max_length = "
                           f"{cfg.data.max_length}: a full-length example would not fit — raise it or set 0")
     sinks = {"tensorboard", "wandb"}

@@ -21,6 +21,24 @@ METRICS_FILE = "metrics.jsonl"
 HEADLINE = ("loss", "eval/loss", "eval/accuracy", "lr", "tokens_per_s")
 
 
+# log.report_to sink → (module it imports, package to install)
+_SINK_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def check_report_to(report_to: list[str]) -> None:
+    """Every metric sink asked for is installed. Checked before the run starts: the import would otherwise fail
+    only when the tracker opens, after the data has been read and the run directory made."""
+    import importlib.util
+
+    from posttrain.errors import ConfigError
+
+    for sink in report_to:
+        module, package = _SINK_PACKAGES.get(sink, (None, None))
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"log.report_to={sink} needs the '{package}' package, which is not installed — fix: "
+                              f"pip install {package}, or drop {sink} from log.report_to")
+
+
 class Tracker:
     """Writes metrics for one run. On resume, lines after the resumed step are dropped first, so the file
     reads as if the run had never stopped."""

@@ -106,7 +106,7 @@ def test_classic_ppo_and_llm_ppo_reach_the_same_shared_functions(tmp_path, monke
                       "    return sum(c.islower() for c in completion) / max(1, len(completion))\n")
     assert cli.main(["rl", "--algo", "ppo", f"output_dir={tmp_path / 'llm'}", "threads=1", "log.progress=false",
                      "eval.task_accuracy=false", "task.num_train=64", "task.max_digits=1", "sampling.max_new_tokens=8",
-                     "rl.prompts_per_step=4", "train.micro_batch_size=4", "train.max_steps=1",
+                     "rl.prompts_per_step=4", "train.micro_batch_size=4", "train.max_steps=1", "train.lr=1e-5",
                      "reward.verifier=false", f"reward.function={reward}:reward"]) == 0
     assert all(calls[name] > 0 for name in SHARED), calls
 

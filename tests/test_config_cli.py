@@ -22,14 +22,15 @@ def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):
 
 
 def test_a_yaml_section_starts_from_the_commands_own_defaults(tmp_path):
-    """rm's data section defaults to packing=False and dpo's train section to lr=1e-4: a YAML that sets another
-    key of the section must keep them (not fall back to DataConfig() / TrainConfig())."""
+    """rm's data section defaults to packing=False and rft's train section to a constant schedule and micro-batches
+    of 16: a YAML that sets another key of the section must keep them (not fall back to DataConfig() /
+    TrainConfig())."""
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  max_length: 64\ntrain:\n  max_steps: 3\n")
     rm = parse("-c", str(path), cls=C.RMConfig)
     assert rm.data.max_length == 64 and rm.data.packing is False
-    dpo = parse("-c", str(path), cls=C.DPOConfig)
-    assert dpo.train.max_steps == 3 and dpo.train.lr == C.DPOConfig().train.lr == 1e-4
+    rft = parse("-c", str(path), cls=C.RFTConfig)
+    assert rft.train.max_steps == 3 and rft.train.schedule == "constant" and rft.train.micro_batch_size == 16
 
 
 def test_lists_dicts_none_and_bare_flags():
@@ -77,7 +78,7 @@ def test_help_lists_every_field_and_default(capsys):
     flat = " ".join(text.split())
     for key in C.field_paths(C.SFTConfig):
         assert f"--{key}" in flat, key
-    assert "(default: 256)" in flat and "(default: runs/sft)" in flat
+    assert "(default: cosine)" in flat and "(default: runs/sft)" in flat
 
 
 def test_pretrain_defaults_differ_only_where_documented():

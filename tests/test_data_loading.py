@@ -231,3 +231,39 @@ def test_invalid_row_names_file_row_field_and_reason(tmp_path, kind, bad_row, fi
 def test_row_of_the_wrong_kind_says_which_formats_are_accepted():
     with pytest.raises(DataError, match=r"row 1: a 'preference' row can't be used for sft data, which takes messages"):
         normalize([{"prompt": "p", "chosen": "a", "rejected": "b"}], kind="sft")
+
+
+# ---- encodings ------------------------------------------------------------------------------------------------------
+
+BOM_ROWS = [{"prompt": "1+1=", "completion": "2"}, {"prompt": "2+2=", "completion": "4"}]
+
+
+def _write_with_bom(path, kind):
+    if kind == "jsonl":
+        text = "".join(json.dumps(r) + "\n" for r in BOM_ROWS)
+    elif kind == "json":
+        text = json.dumps(BOM_ROWS)
+    else:
+        text = "prompt,completion\n" + "".join(f"{r['prompt']},{r['completion']}\n" for r in BOM_ROWS)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # what Excel and Notepad write
+    return path
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json", "csv"])
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path, kind):
+    rows = load_rows(_write_with_bom(tmp_path / f"d.{kind}", kind))
+    assert rows.rows == BOM_ROWS  # the first column is 'prompt', not '\ufeffprompt'
+
+
+@pytest.mark.parametrize("kind, content, where", [
+    ("jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n', "row 2"),
+    ("csv", b'prompt,completion\na,b\nc,d\ncaf\xe9,b\n', "row 3"),
+    ("json", b'[{"prompt": "a", "completion": "b"},\n {"prompt": "caf\xe9", "completion": "b"}]', "line 2"),
+])
+def test_non_utf8_file_names_the_row_and_says_to_reencode(tmp_path, kind, content, where):
+    path = tmp_path / f"d.{kind}"
+    path.write_bytes(content)  # Latin-1 'é'
+    with pytest.raises(DataError) as e:
+        load_rows(path)
+    message = str(e.value)
+    assert f"d.{kind}" in message and where in message and "UTF-8" in message and "re-encode" in message, message

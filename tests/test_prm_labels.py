@@ -137,7 +137,7 @@ def read_jsonl(path):
 
 ARGS = ["reward.mode=prm", "reward.labels=mc", "task.max_digits=1", "task.num_train=12", "task.num_eval=20",
         "reward.mc_solutions=2", "reward.mc_rollouts=3", "reward.mc_max_new_tokens=24", "train.max_steps=3",
-        "train.micro_batch_size=4", "log.progress=false", "threads=1"]
+        "train.micro_batch_size=4", "train.lr=1e-4", "log.progress=false", "threads=1"]
 
 
 @pytest.mark.parametrize("target", ["hard", "soft"])

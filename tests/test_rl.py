@@ -24,7 +24,8 @@ from posttrain.train import rl
 
 # One torch thread, a small task, 8-token completions, no greedy evaluation at the end.
 FAST = ["threads=1", "log.progress=false", "eval.task_accuracy=false", "task.num_train=64", "task.max_digits=1",
-        "sampling.max_new_tokens=8", "rl.prompts_per_step=4", "train.micro_batch_size=4"]
+        "sampling.max_new_tokens=8", "rl.prompts_per_step=4", "train.micro_batch_size=4",
+        "train.lr=1e-5"]  # the tiny model's rate (the rl default is for pretrained models)
 
 LOWERCASE_SHARE = """
     def reward(prompt, completion, **row):
@@ -87,7 +88,8 @@ def test_the_built_in_task_with_its_verifier_and_evaluation(tmp_path):
     run_dir = tmp_path / "run"
     assert cli.main(["rl", "--algo", "grpo", f"output_dir={run_dir}", "train.max_steps=2", "rl.prompts_per_step=4",
                      "rl.generations=4", "train.micro_batch_size=8", "eval.num_samples=8", "task.num_train=64",
-                     "task.max_digits=1", "sampling.max_new_tokens=8", "threads=1", "log.progress=false"]) == 0
+                     "task.max_digits=1", "sampling.max_new_tokens=8", "threads=1", "log.progress=false",
+                     "train.lr=1e-5"]) == 0
     m = records(run_dir)
     assert all("reward/verifier/mean" in r and 0 <= r["reward/mean"] <= 1 for r in m.values())
     assert "eval/accuracy" in m[2] and "eval/accuracy" not in m[1]

@@ -42,7 +42,7 @@ ACCEPTED_FORMATS = {
 
 _RECOGNIZED = ("messages | conversations (ShareGPT) | instruction + output (Alpaca) | prompt + chosen + rejected "
                "| prompt + completion + label | prompt + completion | prompt | text")
-_COLUMNS_FIX = "rename your columns with data.columns, e.g. data.columns={question: prompt, response: completion}"
+_COLUMNS_FIX = "rename your columns with data.columns, e.g. data.columns=question:prompt,response:completion"
 
 
 def detect_format(row: dict) -> str:

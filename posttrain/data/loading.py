@@ -8,6 +8,9 @@ Row numbers are 1-based and mean what a user would look up:
   .jsonl  the line number in the file (blank lines are skipped but still counted);
   others  the record number (the 3rd object of a .json list, the 3rd data row of a .csv below its header).
 
+Text files are read as UTF-8; a leading byte-order mark (what Excel and Notepad write) is skipped, and bytes that
+are not UTF-8 are an error naming the row (or, in a .json file, the line) that holds them.
+
 Two clean-ups happen while loading, because the file formats force them on us:
   * a `None` value means "field absent". Arrow-backed sources (parquet, `datasets`) give every row every
     column, so a file mixing {"messages"} rows and {"prompt", "completion"} rows reads back with
@@ -104,8 +107,9 @@ def _read_file(path: Path) -> Rows:
 
 def _read_jsonl(path: Path) -> tuple[list, list[int]]:
     rows, row_numbers = [], []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            line = _decode(raw[3:] if line_number == 1 and raw.startswith(_BOM) else raw, path, row=line_number)
             if not line.strip():
                 continue
             try:
@@ -118,8 +122,13 @@ def _read_jsonl(path: Path) -> tuple[list, list[int]]:
 
 
 def _read_json(path: Path) -> tuple[list, list[int]]:
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:  # a .json record may span lines: the line is what the user can look up
+        raise _not_utf8(path, line=raw.count(b"\n", 0, e.start) + 1) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         # The most common cause is JSON Lines content saved with a .json name ("Extra data" on line 2).
         raise DataError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", file=str(path),
@@ -142,14 +151,41 @@ def _read_parquet(path: Path) -> tuple[list, list[int]]:
 
 
 def _read_csv(path: Path) -> tuple[list, list[int]]:
-    rows = []
-    with open(path, encoding="utf-8", newline="") as f:
-        for number, record in enumerate(csv.DictReader(f), start=1):
-            if None in record:  # DictReader files surplus values under the key None
-                raise DataError("row has more values than the header has columns", file=str(path), row=number,
-                                fix="quote values that contain commas")
-            rows.append({k: _csv_cell(v) for k, v in record.items() if v})  # an empty cell = field absent
+    rows, lines_read = [], [0]
+
+    def lines(f) -> Iterator[str]:
+        for raw in f:
+            lines_read[0] += 1
+            yield raw.decode("utf-8-sig" if lines_read[0] == 1 else "utf-8")  # -sig: skip a byte-order mark
+
+    number = 0
+    with open(path, "rb") as f:
+        try:
+            for number, record in enumerate(csv.DictReader(lines(f)), start=1):
+                if None in record:  # DictReader files surplus values under the key None
+                    raise DataError("row has more values than the header has columns", file=str(path), row=number,
+                                    fix="quote values that contain commas")
+                rows.append({k: _csv_cell(v) for k, v in record.items() if v})  # an empty cell = field absent
+        except UnicodeDecodeError:
+            raise _not_utf8(path, line=1) if lines_read[0] == 1 else _not_utf8(path, row=number + 1) from None
     return rows, list(range(1, len(rows) + 1))
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _decode(raw: bytes, path: Path, *, row: int) -> str:
+    """One line of a text file as str; bytes that are not UTF-8 are a DataError naming the row."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _not_utf8(path, row=row) from None
+
+
+def _not_utf8(path: Path, *, row: int | None = None, line: int | None = None) -> DataError:
+    return DataError(("" if line is None else f"line {line}: ") + "not UTF-8 text (the file was saved in another "
+                     "encoding, e.g. Latin-1 or Windows-1252)", file=str(path), row=row,
+                     fix=f"re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > fixed{path.suffix}")
 
 
 def _csv_cell(value: str) -> Any:

@@ -21,6 +21,8 @@ Bad rows follow `policy` (data.truncation): "error" stops at the first one with 
 
 from __future__ import annotations
 
+import math
+
 from posttrain.data.formats import _normalize_row
 from posttrain.data.loading import Rows
 from posttrain.data.tokenize import IGNORE_INDEX, DropReport, SkipRow, handle_bad_row, start_rows, tokenize_sft
@@ -43,9 +45,9 @@ def build_preference_pairs(rows: Rows | list[dict], tokenizer, *, max_length: in
                 raise SkipRow("identical_responses", "chosen and rejected are the same response",
                               "chosen", "remove the row: a pair with no preference teaches nothing")
             margin = raw.get("margin", 0.0)
-            if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-                raise DataError(f"margin must be a number, got {margin!r}", field="margin",
-                                fix="store margin as a number, or drop the column")
+            if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+                raise DataError(f"margin must be a finite number, got {margin!r}", field="margin",
+                                fix="store margin as a finite number, or drop the column")
             pair = {name: _example(row["prompt"], row[name], name, tokenizer, max_length, policy, use_chat_template)
                     for name in ("chosen", "rejected")}
         except (DataError, SkipRow) as e:

@@ -118,7 +118,7 @@ def _validate(row: dict, separator: str) -> tuple:
     for name in FIELDS:
         if name not in row:
             raise DataError(f"missing field (step-labelled data needs {', '.join(FIELDS)})", field=name,
-                            fix=f"add '{name}' to every row, or rename your columns with data.columns")
+                            fix=f"add '{name}' to every row, or rename your columns with data.columns=yours:{name}")
     prompt = _turns(row["prompt"], "prompt")
     steps, labels = row["completions"], row["labels"]
     if not isinstance(steps, list) or not all(isinstance(s, str) and s.strip() for s in steps):

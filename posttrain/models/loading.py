@@ -52,10 +52,68 @@ def base_model_path(name_or_path: str) -> str:
     return path if adapter is None else base_model_path(adapter["base_model_name_or_path"])
 
 
+def check_model_path(name_or_path: str) -> None:
+    """A model named by a path must exist. Said in our words: for a missing path the Hub's loader explains what a
+    repo id may look like instead. 'org/name' (or a bare 'name') that is no local directory may still be a Hub id
+    in the local cache, so only what cannot be a repo id is checked here."""
+    if name_or_path == "tiny" or Path(name_or_path).expanduser().exists():
+        return
+    cannot_be_repo_id = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
+    if cannot_be_repo_id:
+        raise UserError(f"no such directory: {name_or_path} — fix: set model.name_or_path to a Hugging Face model "
+                        "directory, a run directory, or 'tiny'")
+
+
+# attn_implementation → (module it needs, how to install it)
+_ATTENTION_PACKAGES = {"flash_attention_2": ("flash_attn", "pip install flash-attn --no-build-isolation"),
+                       "flash_attention_3": ("flash_attn_interface", "install FlashAttention-3 (flash-attention's "
+                                             "hopper/ directory)")}
+
+
+def check_attention_kernel(attn_implementation: str) -> None:
+    """The kernel model.attn_implementation names is installed. Checked before the run starts: transformers finds
+    out only when the model is built, after the data has been read and the run directory made."""
+    import importlib.util
+
+    module, install = _ATTENTION_PACKAGES.get(attn_implementation, (None, None))
+    if "/" in attn_implementation:  # a kernel from the Hub, e.g. kernels-community/flash-attn
+        module, install = "kernels", "pip install kernels"
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise UserError(f"model.attn_implementation={attn_implementation} needs the '{module}' package, which is "
+                        f"not installed — fix: {install}, or use model.attn_implementation=sdpa")
+
+
+def context_length(name_or_path: str, trust_remote_code: bool = False) -> int | None:
+    """Positions the model's position table holds (max_position_embeddings; GPT-2's n_positions …); None when
+    the config names none or cannot be read. A run directory is read through its final/, an adapter directory
+    through its base model."""
+    import json
+
+    from transformers import AutoConfig
+
+    path = Path(resolve_model_path(name_or_path))
+    if (path / "final").is_dir() and not (path / "config.json").is_file():
+        path = path / "final"
+    adapter = path / "adapter_config.json"
+    if adapter.is_file():
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        return context_length(base, trust_remote_code) if base else None
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """The tokenizer of a model, adapter or run directory (an adapter saved without one: its base's), or 'tiny'."""
     from transformers import AutoTokenizer
 
+    check_model_path(name_or_path)
     path = resolve_model_path(name_or_path)
     adapter = adapter_config(path)
     if adapter is not None and not (Path(path) / "tokenizer_config.json").is_file():
@@ -94,6 +152,8 @@ def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | 
 
     if head not in HEADS:
         raise ValueError(f"head must be 'lm', 'score' or 'token', got {head!r}")
+    check_model_path(model_cfg.name_or_path)
+    check_attention_kernel(model_cfg.attn_implementation)
     path = resolve_model_path(model_cfg.name_or_path)
     start_adapter = adapter_config(path)
     rank = lora_cfg.r
@@ -212,6 +272,7 @@ def _add_lora(model, lora_cfg, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model
 
     targets = lora_cfg.target_modules
+    check_lora_targets(model, targets)
     # PEFT's all-linear skips a SEQ_CLS head but would put LoRA on a TOKEN_CLS head, which it trains in full (error)
     exclude = ["score", "classifier"] if task_type == "TOKEN_CLS" else None
     peft_config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
@@ -222,6 +283,21 @@ def _add_lora(model, lora_cfg, task_type: str = "CAUSAL_LM"):
         return get_peft_model(model, peft_config)
     except ValueError as e:
         raise ConfigError(f"lora.target_modules={','.join(targets)}: {_first_line(e)}") from None
+
+
+def check_lora_targets(model, targets: list[str]) -> None:
+    """Some module matches lora.target_modules (PEFT's rule: the full name, or its last dotted parts); if none does,
+    name the model's linear layers — PEFT's own error names only the targets."""
+    if targets == ["all-linear"]:
+        return
+    names = [name for name, _ in model.named_modules()]
+    if any(name == t or name.endswith("." + t) for name in names for t in targets):
+        return
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if type(module).__name__ in ("Linear", "Conv1D")})  # Conv1D: GPT-2's linear layers
+    raise ConfigError(f"lora.target_modules={','.join(targets)} matches no module of this model; its linear layers "
+                      f"are {', '.join(linear)} — fix: lora.target_modules=all-linear, or a comma-separated subset "
+                      "of those names")
 
 
 def count_parameters(model) -> tuple[int, int]:

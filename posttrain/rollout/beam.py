@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from posttrain.rollout.engine import CACHE_ARG
+
 MAX_EXHAUSTIVE_COMPLETIONS = 200_000
 
 
@@ -181,8 +183,8 @@ def exhaustive_search(model, prompt_ids: list[int], *, max_new_tokens: int, eos_
 
 def _next_token_log_probs(model, input_ids: torch.Tensor, cache):
     """One cached forward step: input_ids [R, T] → (log-probs of the next token [R, V] float32, cache)."""
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
-    return F.log_softmax(out.logits[:, -1].float(), dim=-1), out.past_key_values
+    out = model(input_ids=input_ids, **{CACHE_ARG: cache}, use_cache=True)
+    return F.log_softmax(out.logits[:, -1].float(), dim=-1), getattr(out, CACHE_ARG)
 
 
 def _log_probs_after(model, prompt: torch.Tensor, prefixes: torch.Tensor, chunk_size: int) -> torch.Tensor:

@@ -32,9 +32,14 @@ from typing import Callable
 
 import torch
 from transformers import DynamicCache, StaticCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from posttrain.rollout.samplers import (SamplingParams, derive_seed, logprobs_of, position_uniforms, process_logits,
                                        sample)
+
+# transformers 5 renames the forward argument `past_key_values` to `cache` (the old name warns, and goes in 5.40).
+# Models take the name their outputs carry; pass the KV cache under that one.
+CACHE_ARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 FINISH_REASONS = ("length", "stop", "stop_sequence")  # codes 0, 1, 2 in the engine's buffers
 
@@ -171,12 +176,12 @@ class DynamicDecoder:
     def prefill(self, input_ids, mask, positions) -> torch.Tensor:
         width = input_ids.shape[1]
         out = self.model(input_ids=input_ids, attention_mask=mask[:, :width], position_ids=positions,
-                         past_key_values=self.cache, use_cache=True)
+                         **{CACHE_ARG: self.cache}, use_cache=True)
         return out.logits[:, -1].float()
 
     def step(self, tokens, mask, positions, length: int) -> torch.Tensor:
         out = self.model(input_ids=tokens, attention_mask=mask[:, :length], position_ids=positions,
-                         past_key_values=self.cache, use_cache=True)
+                         **{CACHE_ARG: self.cache}, use_cache=True)
         return out.logits[:, -1].float()
 
     def retire(self, live: torch.Tensor) -> torch.Tensor | None:
@@ -191,7 +196,7 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → 
 def _compiled_step(model) -> Callable:
     if model not in _COMPILED:
         def decode(tokens, cache, mask, positions):
-            return model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            return model(input_ids=tokens, attention_mask=mask, position_ids=positions, **{CACHE_ARG: cache},
                          use_cache=True).logits[:, -1].float()
         _COMPILED[model] = torch.compile(decode)
     return _COMPILED[model]
@@ -207,7 +212,7 @@ class StaticDecoder:
         self.forward = _compiled_step(model) if compile else self._eager_step
 
     def _eager_step(self, tokens, cache, mask, positions):
-        return self.model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        return self.model(input_ids=tokens, attention_mask=mask, position_ids=positions, **{CACHE_ARG: cache},
                           use_cache=True).logits[:, -1].float()
 
     def prefill(self, input_ids, mask, positions) -> torch.Tensor:

@@ -54,6 +54,7 @@ from posttrain.rollout import HFEngine, SamplingParams, generate_text
 from posttrain.train import sft
 from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, forward_logits,
                                     optimizer_step, prepare_run_dir, start_training, total_steps)
+from posttrain.train.preflight import check_inputs
 
 
 def run(cfg: DistillConfig) -> dict:
@@ -61,6 +62,7 @@ def run(cfg: DistillConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = distributed.init()
+    check_inputs(cfg)  # model path, attention kernel, trackers; train.lr and data.max_length from the model
     if cfg.distill.mode == "cot":
         return run_cot(cfg, world)
 

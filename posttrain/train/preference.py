@@ -40,6 +40,7 @@ from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, optimizer_step,
                                     prepare_run_dir, start_training, task_and_problems, total_steps,
                                     train_and_eval_rows)
+from posttrain.train.preflight import check_inputs
 from posttrain.train.sft import format_metrics, save_final
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -53,6 +54,7 @@ def run(cfg: DPOConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = distributed.init()
+    check_inputs(cfg)  # model path, attention kernel, trackers; train.lr and data.max_length from the model
     loss_fn, loss_kwargs = resolve_loss(cfg)
     live_reference = cfg.preference.loss == "tr_dpo"
     if live_reference and cfg.train.strategy == "fsdp":

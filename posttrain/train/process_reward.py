@@ -35,6 +35,7 @@ from posttrain.data.process import build_step_examples, step_example
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step, padded_forward,
                                     prepare_run_dir, start_training, total_steps, train_and_eval_rows)
+from posttrain.train.preflight import check_inputs
 from posttrain.train.sft import format_metrics, save_checkpoint, save_final
 
 METRICS = ("loss", "step_accuracy")
@@ -44,6 +45,7 @@ def run(cfg: RMConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = distributed.init()
+    check_inputs(cfg)  # model path, attention kernel, trackers; train.lr and data.max_length from the model
 
     # ---- setup: every check on user input happens before the run directory is touched -----------------------------
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)

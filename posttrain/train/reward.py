@@ -25,6 +25,7 @@ from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, o
                                     prepare_run_dir, start_training, total_steps)
 from posttrain.train import process_reward
 from posttrain.train.preference import load_preference_data
+from posttrain.train.preflight import check_inputs
 from posttrain.train.sft import format_metrics, save_checkpoint, save_final
 
 METRICS = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected")
@@ -36,6 +37,7 @@ def run(cfg: RMConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = distributed.init()
+    check_inputs(cfg)  # model path, attention kernel, trackers; train.lr and data.max_length from the model
 
     # ---- setup ------------------------------------------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)

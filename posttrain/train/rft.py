@@ -61,6 +61,7 @@ from posttrain.rollout import build_engine, generate_text
 from posttrain.track import Tracker
 from posttrain.train import sft
 from posttrain.train.common import batch_plan, prepare_run_dir, stream_indices
+from posttrain.train.preflight import check_inputs
 
 
 def run(cfg: RFTConfig) -> dict:
@@ -70,6 +71,7 @@ def run(cfg: RFTConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = distributed.init()
+    check_inputs(cfg)  # model path, attention kernel, trackers; train.lr and data.max_length from the model
     if world.world_size > 1:
         raise UserError("posttrain rft runs in one process — fix: start it without torchrun")
 

@@ -43,6 +43,7 @@ from posttrain.train import rl_diagnostics as diagnostics, rollouts
 from posttrain.train.common import (NonFiniteGuard, autocast, build_optimizer, device_of, optimizer_step,
                                     prepare_run_dir, start_training)
 from posttrain.train.sft import format_metrics, save_final
+from posttrain.train.preflight import check_inputs
 
 
 def run(cfg: RLConfig) -> dict:
@@ -50,6 +51,7 @@ def run(cfg: RLConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = distributed.init()
+    check_inputs(cfg)  # model path, attention kernel, trackers; train.lr and data.max_length from the model
 
     # ---- setup: every check on user input happens before the run directory is touched -----------------------------
     rl_plan(cfg, world.world_size)  # the pieces and the divisibility, before anything is loaded

@@ -65,16 +65,18 @@ def load_prompts(cfg: RLConfig, tokenizer) -> PromptData:
         task.rows("train", cfg.task.num_train, cfg.seed)
     use_template = tokenizer.chat_template is not None
     rows, prompt_ids, report = [], [], DropReport(total=len(raw))
+    row_numbers = getattr(raw, "row_numbers", range(1, len(raw) + 1))  # 1-based, as every command counts rows
     for i, row in enumerate(raw):
         prompt = row.get("prompt", row.get("messages"))
         if not prompt or not isinstance(prompt, (str, list)):
-            raise DataError("no prompt (a non-empty string, or a list of chat messages)", file=source, row=i,
-                            field="prompt", fix="give every row a 'prompt' column (rename with data.columns)")
+            raise DataError("no prompt (a non-empty string, or a list of chat messages)", file=source,
+                            row=row_numbers[i], field="prompt",
+                            fix="give every row a 'prompt' column (rename yours with data.columns=question:prompt)")
         ids = format_prompt(tokenizer, prompt, use_template)
         if len(ids) > cfg.data.max_length:
             if cfg.data.truncation == "error":
                 raise DataError(f"the prompt has {len(ids)} tokens, more than data.max_length = "
-                                f"{cfg.data.max_length}", file=source, row=i, field="prompt",
+                                f"{cfg.data.max_length}", file=source, row=row_numbers[i], field="prompt",
                                 fix="raise data.max_length, or set data.truncation=drop")
             report.add("prompt too long")
             continue
@@ -100,7 +102,13 @@ def build_reward_sources(cfg: RLConfig, data: PromptData, tokenizer, device) -> 
     if cfg.reward.verifier:
         if data.task is None:
             raise UserError("reward.verifier needs a task — set task.name, or reward.verifier=false")
-        sources.append((VerifierReward(data.task.score), cfg.reward.verifier_weight))
+        verifier = VerifierReward(data.task.score)
+        references = verifier.outcomes([_text(r["prompt"]) for r in data.rows], [""] * len(data.rows), data.rows)
+        if cfg.data.train_path and all(o.value is None for o in references):  # no answer, no task problem in the text
+            raise UserError(f"{cfg.data.train_path}: reward.verifier is on (the default) but no prompt has an "
+                            "'answer' for it to check against — fix: reward.verifier=false to score with "
+                            "reward.function / reward.model alone, or add an answer column")
+        sources.append((verifier, cfg.reward.verifier_weight))
     if cfg.reward.function:
         sources.append((FileReward.from_spec(cfg.reward.function, timeout_s=cfg.reward.timeout_s,
                                              batched=cfg.reward.function_batched), cfg.reward.function_weight))
@@ -108,6 +116,11 @@ def build_reward_sources(cfg: RLConfig, data: PromptData, tokenizer, device) -> 
         sources.append((load_reward_model(cfg.reward.model, device=device, batch_size=cfg.eval.batch_size,
                                           precision=cfg.train.precision), cfg.reward.model_weight))
     return sources
+
+
+def _text(prompt) -> str:
+    """A prompt (text or chat messages) as the text a verifier searches for the problem."""
+    return prompt if isinstance(prompt, str) else "\n".join(str(m.get("content", "")) for m in prompt)
 
 
 def close_sources(sources) -> None:

@@ -28,6 +28,7 @@ from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, forward_logits,
                                     optimizer_step, prepare_run_dir, start_training, task_and_problems,
                                     total_steps)
+from posttrain.train.preflight import check_inputs
 
 
 def run(cfg: SFTConfig) -> dict:
@@ -36,6 +37,7 @@ def run(cfg: SFTConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = distributed.init()
+    check_inputs(cfg)  # model path, attention kernel, trackers; train.lr and data.max_length from the model
 
     # ---- setup: every check on user input happens before the run directory is touched -----------------------------
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
