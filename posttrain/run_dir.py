@@ -314,4 +314,6 @@ def _lookup(values: dict, key: str) -> tuple[bool, object]:
 
 
 def _show(value) -> str:
-    return json.dumps(value) if isinstance(value, (str, list, dict)) or value is None else str(value)
+    if value is None:
+        return "unset"
+    return json.dumps(value) if isinstance(value, (str, list, dict)) else str(value)

@@ -130,7 +130,7 @@ def test_resume_refuses_settings_that_cannot_change_and_a_shorter_run(tmp_path, 
                    needles=("seed 0 → 1", "train.micro_batch_size 4 → 2"))
     assert "checkpoint.allow_changes=seed,train.micro_batch_size" in line
     refused(capsys, run, "train.max_steps=4", "checkpoint.resume=true", "lora.r=4",
-            needles=("lora.r 0 → 4", "LoRA run cannot continue a full fine-tune"))
+            needles=("lora.r unset → 4", "LoRA run cannot continue a full fine-tune"))
     refused(capsys, run, "train.max_steps=4", "checkpoint.resume=true", "train.lr=1e-4",
             needles=("train.lr 0.003 → 0.0001", "checkpoint.allow_changes=train.lr"))
     refused(capsys, run, "train.max_steps=3", "checkpoint.resume=true",

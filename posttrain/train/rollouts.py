@@ -103,8 +103,8 @@ def build_reward_sources(cfg: RLConfig, data: PromptData, tokenizer, device) -> 
         if data.task is None:
             raise UserError("reward.verifier needs a task — set task.name, or reward.verifier=false")
         verifier = VerifierReward(data.task.score)
-        references = verifier.outcomes([_text(r["prompt"]) for r in data.rows], [""] * len(data.rows), data.rows)
-        if cfg.data.train_path and all(o.value is None for o in references):  # no answer, no task problem in the text
+        if cfg.data.train_path and not any(verifier.outcomes([_text(row["prompt"])], [""], [row])[0].value is not None
+                                           for row in data.rows):  # no answer, no task problem in any prompt's text
             raise UserError(f"{cfg.data.train_path}: reward.verifier is on (the default) but no prompt has an "
                             "'answer' for it to check against — fix: reward.verifier=false to score with "
                             "reward.function / reward.model alone, or add an answer column")
