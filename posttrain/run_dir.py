@@ -39,7 +39,8 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 # What posttrain writes into a run directory: all a reuse removes (other files stay where they are).
 OWN_ENTRIES = (MARKER, CONFIG, METRICS, checkpoint.CHECKPOINTS, "final", "final.tmp", "tensorboard", "wandb",
-               "plots", "reference_logps.safetensors", "prm_data.jsonl", "rationales.jsonl", "student")
+               "plots", "reference_logps.safetensors", "prm_data.jsonl", "rationales.jsonl", "rationales_summary.json",
+               "student")
 
 # Settings a resumed run may change freely: how long it runs, how often it evaluates, logs and saves, how it
 # reports, how many threads it uses, its guard rails. (The invocation keys are not settings of the run at all.)
@@ -133,10 +134,12 @@ def classify(path: Path) -> str:
 
 
 def worth_keeping(run_dir: Path) -> bool:
-    """A run holds something worth keeping once it has a checkpoint, a final model or a metrics line past step 0;
-    an attempt that failed before its first step (bad LoRA targets, an unscorable first batch …) holds none.
-    Anything unexpected (no marker: a run of an older version; an unreadable metrics line) counts as worth keeping."""
-    if not (run_dir / MARKER).is_file() or checkpoint.latest(run_dir) is not None or (run_dir / "final").exists():
+    """A run holds something worth keeping once it has a checkpoint, a final model, a metrics line past step 0 or a
+    teacher's rationales (distill.mode=cot); an attempt that failed before its first step (bad LoRA targets, an
+    unscorable first batch …) holds none. Anything unexpected (no marker: a run of an older version; an unreadable
+    metrics line) counts as worth keeping."""
+    if (not (run_dir / MARKER).is_file() or checkpoint.latest(run_dir) is not None or (run_dir / "final").exists()
+            or (run_dir / "rationales.jsonl").exists()):
         return True
     metrics = run_dir / METRICS
     if not metrics.is_file():

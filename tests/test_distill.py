@@ -150,3 +150,24 @@ def test_cot_keeps_the_teachers_verified_solutions_and_fine_tunes_the_student(tm
                    "distill.samples_per_prompt=2", "distill.max_new_tokens=4", "train.max_steps=1", *COT) == 0
     summary = json.loads((everything / "rationales_summary.json").read_text())
     assert summary["kept"] == summary["sampled"] - summary["truncated"] > summary["verified"]
+
+
+def test_cot_follows_the_run_directory_rules(tmp_path, models, one_digit_teacher, capsys):
+    """A cot run directory is a run directory: overwrite=true never deletes a folder that is not a run (it used to
+    rmtree it), and it replaces a cot run, rationales and student included."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    args = ("distill.mode=cot", "distill.filter=none", "distill.samples_per_prompt=1", "distill.max_new_tokens=4",
+            "train.max_steps=1", *COT)
+    assert distill(mine, models["student"], one_digit_teacher, "overwrite=true", *args) == 2
+    assert "is not a posttrain run" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+
+    out = tmp_path / "run"
+    assert distill(out, models["student"], one_digit_teacher, *args) == 0
+    first = (out / "rationales.jsonl").stat().st_mtime_ns
+    assert distill(out, models["student"], one_digit_teacher, *args) == 2  # occupied: needs overwrite or resume
+    assert distill(out, models["student"], one_digit_teacher, "overwrite=true", *args) == 0
+    assert (out / "rationales.jsonl").stat().st_mtime_ns != first and (out / ".posttrain-run").is_file()
+    assert sorted(records(out / "student"))[-1] == 1

@@ -34,7 +34,6 @@ import dataclasses
 import inspect
 import json
 import random
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -50,6 +49,7 @@ from posttrain.data import collate, load_rows, normalize
 from posttrain.errors import ConfigError, UserError
 from posttrain.generate import load_for_inference
 from posttrain.models.loading import base_model_path, load_model, load_tokenizer
+from posttrain.run_dir import classify, lock, open_run
 from posttrain.rollout import HFEngine, SamplingParams, generate_text
 from posttrain.train import sft
 from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, forward_logits,
@@ -237,7 +237,9 @@ def run_cot(cfg: DistillConfig, world) -> dict:
                           "run it without torchrun, or distill with mode=logit or on_policy")
     run_dir = Path(cfg.output_dir)
     rationales = run_dir / "rationales.jsonl"
-    if not (cfg.checkpoint.resume and rationales.is_file()):
+    if cfg.checkpoint.resume and rationales.is_file():
+        lock(run_dir)  # the rationales are kept; the student's own run directory is opened (and locked) by sft
+    else:
         teacher, teacher_tokenizer, teacher_dir = load_for_inference(cfg.distill.teacher)
         task, rows = cot_prompts(cfg)
         open_cot_dir(cfg, run_dir)
@@ -288,17 +290,15 @@ def teacher_rationales(cfg: DistillConfig, teacher, tokenizer, task, rows: list[
 
 
 def open_cot_dir(cfg: DistillConfig, run_dir: Path) -> None:
-    """A fresh cot run directory (the rules of every run directory: occupied needs overwrite or resume)."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if cfg.checkpoint.resume:
-            raise UserError(f"checkpoint.resume is set but {run_dir} has no rationales.jsonl to resume from — fix: "
-                            "drop checkpoint.resume, or point output_dir at the run to continue")
-        if not cfg.overwrite:
-            raise UserError(f"{run_dir} already holds a run — fix: set checkpoint.resume=true to continue it, "
-                            "overwrite=true to replace it, or choose another output_dir")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    C.save_yaml(cfg, run_dir / "config.yaml")
+    """Open a cot run directory by the rules of every run directory (run_dir.py): never a folder that is not a
+    run, never a live one; an old run is replaced only with overwrite=true. A cot run holds no checkpoint of its own
+    (its student does), so what a resume continues is RUN_DIR/rationales.jsonl: checkpoint.resume=true without it is
+    refused, and checkpoint.resume=auto without it starts afresh."""
+    if cfg.checkpoint.resume is True and classify(run_dir) == "run":
+        raise UserError(f"checkpoint.resume is set but {run_dir} has no rationales.jsonl to resume from — fix: "
+                        "drop checkpoint.resume, or point output_dir at the run to continue")
+    resume = "auto" if cfg.checkpoint.resume == "auto" else False
+    open_run(dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, resume=resume)), "distill")
 
 
 def student_sft_config(cfg: DistillConfig, run_dir: Path, rationales: Path) -> SFTConfig:
