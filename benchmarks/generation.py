@@ -4,11 +4,11 @@
     python benchmarks/generation.py                    # tiny model (1.1M) and a ~30M model built from a config
     python benchmarks/generation.py --models tiny --batch 64 --new-tokens 48 --top-p 1.0
 
-Same model, same prompts (64 arith prompts through the chat template, left-padded), sampling at temperature
-1.0 from the full distribution (top-p 1.0: what RL rollouts sample from) and with top-p 0.95, the same number of new tokens (`min_new_tokens` = `max_new_tokens` for HF and no
-stop token for ours, so both generate exactly batch × new-tokens tokens and the work is identical), fp32,
-2 threads. Tokens/s = generated tokens / wall time of the call; each tool runs --rounds times alternately after
-one warmup call, and the best is reported. Ratio = ours ÷ HF.
+Same model, same prompts (64 arith prompts through the chat template, left-padded), sampling at temperature 1.0 from
+the full distribution (top-p 1.0: what RL rollouts sample from) and with top-p 0.95, the same number of new tokens
+(`min_new_tokens` = `max_new_tokens` for HF and no stop token for ours, so both generate exactly batch × new-tokens
+tokens and the work is identical), fp32, 2 threads. Tokens/s = generated tokens / wall time of the call; each tool
+runs --rounds times alternately after one warmup call, and the best is reported. Ratio = ours ÷ HF.
 
 Two of ours: the default engine (DynamicCache, eager) and `compile=True` (static cache, torch.compile'd decode
 step). The compiled one's warmup call pays the one-time compilation, reported separately ("compile s"); the

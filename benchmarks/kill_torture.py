@@ -7,11 +7,13 @@ every metrics line and the final weights must equal those of the same run left a
 Each command runs a tiny configuration (a few dozen steps, a checkpoint every few) once uninterrupted, then
 again under fire: an attempt is started with checkpoint.resume=auto and killed either during its start-up (a
 random moment before its first new metrics line) or at a random moment after a randomly chosen step was logged
-(mid-step, mid-evaluation, mid-checkpoint); killed attempts are restarted with the same command until one
+(mid-step, mid-evaluation, mid-checkpoint; the steps are drawn so that the kills spread over the whole run); killed attempts are restarted with the same command until one
 finishes. A run that finishes before its share of kills was delivered is followed by a new one in a fresh
-directory. Timing metrics (time, *_per_s, sps, time/*) are left out of the comparison. Prints a table:
+directory. Timing metrics (time, *_per_s, sps, time/*) are left out of the comparison. grpo and ppo are scored by
+kill_torture_reward.py in the reward worker; a second after every kill, the processes still running that file are
+counted (left behind: they must be 0). Prints a table:
 
-    command   kills  runs  equal metrics  equal weights
+    command   kills  runs  equal metrics  equal weights  left behind
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 LLM = ["threads=1", "log.progress=false", "task.num_train=96", "task.num_eval=8", "task.max_digits=2",
        "eval.num_samples=4", "eval.max_new_tokens=8", "train.lr=3e-3", "checkpoint.keep_last=2"]
-RL = ["eval.task_accuracy=false", "task.max_digits=1", "sampling.max_new_tokens=8", "rl.prompts_per_step=4",
-      "train.micro_batch_size=4", "train.max_steps=12", "checkpoint.every=3"]
+REWARD = Path(__file__).resolve().with_name("kill_torture_reward.py")
+RL = [f"reward.function={REWARD}:digits", "reward.verifier=false", "eval.task_accuracy=false",
+      "task.max_digits=1", "sampling.max_new_tokens=8", "rl.prompts_per_step=4", "train.micro_batch_size=4",
+      "train.max_steps=12", "checkpoint.every=3"]
 COMMANDS = {
     "sft": ["sft", *LLM, "train.micro_batch_size=4", "train.max_steps=30", "checkpoint.every=5"],
     "dpo": ["dpo", *LLM, "train.micro_batch_size=4", "train.max_steps=24", "checkpoint.every=4"],
@@ -83,17 +87,19 @@ def straight_run(args: list[str], run_dir: Path, log) -> dict:
 
 
 def attempt(args: list[str], run_dir: Path, straight: dict, rng: random.Random, log,
-            fire: bool = True) -> tuple[bool, int | None]:
-    """One attempt, under fire unless `fire` is false. Returns (killed, exit code if it ended by itself)."""
+            remaining: int) -> tuple[bool, int | None]:
+    """One attempt, under fire while kills `remaining` > 0: the target step is drawn from the next
+    1/remaining of the steps left, so the kills spread over the run. Returns (killed, exit code if it ended)."""
     before = last_step(run_dir)
     proc = launch(args, run_dir, log)
     t0 = time.time()
-    if not fire:
+    if remaining <= 0:
         deadline, target = None, None
     elif before >= straight["total"] or rng.random() < 0.2:  # kill during start-up
         deadline, target = t0 + rng.uniform(0.2, 1.2) * straight["startup"], None
     else:  # kill a random moment after a random later step was logged
-        deadline, target = None, rng.randint(before + 1, straight["total"])
+        span = -(-(straight["total"] - before) // remaining)  # ceil
+        deadline, target = None, rng.randint(before + 1, min(before + span, straight["total"]))
     step_time = (straight["seconds"] - straight["startup"]) / max(straight["total"], 1)
     while proc.poll() is None:
         if target is not None and last_step(run_dir) >= target:
@@ -104,6 +110,18 @@ def attempt(args: list[str], run_dir: Path, straight: dict, rng: random.Random, 
             return True, None
         time.sleep(0.01)
     return False, proc.returncode
+
+
+def reward_workers() -> int:
+    """Processes still running kill_torture_reward.py (reward workers of a killed trainer that outlived it)."""
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        count += str(REWARD).encode() in cmdline and b"_worker_main" in cmdline
+    return count
 
 
 def comparable(run_dir: Path) -> list[dict]:
@@ -126,14 +144,16 @@ def torture(name: str, kills: int, work: Path, rng: random.Random) -> dict:
     straight_dir = work / f"{name}-straight"
     straight = straight_run(args, straight_dir, log)
     expected, expected_weights = comparable(straight_dir), final_weights(straight_dir)
-    delivered, runs, equal_metrics, equal_weights = 0, 0, True, True
+    delivered, runs, equal_metrics, equal_weights, left_behind = 0, 0, True, True, 0
     while delivered < kills or runs == 0:
         runs += 1
         run_dir = work / f"{name}-killed-{runs}"
         while True:
-            killed, code = attempt(args, run_dir, straight, rng, log, fire=delivered < kills)
+            killed, code = attempt(args, run_dir, straight, rng, log, remaining=kills - delivered)
             if killed:
                 delivered += 1
+                time.sleep(1.0)
+                left_behind += reward_workers()
                 print(f"  {name}: kill {delivered} (run {runs}, metrics at step {last_step(run_dir)}, checkpoint "
                       f"{latest_name(run_dir)})", flush=True)
                 continue
@@ -146,7 +166,7 @@ def torture(name: str, kills: int, work: Path, rng: random.Random) -> dict:
             torch.equal(got[k], expected_weights[k]) for k in got)
     log.close()
     return {"command": name, "kills": delivered, "runs": runs, "equal metrics": equal_metrics,
-            "equal weights": equal_weights}
+            "equal weights": equal_weights, "left behind": left_behind}
 
 
 def latest_name(run_dir: Path) -> str:
@@ -174,13 +194,14 @@ def main() -> int:
     for name, share in zip(names, shares):
         print(f"{name}: uninterrupted run, then {share} kill(s)", flush=True)
         rows.append(torture(name, share, work, rng))
-    print(f"\n{'command':<9} {'kills':>5} {'runs':>5}  {'equal metrics':<14} {'equal weights':<14}")
+    print(f"\n{'command':<9} {'kills':>5} {'runs':>5}  {'equal metrics':<14} {'equal weights':<14} left behind")
     for r in rows:
         print(f"{r['command']:<9} {r['kills']:>5} {r['runs']:>5}  {str(r['equal metrics']):<14} "
-              f"{str(r['equal weights']):<14}")
-    ok = all(r["equal metrics"] and r["equal weights"] for r in rows)
-    print(f"\n{sum(r['kills'] for r in rows)} kills; " + ("every run equals its uninterrupted twin" if ok else
-                                                          "MISMATCH — see the table"))
+              f"{str(r['equal weights']):<14} {r['left behind']}")
+    ok = all(r["equal metrics"] and r["equal weights"] and not r["left behind"] for r in rows)
+    verdict = ("every run equals its uninterrupted twin, no reward worker left behind" if ok
+               else "MISMATCH — see the table")
+    print(f"\n{sum(r['kills'] for r in rows)} kills; {verdict}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:

@@ -68,7 +68,8 @@ class LoraConfig:
 class TaskConfig:
     name: str = "arith"
     """Built-in task used when data.train_path is empty (and for task accuracy at evaluation): 'arith' (column
-    addition/subtraction, one correct solution each) or 'sums' (3..6 terms added in any order, many correct solutions)."""
+    addition/subtraction, one correct solution each), 'sums' (3..6 terms added in any order, many correct solutions)
+    or 'code' (32 Python functions to write, scored by hidden unit tests in the sandbox)."""
     max_digits: int = 3
     """Each operand (sums: each term, 1..3) has 1..max_digits digits, the digit count drawn uniformly."""
     ops: str = "+"
@@ -315,7 +316,8 @@ class RMConfig:
     (reward.mode=prm) a score at the end of every reasoning step, trained on step labels."""
 
     output_dir: str = "runs/rm"
-    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/ (loads with AutoModelForSequenceClassification)."""
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/ (loads with
+    AutoModelForSequenceClassification)."""
     overwrite: bool = False
     """Replace the posttrain run in output_dir (never a folder that is not one, nor a run in use); without it an
     existing run is an error unless checkpoint.resume."""

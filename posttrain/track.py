@@ -128,7 +128,8 @@ def plot_run(cfg) -> list[Path]:
     """`posttrain plot RUN_DIR`: one PNG per metric (and one overview) in RUN_DIR/plots/."""
     run_dir = Path(cfg.run_dir)
     if not (run_dir / METRICS_FILE).is_file():
-        raise UserError(f"{run_dir / METRICS_FILE} not found — fix: pass a run directory written by a posttrain command")
+        raise UserError(f"{run_dir / METRICS_FILE} not found — fix: pass a run directory written by a posttrain "
+                        "command")
     paths = plot_metrics(read_metrics(run_dir), run_dir / "plots")
     print(f"wrote {len(paths)} plots to {run_dir / 'plots'}")
     return paths

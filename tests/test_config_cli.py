@@ -13,7 +13,8 @@ def parse(*args, cls=C.SFTConfig):
 def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1e-4\n  micro_batch_size: 4\nlora:\n  r: 8\n  target_modules: [q_proj, v_proj]\n")
-    cfg = parse("-c", str(path), "train.micro_batch_size=2", "--data.packing", "false", "model.gradient_checkpointing=true")
+    cfg = parse("-c", str(path), "train.micro_batch_size=2", "--data.packing", "false",
+                "model.gradient_checkpointing=true")
     assert cfg.train.lr == 1e-4                 # from YAML ("1e-4" is a string to YAML; coerced)
     assert cfg.train.micro_batch_size == 2      # override beats YAML
     assert cfg.lora.r == 8 and cfg.lora.target_modules == ["q_proj", "v_proj"]

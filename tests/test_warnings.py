@@ -15,6 +15,9 @@ COMMANDS = {
     "dpo": ["dpo"],
     "rl": ["rl", "rl.prompts_per_step=2", "rl.generations=2", "sampling.max_new_tokens=4",
            "train.micro_batch_size=2"],
+    # the policy takes no step while the critic warms up: its lr schedule still advances (it counts steps)
+    "ppo-warmup": ["rl", "--algo", "ppo", "algo.critic_warmup=1", "rl.prompts_per_step=2", "rl.generations=1",
+                   "sampling.max_new_tokens=4", "train.micro_batch_size=2"],
 }
 NOISE = re.compile(r"warning|deprecat", re.IGNORECASE)
 

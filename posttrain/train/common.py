@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -138,7 +139,19 @@ def build_optimizer(model, train_cfg) -> torch.optim.AdamW:
                              betas=(train_cfg.adam_beta1, train_cfg.adam_beta2), fused=True)
 
 
-def build_scheduler(optimizer, train_cfg, num_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """A LambdaLR that counts training steps, not optimizer updates: it advances on a step the optimizer skipped
+    (PPO's critic warm-up, a step whose advantages are all 0, a non-finite step), as intended — so torch's warning
+    about an lr_scheduler.step() before the first optimizer.step() does not apply, and only it is hidden."""
+
+    def step(self, epoch=None) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before "
+                                    r"`optimizer\.step\(\)`", category=UserWarning)
+            super().step(epoch)
+
+
+def build_scheduler(optimizer, train_cfg, num_steps: int) -> StepSchedule:
     """Linear warmup to lr, then cosine or linear decay to lr·min_lr_ratio (or constant)."""
     warmup, floor = train_cfg.warmup_steps, train_cfg.min_lr_ratio
 
@@ -152,7 +165,7 @@ def build_scheduler(optimizer, train_cfg, num_steps: int) -> torch.optim.lr_sche
             return floor + (1 - floor) * (1 - progress)
         return 1.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return StepSchedule(optimizer, factor)
 
 
 def autocast(precision: str, device: torch.device):

@@ -71,7 +71,8 @@ def run(cfg: SFTConfig) -> dict:
         scheduler.step()
         done = step + 1
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-                   "tokens_per_s": n_tokens / (time.perf_counter() - t0), "epoch": done * global_batch / len(data.train)}
+                   "tokens_per_s": n_tokens / (time.perf_counter() - t0),
+                   "epoch": done * global_batch / len(data.train)}
         if guard.skipped:
             metrics["skipped_steps"] = guard.skipped
         if done == num_steps or (cfg.eval.every and done % cfg.eval.every == 0):
