@@ -5,7 +5,7 @@
 
 Runs `posttrain demo --quick` (seed 0) and five short runs — sft, dpo, grpo, ppo and classic ppo, a few steps each,
 fixed seeds, one thread — and collects every number of the demo's summary.json and of each run's metrics.jsonl,
-leaving out wall-clock ones (time, *_per_s, sps, time/*, round_s and the demo's "time (s)" columns). `compare`
+leaving out wall-clock ones (time, *_per_s, *_s, *seconds, sps, time/* and the demo's "time (s)" columns). `compare`
 runs them again and lists each number that differs (bitwise: floats are compared as written). The numbers are
 this machine's: float results can differ across CPUs and library versions, so record and compare on one machine.
 """
@@ -38,7 +38,7 @@ TIMING = ("time", "sps", "round_s", "time (s)", "seconds")
 
 
 def timing(key: str) -> bool:
-    return key in TIMING or key.startswith("time/") or key.endswith("_per_s") or key.endswith("_s")
+    return key in TIMING or key.startswith("time/") or key.endswith(("_per_s", "_s", "seconds"))
 
 
 def strip(value):
