@@ -35,7 +35,7 @@ import torch
 
 from posttrain import classic
 from posttrain.classic import common
-from posttrain.classic.config import ClassicConfig
+from posttrain.config import ClassicConfig
 
 TARGET = 475.0
 

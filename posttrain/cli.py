@@ -1,6 +1,6 @@
 """The command line: `posttrain <command> [-c config.yaml] [section.key=value ...] [--section.key value ...]`.
 
-Each command is a config dataclass (config.py) and a function that runs it. `tyro` generates the parser and
+Each command is a config dataclass (posttrain/config/) and a function that runs it. `tyro` generates the parser and
 `--help` from the dataclasses (field docstrings become help text); this module only adds the conveniences
 users of other tools expect: a YAML overlay, `key=value` overrides, bare boolean flags, and the rule that a
 user mistake exits with code 2 and one message (`--debug` shows the traceback instead).
@@ -18,7 +18,6 @@ import typing
 from pathlib import Path
 
 from posttrain import config as C
-from posttrain.classic.config import ClassicConfig
 from posttrain.errors import EXIT_USER_ERROR, ConfigError, UserError
 
 # command → (config class, "module:function", one-line description)
@@ -37,7 +36,7 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
              "accuracy, pass@k, maj@k and test-time search (best-of-N, vote, PRM beam, MCTS) at equal tokens"),
     "export": (C.ExportConfig, "posttrain.export:run", "write a plain HF model directory (LoRA merged)"),
     "plot": (C.PlotConfig, "posttrain.track:plot_run", "draw PNG curves from RUN_DIR/metrics.jsonl"),
-    "classic": (ClassicConfig, "posttrain.classic:run",
+    "classic": (C.ClassicConfig, "posttrain.classic:run",
                 "classic RL on gymnasium: tabular, DQN family, REINFORCE, A2C, PPO, DDPG/TD3, BC"),
     "distill": (C.DistillConfig, "posttrain.train.distill:run",
                 "distill a teacher into a student: logit (KL, JSD), on-policy (GKD), chain-of-thought"),
@@ -135,7 +134,8 @@ def usage() -> str:
 
 
 def parse_config(cls: type, args: list[str], prog: str):
-    """Defaults ← YAML (-c) ← overrides, then validated. tyro parses the final argument list."""
+    """Defaults ← YAML (-c) ← overrides, then validated (every config class has `validate()`). tyro parses the
+    final argument list."""
     import tyro
 
     config_path, args = _pop_option(args, ("-c", "--config"))
@@ -143,8 +143,7 @@ def parse_config(cls: type, args: list[str], prog: str):
     paths = C.field_paths(cls)
     cfg = tyro.cli(cls, args=_to_tyro_args(args, paths), prog=prog, default=base,
                    config=(tyro.conf.FlagConversionOff,), use_underscores=True)
-    if isinstance(cfg, (C.SFTConfig, C.DPOConfig, C.RMConfig, C.RLConfig)):
-        C.validate(cfg)
+    cfg.validate()
     return cfg
 
 
@@ -208,8 +207,6 @@ def _values(value: str, ftype: typing.Any) -> list[str]:
         if any(len(p) != 2 for p in pairs):
             raise ConfigError(f"'{value}' is not a mapping — write it as key:value,key:value")
         return [s.strip() for p in pairs for s in p]
-    if value.lower() in ("none", "null") and type(None) in typing.get_args(ftype):
-        return ["None"]
     return [value]
 
 

@@ -69,11 +69,6 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -38,7 +38,6 @@ def use_template(tokenizer, choice: str) -> bool:
 
 def inference_engine(cfg, model, tokenizer, path: Path):
     """The engine cfg.rollout asks for; vLLM loads the directory itself (a LoRA adapter must be merged first)."""
-    cfg.rollout.validate()
     if cfg.rollout.engine == "vllm":
         if (path / "adapter_config.json").is_file():
             raise UserError(f"vLLM needs a full model, and {path} is a LoRA adapter — fix: posttrain export "
@@ -51,7 +50,7 @@ def inference_engine(cfg, model, tokenizer, path: Path):
 def run_generate(cfg) -> Path:
     from posttrain.data import load_rows, normalize
 
-    params = cfg.sampling.validate()
+    params = cfg.validate().sampling
     if cfg.data_path is not None:
         rows = list(normalize(conversation_prompts(load_rows(cfg.data_path)), kind="prompt"))
         score = None
@@ -114,7 +113,7 @@ def conversation_prompts(rows):
 def run_chat(cfg, stdin=None, stdout=None) -> list[dict]:
     """A read–generate–print loop. Returns the conversation (for tests)."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    params = cfg.sampling.validate()
+    params = cfg.validate().sampling
     model, tokenizer, path = load_for_inference(cfg.model)
     engine = inference_engine(cfg, model, tokenizer, path)
     template = tokenizer.chat_template is not None
@@ -147,9 +146,6 @@ def beam_records(model, tokenizer, prompts: list, beam, params, use_chat_templat
     …), with their summed log-prob and beam score (logprob / length ** length_penalty)."""
     from posttrain.rollout.beam import beam_search
 
-    if not 1 <= beam.num_return_sequences <= beam.num_beams:
-        raise ConfigError(f"beam.num_return_sequences = {beam.num_return_sequences} must be in 1..beam.num_beams "
-                          f"({beam.num_beams})")
     early = {"true": True, "false": False, "never": "never"}[beam.early_stopping]
     eos = sorted({tokenizer.eos_token_id, *params.stop_token_ids} - {None})
     records = []

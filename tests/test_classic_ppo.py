@@ -14,7 +14,7 @@ from posttrain import checkpoint, cli
 from posttrain.algos import advantages as estimators, aggregate as aggregation, policy as policy_losses
 from posttrain import classic
 from posttrain.classic import ppo
-from posttrain.classic.config import ClassicConfig, PPOSection
+from posttrain.config import ClassicConfig, PPOSection
 from posttrain.errors import ConfigError
 from posttrain.train import rl  # noqa: F401  (imported so its references to the shared functions can be spied on)
 

@@ -97,3 +97,44 @@ def test_top_level_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for name in cli.COMMANDS:
         assert name in out
+
+
+SHARED_SECTIONS = ["model", "lora", "task", "data", "train", "eval", "checkpoint", "log"]
+
+
+@pytest.mark.parametrize("cls, own", [
+    (C.SFTConfig, []), (C.DPOConfig, ["preference"]), (C.RMConfig, ["reward"]),
+    (C.RLConfig, ["algo", "kl", "rl", "reward", "sampling", "rollout"]),
+])
+def test_config_yaml_keys_keep_their_order(cls, own):
+    """config.yaml lists the run's head, the command's own sections, then the shared ones — the order the
+    dataclass bases produce (posttrain/config/sections.py), which a reordered base would silently change."""
+    assert list(C.to_dict(cls())) == ["output_dir", "overwrite", "seed", "threads", *own, *SHARED_SECTIONS]
+
+
+def test_classic_config_keeps_algo_and_env_first():
+    keys = list(C.to_dict(C.ClassicConfig()))
+    assert keys[:6] == ["algo", "env", "output_dir", "overwrite", "seed", "threads"]
+    assert keys[-2:] == ["checkpoint", "log"] and C.ClassicConfig().threads == 1
+
+
+def test_every_command_config_validates():
+    for name, (cls, _, _) in cli.COMMANDS.items():
+        assert issubclass(cls, C.Config), name
+
+
+@pytest.mark.parametrize("command, args, words", [
+    ("generate", ["sampling.top_p=2"], "sampling.top_p"),
+    ("generate", ["beam.num_beams=2", "beam.num_return_sequences=3"], "beam.num_return_sequences"),
+    ("chat", ["rollout.batch_size=0"], "rollout.batch_size"),
+    ("eval", ["strategies=greedy,nope"], "strategies"),
+    ("rft", ["rft.rounds=0"], "rft.rounds"),
+    ("distill", [], "distill.teacher is required"),
+    ("rm", ["reward.mode=prm", "reward.labels=mc"], "reward.label_policy"),
+    ("rl", ["train.micro_batch_size=0"], "train.micro_batch_size"),
+])
+def test_the_cli_validates_every_command_before_it_runs(command, args, words):
+    """One call in parse_config, whatever the command: the error comes before a model is loaded."""
+    cls = cli.COMMANDS[command][0]
+    with pytest.raises(ConfigError, match=words):
+        cli.parse_config(cls, args, prog=f"posttrain {command}")

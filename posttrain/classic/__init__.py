@@ -19,7 +19,7 @@ import difflib
 import importlib
 from dataclasses import replace
 
-from posttrain.classic.config import ClassicConfig
+from posttrain.config import ClassicConfig
 from posttrain.errors import ConfigError
 
 # algorithm name → module in this package

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from posttrain import config as C
 from posttrain.classic import common
-from posttrain.classic.config import ClassicConfig
+from posttrain.config import ClassicConfig
 from posttrain.errors import ConfigError
 
 DEFAULTS = {"bc": {"env": "CartPole-v1", "total_steps": 2_000, "lr": 1e-3, "num_envs": 1}}

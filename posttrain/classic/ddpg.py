@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from posttrain.classic import common
 from posttrain.classic.common import soft_update
-from posttrain.classic.config import ClassicConfig
+from posttrain.config import ClassicConfig
 from posttrain.errors import ConfigError
 
 DEFAULTS = {

@@ -38,7 +38,7 @@ from torch import nn
 
 from posttrain.classic import common
 from posttrain.classic.common import soft_update
-from posttrain.classic.config import ClassicConfig
+from posttrain.config import ClassicConfig
 from posttrain.errors import ConfigError
 
 DEFAULTS = {algo: {"env": "CartPole-v1", "total_steps": 50_000, "lr": 2.3e-3, "num_envs": 1}

@@ -22,8 +22,8 @@ episode segments, one row each, right-padded, `mask` 1 on real steps, and the va
 
 which gives exactly CleanRL's per-environment GAE loop (the test compares them on a random rollout).
 
-Defaults (config.py, PPOSection) are rl-zoo's CartPole-v1 PPO: 8 envs × 32 steps, 20 epochs over the batch of
-256 as one mini-batch, λ = 0.8, lr 1e-3 decaying linearly, clip 0.2; 100k environment steps.
+Defaults (posttrain/config/classic.py, PPOSection) are rl-zoo's CartPole-v1 PPO: 8 envs × 32 steps, 20 epochs
+over the batch of 256 as one mini-batch, λ = 0.8, lr 1e-3 decaying linearly, clip 0.2; 100k environment steps.
 """
 
 from __future__ import annotations

@@ -221,31 +221,6 @@ def agreement(rows: list[dict], exact: list[list[bool] | None]) -> dict:
 
 # ---- `posttrain rm reward.mode=prm reward.labels=mc` -----------------------------------------------------------------
 
-def check_config(cfg) -> None:
-    """Refuse, before the run directory is touched, an MC-labelling setup that cannot work (RMConfig)."""
-    r = cfg.reward
-    if r.labels != "mc":
-        return
-    if r.mode != "prm":
-        raise ConfigError("reward.labels=mc labels reasoning steps, so it needs reward.mode=prm")
-    if not r.label_policy:
-        raise ConfigError("reward.labels=mc needs reward.label_policy: the model that writes the solutions and "
-                          "rollouts — fix: set reward.label_policy=runs/sft/final (an SFT run on the task's steps "
-                          "format), or reward.labels=task")
-    if r.label_policy != "tiny" and not Path(r.label_policy).exists():
-        raise ConfigError(f"reward.label_policy = {r.label_policy!r} does not exist — fix: point it at a model or "
-                          "run directory")
-    if cfg.data.train_path is not None:
-        raise ConfigError("reward.labels=mc samples and labels its own solutions to the task's problems, but "
-                          "data.train_path gives labelled rows too — fix: drop data.train_path, or "
-                          "reward.labels=task")
-    for name in ("mc_solutions", "mc_rollouts", "mc_max_new_tokens"):
-        if not (isinstance(getattr(r, name), int) and getattr(r, name) >= 1):
-            raise ConfigError(f"reward.{name} = {getattr(r, name)!r} must be an integer ≥ 1")
-    if not r.mc_temperature >= 0:
-        raise ConfigError(f"reward.mc_temperature = {r.mc_temperature!r} must be ≥ 0 (0 means greedy)")
-
-
 def rows_for_run(cfg, run_dir: Path, device) -> list[dict]:
     """The MC-labelled training rows of an `rm` run: read from RUN_DIR/prm_data.jsonl when it is there (a resumed
     run keeps its data), else sampled from reward.label_policy on the task's training problems and written there,

@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from posttrain import tasks
-from posttrain.config import EVAL_STRATEGIES, EvaluateConfig, to_dict
-from posttrain.errors import ConfigError, DataError
+from posttrain.config import EvaluateConfig, to_dict
+from posttrain.errors import DataError
 from posttrain.eval.metrics import (accuracy, correct_counts, maj_at_k, mean_over_problems, paired_sign_test,
                                     pass_at_k)
 from posttrain.search import (Policy, SearchResult, choose_best, choose_by_vote, load_outcome_rm, load_prm,
@@ -61,7 +61,7 @@ class Row:
 
 def run(cfg: EvaluateConfig) -> dict:
     # ---- setup: every check on user input happens before anything is generated -----------------------------------
-    search = check_config(cfg)
+    search = cfg.validate().search
     task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
     problems = load_problems(cfg, task)
     from posttrain.generate import inference_engine, load_for_inference, use_template
@@ -221,19 +221,6 @@ def timed(make_row) -> Row:
 
 
 # ---- input and output ------------------------------------------------------------------------------------------------
-
-def check_config(cfg: EvaluateConfig):
-    """Validate the config; return its search section."""
-    search = cfg.search.validate()
-    unknown = [s for s in cfg.strategies if s not in EVAL_STRATEGIES]
-    if unknown or not cfg.strategies:
-        raise ConfigError(f"strategies = {cfg.strategies}: {unknown or 'empty'} — fix: choose from "
-                          f"{', '.join(EVAL_STRATEGIES)}")
-    if cfg.num_problems < 0:
-        raise ConfigError(f"num_problems = {cfg.num_problems} must be ≥ 0 — fix: 0 evaluates every problem")
-    cfg.rollout.validate()
-    return search
-
 
 def load_problems(cfg: EvaluateConfig, task) -> list[dict]:
     """The task's held-out problems, or data_path's rows (each needs prompt and answer), first num_problems."""

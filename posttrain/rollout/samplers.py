@@ -23,7 +23,7 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
-from posttrain.config import SamplingParams  # noqa: F401  (re-export)
+from posttrain.rollout.params import SamplingParams  # noqa: F401  (also importable from here)
 
 NEG_INF = float("-inf")
 
@@ -121,7 +121,7 @@ def min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
 # Parameters and the chain
 # ---------------------------------------------------------------------------------------------------------
 
-# SamplingParams lives in config.py (it is also the `sampling` section of generate/chat); re-exported here.
+# SamplingParams lives in params.py (it is also the `sampling` section of the configs); re-exported here.
 
 
 def process_logits(logits: torch.Tensor, params: SamplingParams,

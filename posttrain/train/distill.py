@@ -58,7 +58,7 @@ from posttrain.train.preflight import check_inputs
 
 
 def run(cfg: DistillConfig) -> dict:
-    check_config(cfg)
+    cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = distributed.init()
@@ -316,33 +316,8 @@ def student_sft_config(cfg: DistillConfig, run_dir: Path, rationales: Path) -> S
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Checks: the configuration, and the teacher's tokenizer and vocabulary against the student's
+# Checks: the teacher's tokenizer and vocabulary against the student's (the settings: DistillConfig.validate)
 # ---------------------------------------------------------------------------------------------------------------------
-
-def check_config(cfg: DistillConfig) -> None:
-    """Raise ConfigError naming the first bad distill.* value and what to set."""
-    d = cfg.distill
-    if not d.teacher:
-        raise ConfigError("distill.teacher is required — fix: distill.teacher=DIR, a model directory or a run "
-                          "directory (e.g. a larger model trained with `posttrain sft`)")
-    if d.mode != "cot" and d.loss not in divergences.DISTILL_LOSSES:
-        raise ConfigError(f"distill.loss = {d.loss!r} is not a distillation loss — valid: "
-                          f"{', '.join(sorted(divergences.DISTILL_LOSSES))}")
-    checks = [
-        ("temperature", d.temperature > 0, "must be > 0 (1: the models' own distributions)"),
-        ("beta", d.loss != "jsd" or 0 < d.beta < 1, "must be in (0, 1) for jsd (its limits are forward_kl at 0 "
-                                                   "and reverse_kl at 1: use those losses)"),
-        ("alpha", 0 <= d.alpha <= 1, "must be in [0, 1]"),
-        ("lam", 0 <= d.lam <= 1, "must be in [0, 1]"),
-        ("sample_temperature", d.sample_temperature >= 0, "must be ≥ 0 (0: greedy)"),
-        ("max_new_tokens", d.max_new_tokens >= 1, "must be ≥ 1"),
-        ("samples_per_prompt", d.samples_per_prompt >= 1, "must be ≥ 1"),
-        ("generation_batch_size", d.generation_batch_size >= 1, "must be ≥ 1"),
-    ]
-    for name, ok, rule in checks:
-        if not ok:
-            raise ConfigError(f"distill.{name} = {getattr(d, name)!r} {rule}")
-
 
 def divergence_of(cfg: DistillConfig):
     """The registered loss with this config's τ (and β where the loss takes it):

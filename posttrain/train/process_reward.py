@@ -42,6 +42,7 @@ METRICS = ("loss", "step_accuracy")
 
 
 def run(cfg: RMConfig) -> dict:
+    cfg.validate()  # with reward.labels=mc: a setup that can label steps
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = distributed.init()
@@ -49,7 +50,6 @@ def run(cfg: RMConfig) -> dict:
 
     # ---- setup: every check on user input happens before the run directory is touched -----------------------------
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    prm_labels.check_config(cfg)
     mc = cfg.reward.labels == "mc"
     data = None if mc else load_step_data(cfg, tokenizer)  # MC labels are sampled into the run directory, below
     micro, accum, global_batch = batch_plan(cfg.train, world.world_size)

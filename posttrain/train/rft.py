@@ -53,7 +53,7 @@ import torch
 from posttrain import checkpoint, config as C, distributed, tasks
 from posttrain.config import RFTConfig, SFTConfig
 from posttrain.data import load_rows
-from posttrain.errors import ConfigError, DataError, UserError
+from posttrain.errors import DataError, UserError
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.generate import load_for_inference
 from posttrain.models.loading import load_tokenizer, resolve_model_path
@@ -66,8 +66,7 @@ from posttrain.train.preflight import check_inputs
 
 def run(cfg: RFTConfig) -> dict:
     """Run the rounds; return the last round's metrics (also in RUN_DIR/metrics.jsonl)."""
-    C.validate(cfg)
-    check_config(cfg)
+    cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = distributed.init()
@@ -239,24 +238,6 @@ def evaluate(model, tokenizer, data: "RFTData", cfg: RFTConfig) -> dict:
 
 
 # ---- setup -----------------------------------------------------------------------------------------------------------
-
-def check_config(cfg: RFTConfig) -> None:
-    """Refuse settings that cannot work, naming the field and the fix."""
-    if not (isinstance(cfg.sampling.n, int) and cfg.sampling.n >= 1):
-        raise ConfigError(f"sampling.n = {cfg.sampling.n!r}: k, the completions sampled per prompt, must be an "
-                          "integer ≥ 1 — fix: e.g. sampling.n=4")
-    cfg.sampling.validate()
-    cfg.rollout.validate()
-    if cfg.rollout.engine != "hf":
-        raise ConfigError("rft samples with the built-in engine — fix: rollout.engine=hf")
-    for name in ("rounds", "keep_per_prompt"):
-        value = getattr(cfg.rft, name)
-        if not (isinstance(value, int) and value >= 1):
-            raise ConfigError(f"rft.{name} = {value!r} must be an integer ≥ 1")
-    if not (isinstance(cfg.rft.prompts_per_round, int) and cfg.rft.prompts_per_round >= 0):
-        raise ConfigError(f"rft.prompts_per_round = {cfg.rft.prompts_per_round!r} must be an integer ≥ 0 "
-                          "(0: every training prompt each round)")
-
 
 @dataclass
 class RFTData:

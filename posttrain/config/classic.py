@@ -1,16 +1,16 @@
-"""`posttrain classic ALGO --env ENV`: the configuration shared by every classic algorithm, with one section per
-family. Defaults are tuned for each family's default environment (FrozenLake, CartPole-v1, Pendulum-v1); a
+"""classic: `posttrain classic ALGO --env ENV`, the configuration shared by every classic algorithm, with one section
+per family. Defaults are tuned for each family's default environment (FrozenLake, CartPole-v1, Pendulum-v1); a
 value of 0 for `total_steps`, `lr` or `num_envs` means "the algorithm's default" (see `posttrain.classic`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from posttrain.config import CheckpointConfig, LogConfig
+from posttrain.config.sections import CheckpointConfig, Config, LogConfig, RunConfig
 
 
 @dataclass
-class TabularSection:
+class TabularSection(Config):
     alpha: float = 0.1
     """Step size of the TD / Monte-Carlo updates (SARSA, Q-learning, td, mc)."""
     eps_start: float = 1.0
@@ -28,7 +28,7 @@ class TabularSection:
 
 
 @dataclass
-class DQNSection:
+class DQNSection(Config):
     """DQN, and Double / Dueling DQN when double / dueling are set. The defaults are rl-zoo's tuned CartPole-v1
     DQN (lr 2.3e-3 in DEFAULTS): 128 gradient steps after every 256 environment steps."""
 
@@ -68,7 +68,7 @@ class DQNSection:
 
 
 @dataclass
-class PGSection:
+class PGSection(Config):
     """REINFORCE and A2C."""
 
     baseline: bool = True
@@ -96,7 +96,7 @@ class PGSection:
 
 
 @dataclass
-class PPOSection:
+class PPOSection(Config):
     """PPO; the defaults are rl-zoo's CartPole-v1 hyperparameters."""
 
     n_steps: int = 32
@@ -126,7 +126,7 @@ class PPOSection:
 
 
 @dataclass
-class DDPGSection:
+class DDPGSection(Config):
     """DDPG, and TD3 when td3 is set."""
 
     buffer_size: int = 100_000
@@ -152,7 +152,7 @@ class DDPGSection:
 
 
 @dataclass
-class BCSection:
+class BCSection(Config):
     expert: str = ""
     """Run directory of a trained classic policy to imitate; empty: the environment's scripted expert."""
     episodes: int = 10
@@ -164,9 +164,8 @@ class BCSection:
 
 
 @dataclass
-class ClassicConfig:
-    """A classic RL algorithm on a gymnasium environment: tabular methods, DQN family, REINFORCE, A2C, PPO, DDPG,
-    TD3, behaviour cloning."""
+class ClassicChoice(Config):
+    """Which algorithm on which environment: the first keys of a classic config (sections.py says why a base)."""
 
     algo: str = "ppo"
     """value_iteration, policy_iteration, mc, td, sarsa, q_learning, dqn, double_dqn, dueling_dqn, reinforce,
@@ -174,11 +173,14 @@ class ClassicConfig:
     env: str = ""
     """Gymnasium environment id (also `--env ENV`); empty: the algorithm's default (FrozenLake-v1 for tabular,
     CartPole-v1, Pendulum-v1 for ddpg/td3). `GridWorld` is the built-in 4×4 gridworld."""
+
+
+@dataclass
+class ClassicConfig(RunConfig, ClassicChoice):
+    """A classic RL algorithm on a gymnasium environment: tabular methods, DQN family, REINFORCE, A2C, PPO, DDPG,
+    TD3, behaviour cloning."""
+
     output_dir: str = "runs/classic"
-    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
-    overwrite: bool = False
-    """Replace the posttrain run in output_dir (never a folder that is not one, nor a run in use); without it an
-    existing run is an error unless checkpoint.resume."""
     seed: int = 0
     """Seeds the networks, exploration and the environments."""
     threads: int = 1

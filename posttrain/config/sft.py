@@ -1,0 +1,36 @@
+"""sft and pretrain: the supervised loop (posttrain/train/sft.py); and the demo, which trains the tiny model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from posttrain.config.sections import Config, LLMConfig, ModelConfig, TaskConfig
+
+
+@dataclass
+class SFTConfig(LLMConfig):
+    """Supervised fine-tuning: masked next-token cross-entropy on assistant tokens (full or LoRA)."""
+
+    output_dir: str = "runs/sft"
+
+
+@dataclass
+class PretrainConfig(SFTConfig):
+    """Pretraining from scratch: the SFT loop on a plain-text corpus with every token in the loss."""
+
+    output_dir: str = "runs/pretrain"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(init="scratch"))
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(format="text"))
+
+
+@dataclass
+class DemoConfig(Config):
+    """Build the tiny model and the arithmetic task, train it, and print greedy accuracy before and after."""
+
+    output_dir: str = "runs/demo"
+    """Where the demo's runs and plots go."""
+    quick: bool = False
+    """A reduced demo (about a minute) used by the tests."""
+    seed: int = 0
+    """Seed for data, initialization and generation."""
