@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import write_jsonl
 from posttrain import cli, config as C, presets
-from posttrain.explain import needs_reference
+from posttrain.train.plan import needs_reference
 from posttrain.models.loading import load_model
 from posttrain.train import rl
 

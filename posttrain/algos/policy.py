@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 
 from posttrain.algos.kl import MAX_LOG_RATIO
+from posttrain.algos.registry import Registry
 
 
 @dataclass
@@ -40,21 +41,17 @@ class PolicyLoss:
     dual_clipped: torch.Tensor  # [B, T] bool: A < 0 and the dual clip capped the loss at −c·A (else all False)
 
 
-POLICY_LOSSES: dict[str, Callable[..., PolicyLoss]] = {}
-
-
-def register(name: str):
-    def wrap(fn):
-        POLICY_LOSSES[name] = fn
-        return fn
-    return wrap
+# What each loss declares (posttrain.algos.registry): `level` "token" (one importance ratio per token) or
+# "sequence" (one ratio per response), and its hyperparameters with their defaults. The RL loop passes each
+# declared hyperparameter from the algo field of the same name when there is one (algo.eps_low, …), else from
+# algo.loss_args, else the default below — so a new loss needs no config field.
+POLICY_LOSSES = Registry("policy loss", flags={"level": "token"})
+register = POLICY_LOSSES.register
 
 
 def get(name: str) -> Callable[..., PolicyLoss]:
     """The loss registered under `name`; an unknown name raises ValueError listing the valid ones."""
-    if name not in POLICY_LOSSES:
-        raise ValueError(f"unknown policy loss '{name}' — valid: {', '.join(sorted(POLICY_LOSSES))}")
-    return POLICY_LOSSES[name]
+    return POLICY_LOSSES.get(name)
 
 
 def _clipped_objective(ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, eps_low: float,
@@ -71,7 +68,7 @@ def _clipped_objective(ratio: torch.Tensor, advantages: torch.Tensor, mask: torc
                       dual_clipped=torch.zeros_like(valid))
 
 
-@register("ppo_clip")
+@register("ppo_clip", hparams={"eps_low": 0.2, "eps_high": None, "dual_clip": None})
 def ppo_clip(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
              eps_low: float = 0.2, eps_high: float | None = None, dual_clip: float | None = None) -> PolicyLoss:
     """PPO's clipped surrogate per token: loss = −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A), r = π_θ / π_old.
@@ -81,8 +78,8 @@ def ppo_clip(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Ten
     ε_high > ε_low is DAPO's "clip-higher" (Yu et al. 2025, arXiv:2503.14476, e.g. 0.2 / 0.28): it leaves room
     to raise unlikely tokens, against entropy collapse. `dual_clip` = c > 1 (e.g. 3) is the dual clip of Ye et
     al. 2020, "Mastering Complex Control in MOBA Games with Deep RL", arXiv:1912.09729: for A < 0 the objective
-    is max(min(r·A, clip(r)·A), c·A), i.e. loss = min(loss, −c·A), so a huge ratio cannot give a huge step.
-    The log-ratio is clamped to ±MAX_LOG_RATIO before e^.
+    is max(min(r·A, clip(r)·A), c·A), i.e. loss = min(loss, −c·A), so a huge ratio cannot give a huge step
+    (None or 0: off). The log-ratio is clamped to ±MAX_LOG_RATIO before e^.
 
     Examples (one token): ε = 0.2, r = 1.5, A = +1 → objective 1.2 (loss −1.2), gradient 0, clipped_high;
     ε_low = 0.2, ε_high = 0.28, r = 1.25, A = +1 → objective 1.25 (not clipped), d objective / d log π = 1.25;
@@ -91,7 +88,7 @@ def ppo_clip(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Ten
     """
     ratio = (logps - old_logps).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
     out = _clipped_objective(ratio, advantages, mask, eps_low, eps_high)
-    if dual_clip is not None:
+    if dual_clip:  # None or 0: off
         if dual_clip <= 1:
             raise ValueError(f"dual_clip must be a constant c > 1 (e.g. 3), got {dual_clip}")
         cap = -dual_clip * advantages  # the largest loss a token with A < 0 may contribute
@@ -100,7 +97,7 @@ def ppo_clip(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Ten
     return out
 
 
-@register("gspo")
+@register("gspo", level="sequence", hparams={"eps_low": 3e-4, "eps_high": 4e-4})
 def gspo(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
          eps_low: float = 3e-4, eps_high: float = 4e-4) -> PolicyLoss:
     """Group Sequence Policy Optimization: PPO's clip on one ratio per response, its length-normalized likelihood
