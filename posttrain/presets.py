@@ -17,12 +17,14 @@ expansion.
     gspo                   grpo                   gspo         seq_mean_token_mean       none                  8
     remax                  remax (greedy base)    ppo_clip     seq_mean_token_mean       reward, k1, 0.05      1
     reinforce              reinforce (no base)    vanilla      token_mean                none                  8
+    cispo                  grpo                   cispo ↓      token_mean                none                  8
 
-(↑ clip-higher: eps_high 0.28; dapo also turns on dynamic sampling and the soft overlong punishment.)
+(↑ clip-higher: eps_high 0.28; dapo also turns on dynamic sampling and the soft overlong punishment.
+↓ the importance weight is clipped only above: eps_low 1, eps_high 0.28.)
 
 Sources: PPO for LLMs — Ouyang et al. 2022 (InstructGPT); GRPO — Shao et al. 2024 (DeepSeekMath, β = 0.04);
 Dr. GRPO — Liu et al. 2025; DAPO — Yu et al. 2025; RLOO — Ahmadian et al. 2024; REINFORCE++ — Hu 2025;
-GSPO — Zheng et al. 2025 (ε 3e-4 / 4e-4); ReMax — Li et al. 2023.
+GSPO — Zheng et al. 2025 (ε 3e-4 / 4e-4); ReMax — Li et al. 2023; CISPO — MiniMax 2025 (MiniMax-M1).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ PRESETS: dict[str, dict] = {
               "kl.where": "reward", "kl.estimator": "k1", "kl.coef": 0.05},
     "reinforce": {**_BASE, "algo.advantage": "reinforce", "algo.policy_loss": "vanilla", "algo.aggregate": "token_mean",
                   "kl.where": "none", "kl.estimator": "k1", "kl.coef": 0.0},
+    "cispo": {**_BASE, "algo.advantage": "grpo", "algo.policy_loss": "cispo", "algo.aggregate": "token_mean",
+              "algo.eps_low": 1.0, "algo.eps_high": 0.28, "kl.where": "none", "kl.estimator": "k3", "kl.coef": 0.0},
 }
 
 

@@ -68,7 +68,7 @@ def test_clip_masks_and_zero_gradient_where_clipped():
     assert padded.losses.abs().max().item() == 0.0 and not (padded.clipped_low | padded.clipped_high).any()
 
 
-@pytest.mark.parametrize("name", ["ppo_clip", "gspo", "vanilla"])
+@pytest.mark.parametrize("name", ["ppo_clip", "gspo", "vanilla", "cispo"])
 def test_on_policy_ratio_one_gives_minus_advantage(name):
     torch.manual_seed(0)
     old = -torch.rand(3, 4, dtype=torch.float64) * 3
@@ -127,6 +127,36 @@ def test_gspo_token_form_equals_sequence_level_gspo():
     assert 0 < (out.clipped_low | out.clipped_high).any(-1).sum() < B  # the test covers both cases
 
 
+def test_cispo_worked_example():
+    loss, grad, out = one_token(1.5, +1, loss="cispo", eps_high=0.2)
+    assert loss == pytest.approx(-1.2) and grad == pytest.approx(-1.2) and flags(out) == (False, True, False)
+    assert one_token(1.5, +1, eps_low=0.2)[1] == 0.0  # where ppo_clip's gradient is 0
+    loss, grad, out = one_token(1.1, +1, loss="cispo", eps_high=0.2)
+    assert loss == pytest.approx(-1.1) and grad == pytest.approx(-1.1) and flags(out) == (False, False, False)
+    loss, grad, out = one_token(0.5, -1, loss="cispo", eps_low=0.2, eps_high=0.2)
+    assert loss == pytest.approx(0.8) and grad == pytest.approx(0.8) and flags(out) == (True, False, False)
+    loss, grad, out = one_token(0.5, -1, loss="cispo")  # the defaults: no lower bound
+    assert loss == pytest.approx(0.5) and grad == pytest.approx(0.5) and flags(out) == (False, False, False)
+
+
+def test_cispo_keeps_the_gradient_of_clipped_tokens():
+    # the ratios of the ppo_clip mask test: there the clipped tokens get no gradient; here every token keeps
+    # d loss / d log π = −ŵ·A with the weight ŵ = clip(r) held constant — the paper's −sg(ŵ)·A·log π
+    ratios = torch.tensor([0.5, 0.9, 1.0, 1.1, 1.3, 2.0], dtype=torch.float64)
+    r = torch.cat([ratios, ratios])[None, :]
+    a = torch.cat([torch.ones(6), -torch.ones(6)]).double()[None, :]
+    logps = r.log().clone().requires_grad_(True)
+    out = policy.cispo(logps, torch.zeros_like(r), a, torch.ones_like(r), eps_low=0.2, eps_high=0.28)
+    out.losses.sum().backward()
+    weight = r.clamp(0.8, 1.28)
+    torch.testing.assert_close(logps.grad, -weight * a)
+    assert (logps.grad != 0).all() and (out.clipped_low | out.clipped_high).sum() == 6  # 0.5, 1.3, 2.0 twice
+    paper = logps.detach().clone().requires_grad_(True)
+    (-(weight * a * paper).sum()).backward()
+    torch.testing.assert_close(logps.grad, paper.grad)
+    torch.testing.assert_close(out.losses, -weight * a)
+
+
 def test_value_loss_worked_example():
     v = torch.tensor([[1.0]], dtype=torch.float64, requires_grad=True)
     old, returns, mask = torch.tensor([[0.5]]), torch.tensor([[1.0]]), torch.ones(1, 1)
@@ -145,9 +175,9 @@ def test_value_loss_worked_example():
 
 
 def test_registry():
-    assert set(policy.POLICY_LOSSES) == {"ppo_clip", "gspo", "vanilla"}
+    assert set(policy.POLICY_LOSSES) == {"ppo_clip", "gspo", "vanilla", "cispo"}
     assert policy.get("ppo_clip") is policy.ppo_clip and policy.get("vanilla") is policy.vanilla_pg
-    with pytest.raises(ValueError, match="valid: gspo, ppo_clip, vanilla"):
+    with pytest.raises(ValueError, match="valid: cispo, gspo, ppo_clip, vanilla"):
         policy.get("trpo")
 
 
@@ -156,7 +186,8 @@ def test_registry():
 # ---------------------------------------------------------------------------------------------------------------------
 
 LOSS_SETTINGS = [("ppo_clip", {"eps_low": 0.2, "eps_high": 0.28, "dual_clip": 3.0}),
-                 ("gspo", {"eps_low": 0.05, "eps_high": 0.08}), ("vanilla", {})]
+                 ("gspo", {"eps_low": 0.05, "eps_high": 0.08}), ("vanilla", {}),
+                 ("cispo", {"eps_low": 0.2, "eps_high": 0.28})]
 
 
 def tiny_policy_batch(seed=0, B=8, T=6, D=4, V=7):

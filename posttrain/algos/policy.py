@@ -14,6 +14,7 @@ With r = π_θ(y_t) / π_old(y_t) the importance ratio and A the advantage:
     ppo_clip   −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A), optionally dual-clipped for A < 0   (PPO, DAPO)
     gspo       the same with one sequence-level ratio s_i = exp(mean_t log r_t) per response   (GSPO)
     vanilla    −r·A: plain policy gradient (REINFORCE); on-policy r = 1 and ∇ = −A·∇log π
+    cispo      −sg(clip(r, 1−ε_low, 1+ε_high))·A·log π: every token keeps its gradient, the weight is capped (CISPO)
 
 and `value_loss` (not in the registry: there is one) for the critic of PPO.
 
@@ -36,8 +37,10 @@ from posttrain.algos.registry import Registry
 class PolicyLoss:
     losses: torch.Tensor        # [B, T] per-token loss (0 on padding); reduce with aggregate.py
     ratio: torch.Tensor         # [B, T] detached importance ratio (the sequence ratio, per token, for gspo)
-    clipped_low: torch.Tensor   # [B, T] bool: A < 0 and r < 1 − ε_low, so the clip zeroed the gradient
-    clipped_high: torch.Tensor  # [B, T] bool: A > 0 and r > 1 + ε_high, so the clip zeroed the gradient
+    clipped_low: torch.Tensor   # [B, T] bool: A < 0 and r < 1 − ε_low, so the clip zeroed the gradient (cispo:
+    #                             r < 1 − ε_low, so its weight was raised to 1 − ε_low; the gradient stays)
+    clipped_high: torch.Tensor  # [B, T] bool: A > 0 and r > 1 + ε_high, so the clip zeroed the gradient (cispo:
+    #                             r > 1 + ε_high, so its weight was capped at 1 + ε_high)
     dual_clipped: torch.Tensor  # [B, T] bool: A < 0 and the dual clip capped the loss at −c·A (else all False)
 
 
@@ -135,6 +138,34 @@ def vanilla_pg(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.T
     never = torch.zeros_like(valid)
     return PolicyLoss(losses=losses, ratio=ratio.detach(), clipped_low=never, clipped_high=never.clone(),
                       dual_clipped=never.clone())
+
+
+@register("cispo", hparams={"eps_low": 1.0, "eps_high": 0.28})
+def cispo(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+          eps_low: float = 1.0, eps_high: float = 0.28) -> PolicyLoss:
+    """Clipped IS-weight Policy Optimization: REINFORCE whose importance weight is clipped and stop-gradiented,
+    loss = −sg(ŵ)·A·log π per token, ŵ = clip(r, 1−ε_low, 1+ε_high).
+
+    MiniMax 2025, "MiniMax-M1: Scaling Test-Time Compute Efficiently with Lightning Attention", arXiv:2506.13585,
+    §3.1 (eq. 4). PPO's clip zeroes the gradient of a token whose ratio has left the trust region — often a rare
+    reflective token ("However", "Wait") that long reasoning needs; CISPO keeps every token's gradient and only
+    caps its weight: ∇loss = −ŵ·A·∇log π with ŵ a constant. The paper sets no lower bound (ε_low large; the
+    default 1 clips at 0, which a ratio never reaches) and tunes ε_high; 0.28 is DAPO's clip-higher value.
+    Written as −ŵ·A·e^(log π − sg(log π)): the paper's gradient, and the value −ŵ·A, which reads like ppo_clip's
+    (the paper's −ŵ·A·log π differs by a constant per token). The log-ratio is clamped to ±MAX_LOG_RATIO.
+
+    Examples (one token): A = +1, ε_high = 0.2, r = 1.5 → ŵ = 1.2, loss −1.2, d loss / d log π = −1.2 (ppo_clip:
+    0), clipped_high; r = 1.1 → ŵ = 1.1, loss −1.1, gradient −1.1 (as ppo_clip); A = −1, r = 0.5, ε_low = 0.2 →
+    ŵ = 0.8, loss 0.8, gradient +0.8 (ppo_clip: 0), clipped_low; with the default ε_low = 1: ŵ = 0.5, loss 0.5,
+    gradient 0.5.
+    """
+    ratio = (logps - old_logps).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp().detach()
+    weight = ratio.clamp(1 - eps_low, 1 + eps_high)
+    losses = -advantages * weight * (logps - logps.detach()).exp()  # value −ŵ·A, gradient −ŵ·A·∇log π
+    valid = mask.bool()
+    return PolicyLoss(losses=torch.where(valid, losses, torch.zeros_like(losses)), ratio=ratio,
+                      clipped_low=valid & (ratio < 1 - eps_low), clipped_high=valid & (ratio > 1 + eps_high),
+                      dual_clipped=torch.zeros_like(valid))
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *,
