@@ -201,3 +201,8 @@ def test_loss_args_on_the_command_line(tmp_path, capsys):
     assert "policy loss           ppo_clip (eps_low 0.2, eps_high 0.2, dual_clip 0.0)" in out
     assert "advantage             grpo (eps 1e-06, std sample): sequence level, needs groups" in out
     assert "algo.policy_loss    " in out and "gspo" in out.split("algo.policy_loss")[-1]
+
+
+def test_a_loss_refusing_a_value_stops_the_run_before_it_starts(tmp_path, capsys):
+    assert cli.main(["rl", "--algo", "ppo", "algo.dual_clip=0.5", f"output_dir={tmp_path / 'run'}"]) == 2
+    assert "dual_clip must be a constant c > 1" in capsys.readouterr().err and not (tmp_path / "run").exists()

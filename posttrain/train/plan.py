@@ -133,7 +133,7 @@ def check_pieces(cfg: RLConfig) -> None:
     if estimator.needs_groups and rl.generations < 2:
         raise ConfigError(f"algo.advantage={algo.advantage} compares the completions of one prompt, and "
                           f"rl.generations = {rl.generations} gives every one advantage 0 — set rl.generations ≥ 2")
-    loss_arguments(algo)  # algo.loss_args: names the loss declares, values of their type
+    _check_loss_values(algo)
     _check_sampling_and_rewards(cfg)
 
 
@@ -187,6 +187,19 @@ def loss_arguments(algo: AlgoConfig) -> dict[str, Any]:
             raise ConfigError(f"algo.loss_args: '{key}' is not a hyperparameter of policy loss '{entry.name}' — "
                               f"valid: {', '.join(free) or 'none (it takes no algo.loss_args)'}")
     return hyperparameters(entry, algo, algo.loss_args)
+
+
+def _check_loss_values(algo: AlgoConfig) -> None:
+    """The policy loss on one token with the run's hyperparameters: a value it refuses (e.g. dual_clip ≤ 1) stops
+    the run here, naming the key, instead of at the first update."""
+    import torch
+
+    kwargs = loss_arguments(algo)
+    one = torch.ones(1, 1)
+    try:
+        policy.get(algo.policy_loss)(torch.zeros(1, 1), torch.zeros(1, 1), one, one, **kwargs)
+    except ValueError as e:
+        raise ConfigError(f"algo.policy_loss={algo.policy_loss} with {kwargs}: {e}") from None
 
 
 def hyperparameters(entry: Entry, algo: AlgoConfig, extra: dict | None = None) -> dict[str, Any]:
