@@ -18,13 +18,16 @@ expansion.
     remax                  remax (greedy base)    ppo_clip     seq_mean_token_mean       reward, k1, 0.05      1
     reinforce              reinforce (no base)    vanilla      token_mean                none                  8
     cispo                  grpo                   cispo ↓      token_mean                none                  8
+    sapo                   grpo                   sapo ~       seq_mean_token_mean       none                  8
 
 (↑ clip-higher: eps_high 0.28; dapo also turns on dynamic sampling and the soft overlong punishment.
-↓ the importance weight is clipped only above: eps_low 1, eps_high 0.28.)
+↓ the importance weight is clipped only above: eps_low 1, eps_high 0.28. ~ no clip: a smooth gate with the
+paper's temperatures τ_pos 1.0 / τ_neg 1.05 (algo.loss_args=tau_pos:…,tau_neg:… changes them).)
 
 Sources: PPO for LLMs — Ouyang et al. 2022 (InstructGPT); GRPO — Shao et al. 2024 (DeepSeekMath, β = 0.04);
 Dr. GRPO — Liu et al. 2025; DAPO — Yu et al. 2025; RLOO — Ahmadian et al. 2024; REINFORCE++ — Hu 2025;
-GSPO — Zheng et al. 2025 (ε 3e-4 / 4e-4); ReMax — Li et al. 2023; CISPO — MiniMax 2025 (MiniMax-M1).
+GSPO — Zheng et al. 2025 (ε 3e-4 / 4e-4); ReMax — Li et al. 2023; CISPO — MiniMax 2025 (MiniMax-M1);
+SAPO — Gao et al. 2025.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ PRESETS: dict[str, dict] = {
                   "kl.where": "none", "kl.estimator": "k1", "kl.coef": 0.0},
     "cispo": {**_BASE, "algo.advantage": "grpo", "algo.policy_loss": "cispo", "algo.aggregate": "token_mean",
               "algo.eps_low": 1.0, "algo.eps_high": 0.28, "kl.where": "none", "kl.estimator": "k3", "kl.coef": 0.0},
+    "sapo": {**_BASE, "algo.advantage": "grpo", "algo.policy_loss": "sapo", "algo.aggregate": "seq_mean_token_mean",
+             "kl.where": "none", "kl.estimator": "k3", "kl.coef": 0.0},
 }
 
 

@@ -157,6 +157,41 @@ def test_cispo_keeps_the_gradient_of_clipped_tokens():
     torch.testing.assert_close(out.losses, -weight * a)
 
 
+def test_sapo_worked_example():
+    loss, grad, out = one_token(1.0, +1, loss="sapo")
+    assert loss == pytest.approx(-2.0) and grad == pytest.approx(-1.0) and flags(out) == (False, False, False)
+    loss, grad, _ = one_token(1.5, +1, loss="sapo")
+    p = 1 / (1 + math.exp(-0.5))
+    assert p == pytest.approx(0.62246, abs=1e-5)
+    assert loss == pytest.approx(-2.48984, abs=1e-5) and grad == pytest.approx(-1.41002, abs=1e-5)
+    assert grad == pytest.approx(-4 * p * (1 - p) * 1.5)
+    loss, grad, out = one_token(0.5, -1, loss="sapo")  # A < 0: τ_neg = 1.05
+    p = 1 / (1 + math.exp(0.525))
+    assert p == pytest.approx(0.37168, abs=1e-5)
+    assert loss == pytest.approx(1.41594, abs=1e-5) and grad == pytest.approx(0.46707, abs=1e-5)
+    assert flags(out) == (False, False, False)
+    with pytest.raises(ValueError, match="temperatures > 0"):
+        one_token(1.0, 1, loss="sapo", tau_neg=0.0)
+
+
+def test_sapo_gate_is_smooth_where_the_hard_clip_jumps():
+    # d loss / d log π over a fine grid of ratios: −w·r·A with w = 4p(1 − p), p = σ(τ(r − 1)); w is 1 at r = 1 and
+    # falls on both sides, never reaching 0; ppo_clip's gradient instead drops from −1.2 to 0 at r = 1 + ε
+    r = torch.linspace(0.5, 2.0, 151, dtype=torch.float64)[None, :]
+    grads = {}
+    for name, kw in (("sapo", {"tau_pos": 2.0}), ("ppo_clip", {"eps_low": 0.2})):
+        logps = r.log().clone().requires_grad_(True)
+        policy.get(name)(logps, torch.zeros_like(r), torch.ones_like(r), torch.ones_like(r), **kw).losses.sum() \
+            .backward()
+        grads[name] = logps.grad[0]
+    p = torch.sigmoid(2.0 * (r[0] - 1))
+    w = 4 * p * (1 - p)
+    torch.testing.assert_close(grads["sapo"], -w * r[0])
+    assert w[50].item() == pytest.approx(1.0) and (w[:50].diff() > 0).all() and (w[50:].diff() < 0).all()
+    assert (grads["sapo"] < 0).all() and grads["sapo"].diff().abs().max() < 0.03
+    assert grads["ppo_clip"].diff().abs().max() > 1.1
+
+
 def test_value_loss_worked_example():
     v = torch.tensor([[1.0]], dtype=torch.float64, requires_grad=True)
     old, returns, mask = torch.tensor([[0.5]]), torch.tensor([[1.0]]), torch.ones(1, 1)
@@ -175,9 +210,9 @@ def test_value_loss_worked_example():
 
 
 def test_registry():
-    assert set(policy.POLICY_LOSSES) == {"ppo_clip", "gspo", "vanilla", "cispo"}
+    assert set(policy.POLICY_LOSSES) == {"ppo_clip", "gspo", "vanilla", "cispo", "sapo"}
     assert policy.get("ppo_clip") is policy.ppo_clip and policy.get("vanilla") is policy.vanilla_pg
-    with pytest.raises(ValueError, match="valid: cispo, gspo, ppo_clip, vanilla"):
+    with pytest.raises(ValueError, match="valid: cispo, gspo, ppo_clip, sapo, vanilla"):
         policy.get("trpo")
 
 
@@ -187,7 +222,7 @@ def test_registry():
 
 LOSS_SETTINGS = [("ppo_clip", {"eps_low": 0.2, "eps_high": 0.28, "dual_clip": 3.0}),
                  ("gspo", {"eps_low": 0.05, "eps_high": 0.08}), ("vanilla", {}),
-                 ("cispo", {"eps_low": 0.2, "eps_high": 0.28})]
+                 ("cispo", {"eps_low": 0.2, "eps_high": 0.28}), ("sapo", {"tau_pos": 1.0, "tau_neg": 2.0})]
 
 
 def tiny_policy_batch(seed=0, B=8, T=6, D=4, V=7):

@@ -15,6 +15,7 @@ With r = π_θ(y_t) / π_old(y_t) the importance ratio and A the advantage:
     gspo       the same with one sequence-level ratio s_i = exp(mean_t log r_t) per response   (GSPO)
     vanilla    −r·A: plain policy gradient (REINFORCE); on-policy r = 1 and ∇ = −A·∇log π
     cispo      −sg(clip(r, 1−ε_low, 1+ε_high))·A·log π: every token keeps its gradient, the weight is capped (CISPO)
+    sapo       −(4/τ)·σ(τ·(r − 1))·A: a smooth gate instead of a hard clip, τ by the sign of A   (SAPO)
 
 and `value_loss` (not in the registry: there is one) for the critic of PPO.
 
@@ -166,6 +167,36 @@ def cispo(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor
     return PolicyLoss(losses=torch.where(valid, losses, torch.zeros_like(losses)), ratio=ratio,
                       clipped_low=valid & (ratio < 1 - eps_low), clipped_high=valid & (ratio > 1 + eps_high),
                       dual_clipped=torch.zeros_like(valid))
+
+
+@register("sapo", hparams={"tau_pos": 1.0, "tau_neg": 1.05})
+def sapo(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+         tau_pos: float = 1.0, tau_neg: float = 1.05) -> PolicyLoss:
+    """Soft Adaptive Policy Optimization: a smooth, temperature-controlled gate on the ratio instead of a hard clip,
+    loss = −f(r)·A per token, f(r) = (4/τ)·σ(τ·(r − 1)), τ = τ_pos where A > 0 and τ_neg elsewhere.
+
+    Gao et al. 2025 (Qwen), "Soft Adaptive Policy Optimization", arXiv:2511.20347. The gradient is
+    d loss / d log π = −w·r·A with w = 4·p·(1 − p), p = σ(τ·(r − 1)): w = 1 at r = 1 (the plain policy gradient
+    on-policy), falling smoothly as r leaves 1 — there is no band edge where the gradient jumps to 0, and a few
+    far off-policy tokens are damped instead of silencing their response. τ_neg > τ_pos damps negative updates
+    faster, which the paper finds steadier (its τ_pos = 1.0, τ_neg = 1.05; set them with algo.loss_args). The
+    value at r = 1 is −(2/τ)·A, not −A: only the gradient matches the policy gradient there. No hard clip, so
+    clipped_low / clipped_high are never set. The log-ratio is clamped to ±MAX_LOG_RATIO before e^.
+
+    Examples (one token): A = +1, τ_pos = 1: r = 1 → f = 2, loss −2, gradient −1; r = 1.5 → p = σ(0.5) = 0.62246,
+    loss −4·0.62246 = −2.48984, gradient −4·0.62246·0.37754·1.5 = −1.41002 (ppo_clip, ε 0.2: 0). A = −1,
+    τ_neg = 1.05, r = 0.5 → p = σ(−0.525) = 0.37168, loss (4/1.05)·0.37168 = 1.41594, gradient
+    4·0.37168·0.62832·0.5 = 0.46707.
+    """
+    if tau_pos <= 0 or tau_neg <= 0:
+        raise ValueError(f"sapo needs temperatures > 0, got tau_pos {tau_pos} and tau_neg {tau_neg}")
+    ratio = (logps - old_logps).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
+    tau = torch.where(advantages > 0, ratio.new_tensor(tau_pos), ratio.new_tensor(tau_neg))
+    losses = -(4 / tau) * torch.sigmoid(tau * (ratio - 1)) * advantages
+    valid = mask.bool()
+    never = torch.zeros_like(valid)
+    return PolicyLoss(losses=torch.where(valid, losses, torch.zeros_like(losses)), ratio=ratio.detach(),
+                      clipped_low=never, clipped_high=never.clone(), dual_clipped=never.clone())
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *,
