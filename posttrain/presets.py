@@ -19,15 +19,17 @@ expansion.
     reinforce              reinforce (no base)    vanilla      token_mean                none                  8
     cispo                  grpo                   cispo ↓      token_mean                none                  8
     sapo                   grpo                   sapo ~       seq_mean_token_mean       none                  8
+    gmpo                   grpo                   gmpo ↔       seq_mean_token_mean       none                  8
 
 (↑ clip-higher: eps_high 0.28; dapo also turns on dynamic sampling and the soft overlong punishment.
 ↓ the importance weight is clipped only above: eps_low 1, eps_high 0.28. ~ no clip: a smooth gate with the
-paper's temperatures τ_pos 1.0 / τ_neg 1.05 (algo.loss_args=tau_pos:…,tau_neg:… changes them).)
+paper's temperatures τ_pos 1.0 / τ_neg 1.05 (algo.loss_args=tau_pos:…,tau_neg:… changes them). ↔ the clip is on
+log-ratios and wider: eps_low = eps_high = 0.4, the ratio range (e^−0.4, e^0.4).)
 
 Sources: PPO for LLMs — Ouyang et al. 2022 (InstructGPT); GRPO — Shao et al. 2024 (DeepSeekMath, β = 0.04);
 Dr. GRPO — Liu et al. 2025; DAPO — Yu et al. 2025; RLOO — Ahmadian et al. 2024; REINFORCE++ — Hu 2025;
 GSPO — Zheng et al. 2025 (ε 3e-4 / 4e-4); ReMax — Li et al. 2023; CISPO — MiniMax 2025 (MiniMax-M1);
-SAPO — Gao et al. 2025.
+SAPO — Gao et al. 2025; GMPO — Zhao et al. 2025.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ PRESETS: dict[str, dict] = {
               "algo.eps_low": 1.0, "algo.eps_high": 0.28, "kl.where": "none", "kl.estimator": "k3", "kl.coef": 0.0},
     "sapo": {**_BASE, "algo.advantage": "grpo", "algo.policy_loss": "sapo", "algo.aggregate": "seq_mean_token_mean",
              "kl.where": "none", "kl.estimator": "k3", "kl.coef": 0.0},
+    "gmpo": {**_BASE, "algo.advantage": "grpo", "algo.policy_loss": "gmpo", "algo.aggregate": "seq_mean_token_mean",
+             "algo.eps_low": 0.4, "algo.eps_high": 0.4, "kl.where": "none", "kl.estimator": "k3", "kl.coef": 0.0},
 }
 
 

@@ -68,7 +68,7 @@ def test_clip_masks_and_zero_gradient_where_clipped():
     assert padded.losses.abs().max().item() == 0.0 and not (padded.clipped_low | padded.clipped_high).any()
 
 
-@pytest.mark.parametrize("name", ["ppo_clip", "gspo", "vanilla", "cispo"])
+@pytest.mark.parametrize("name", ["ppo_clip", "gspo", "vanilla", "cispo", "gmpo"])
 def test_on_policy_ratio_one_gives_minus_advantage(name):
     torch.manual_seed(0)
     old = -torch.rand(3, 4, dtype=torch.float64) * 3
@@ -192,6 +192,50 @@ def test_sapo_gate_is_smooth_where_the_hard_clip_jumps():
     assert grads["ppo_clip"].diff().abs().max() > 1.1
 
 
+def test_gmpo_worked_example():
+    old = torch.tensor([[-1.0, -2.0, -1.5]], dtype=torch.float64)
+    mask = torch.ones(1, 3)
+    for advantage, ratio, grad, flags_high in ((+1, math.exp(0.4 / 3), [-1, -1, 0], [False, False, True]),
+                                               (-1, math.exp(0.2), [1, 1, 1], [False] * 3)):
+        logps = (old + torch.tensor([[0.1, -0.1, 0.6]], dtype=torch.float64)).requires_grad_(True)
+        a = torch.full((1, 3), float(advantage), dtype=torch.float64)
+        out = policy.gmpo(logps, old, a, mask)  # the defaults: ε = 0.4 in log space
+        assert out.losses.tolist()[0] == pytest.approx([-advantage * ratio] * 3)
+        assert out.ratio.tolist()[0] == pytest.approx([ratio] * 3)
+        aggregate(out.losses, mask, "seq_mean_token_mean").backward()
+        assert logps.grad.tolist()[0] == pytest.approx([g * ratio / 3 for g in grad])
+        assert out.clipped_high.tolist()[0] == flags_high and not out.clipped_low.any()
+    assert math.exp(0.4 / 3) == pytest.approx(1.14263, abs=1e-5) and math.exp(0.4 / 3) / 3 == \
+        pytest.approx(0.38088, abs=1e-5) and math.exp(0.2) / 3 == pytest.approx(0.40713, abs=1e-5)
+    # the outlier: ratios [1, 1, e³] — arithmetic mean 7.36, geometric mean e (no clip: ε = 10)
+    logps = torch.tensor([[0.0, 0.0, 3.0]], dtype=torch.float64)
+    out = policy.gmpo(logps, torch.zeros_like(logps), torch.ones_like(logps), mask, eps_low=10, eps_high=10)
+    assert out.ratio[0, 0].item() == pytest.approx(math.e) and logps.exp().mean().item() == pytest.approx(7.36185)
+
+
+def test_gmpo_token_form_equals_the_geometric_mean_objective():
+    # GMPO as the paper writes it: J = mean_i A_i · exp(mean_t ℓ_t) with ℓ the pessimistic clipped log-ratio,
+    # differentiated directly; both signs of A and clipped tokens on both sides occur
+    torch.manual_seed(2)
+    B, T, eps_low, eps_high = 6, 5, 0.1, 0.15
+    mask = (torch.arange(T)[None, :] < torch.tensor([5, 3, 1, 4, 2, 5])[:, None]).double()
+    old = -torch.rand(B, T, dtype=torch.float64) * 3
+    logps = (old + 0.2 * torch.randn(B, T, dtype=torch.float64)).requires_grad_(True)
+    a_seq = torch.randn(B, dtype=torch.float64)
+    out = policy.gmpo(logps, old, a_seq[:, None] * mask, mask, eps_low=eps_low, eps_high=eps_high)
+    aggregate(out.losses, mask, "seq_mean_token_mean").backward()
+    token_form = logps.grad.clone()
+    logps.grad = None
+    log_ratio = logps - old
+    sign = torch.sign(a_seq)[:, None]
+    pessimistic = sign * torch.minimum(sign * log_ratio, sign * log_ratio.clamp(-eps_low, eps_high))
+    geometric = ((pessimistic * mask).sum(-1) / mask.sum(-1)).exp()
+    (-(a_seq * geometric).mean()).backward()
+    torch.testing.assert_close(token_form, logps.grad)
+    clipped = out.clipped_low | out.clipped_high
+    assert out.clipped_low.any() and out.clipped_high.any() and (token_form[clipped] == 0).all()
+
+
 def test_value_loss_worked_example():
     v = torch.tensor([[1.0]], dtype=torch.float64, requires_grad=True)
     old, returns, mask = torch.tensor([[0.5]]), torch.tensor([[1.0]]), torch.ones(1, 1)
@@ -210,9 +254,9 @@ def test_value_loss_worked_example():
 
 
 def test_registry():
-    assert set(policy.POLICY_LOSSES) == {"ppo_clip", "gspo", "vanilla", "cispo", "sapo"}
+    assert set(policy.POLICY_LOSSES) == {"ppo_clip", "gspo", "vanilla", "cispo", "sapo", "gmpo"}
     assert policy.get("ppo_clip") is policy.ppo_clip and policy.get("vanilla") is policy.vanilla_pg
-    with pytest.raises(ValueError, match="valid: cispo, gspo, ppo_clip, sapo, vanilla"):
+    with pytest.raises(ValueError, match="valid: cispo, gmpo, gspo, ppo_clip, sapo, vanilla"):
         policy.get("trpo")
 
 
@@ -222,7 +266,8 @@ def test_registry():
 
 LOSS_SETTINGS = [("ppo_clip", {"eps_low": 0.2, "eps_high": 0.28, "dual_clip": 3.0}),
                  ("gspo", {"eps_low": 0.05, "eps_high": 0.08}), ("vanilla", {}),
-                 ("cispo", {"eps_low": 0.2, "eps_high": 0.28}), ("sapo", {"tau_pos": 1.0, "tau_neg": 2.0})]
+                 ("cispo", {"eps_low": 0.2, "eps_high": 0.28}), ("sapo", {"tau_pos": 1.0, "tau_neg": 2.0}),
+                 ("gmpo", {"eps_low": 0.2, "eps_high": 0.3})]
 
 
 def tiny_policy_batch(seed=0, B=8, T=6, D=4, V=7):

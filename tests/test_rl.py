@@ -84,7 +84,7 @@ def test_every_preset_trains_and_logs_its_metrics(tmp_path, name):
         assert "kl" not in steps[1]
 
 
-@pytest.mark.parametrize("name", ["cispo", "sapo"])
+@pytest.mark.parametrize("name", ["cispo", "sapo", "gmpo"])
 def test_policy_loss_presets_run_off_policy_updates(tmp_path, name):
     # two epochs over each step's samples: the second update is off-policy (ratios ≠ 1), where the losses differ
     run_dir = tmp_path / "run"

@@ -16,6 +16,7 @@ With r = π_θ(y_t) / π_old(y_t) the importance ratio and A the advantage:
     vanilla    −r·A: plain policy gradient (REINFORCE); on-policy r = 1 and ∇ = −A·∇log π
     cispo      −sg(clip(r, 1−ε_low, 1+ε_high))·A·log π: every token keeps its gradient, the weight is capped (CISPO)
     sapo       −(4/τ)·σ(τ·(r − 1))·A: a smooth gate instead of a hard clip, τ by the sign of A   (SAPO)
+    gmpo       −A·exp(mean_t clip(log r_t)): the geometric mean of clipped token ratios, clipped in log space  (GMPO)
 
 and `value_loss` (not in the registry: there is one) for the critic of PPO.
 
@@ -197,6 +198,43 @@ def sapo(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
     never = torch.zeros_like(valid)
     return PolicyLoss(losses=torch.where(valid, losses, torch.zeros_like(losses)), ratio=ratio.detach(),
                       clipped_low=never, clipped_high=never.clone(), dual_clipped=never.clone())
+
+
+@register("gmpo", level="sequence", hparams={"eps_low": 0.4, "eps_high": 0.4})
+def gmpo(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+         eps_low: float = 0.4, eps_high: float = 0.4) -> PolicyLoss:
+    """Geometric-Mean Policy Optimization: maximize the geometric mean of the response's clipped token ratios,
+    loss_i = −A·R_i, R_i = exp((1/|y_i|) Σ_t ℓ_t), ℓ_t = the pessimistic of log r_t and clip(log r_t, −ε_low, ε_high).
+
+    Zhao et al. 2025, "Geometric-Mean Policy Optimization", arXiv:2507.20673. GRPO averages token ratios
+    arithmetically, so one outlier token (r = e³ = 20.1) can dominate a response's objective; its geometric mean
+    is far less sensitive (ratios [1, 1, e³]: arithmetic mean 7.36, geometric e¹ = 2.72). The clip acts per token
+    in log space — the pessimistic side as in PPO: for A > 0 ℓ = min(log r, clip), for A < 0 ℓ = max(log r, clip)
+    — and can be wider than PPO's: the paper's (e^−0.4, e^0.4) = (0.670, 1.492). Written per token as
+    −A·sg(R_i)·e^(ℓ_t − sg(ℓ_t)) (as gspo): value −A·R_i on every token and, reduced with `seq_mean_token_mean`,
+    exactly the gradient of −A·R_i, −A·R_i·(1/|y_i|)·Σ_t ∇ℓ_t; a clipped token's ∇ℓ_t is 0 (clipped_low/high).
+    `ratio` reports R_i per token. The log-ratio is clamped to ±MAX_LOG_RATIO first.
+
+    Example: one response, log-ratios [0.1, −0.1, 0.6], ε = 0.4. A = +1 → ℓ = [0.1, −0.1, 0.4] (the third token
+    clipped), R = e^(0.4/3) = 1.14263, loss −1.14263 per token, gradient w.r.t. log π after seq_mean_token_mean
+    [−R/3, −R/3, 0] = [−0.38088, −0.38088, 0]. A = −1 → nothing clipped (for A < 0 only log r < −0.4 is),
+    ℓ = [0.1, −0.1, 0.6], R = e^0.2 = 1.22140, loss +1.22140, gradient [0.40713] × 3.
+    """
+    m = mask.to(logps.dtype)
+    log_ratio = (logps - old_logps).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    sign = torch.sign(advantages)
+    clipped = log_ratio.clamp(-eps_low, eps_high)
+    pessimistic = sign * torch.minimum(sign * log_ratio, sign * clipped)  # 0 where A = 0 (no loss there anyway)
+    seq_log_ratio = (pessimistic * m).sum(-1) / m.sum(-1).clamp(min=1)
+    token_log_ratio = seq_log_ratio.detach()[:, None] + pessimistic - pessimistic.detach()  # value R_i, gradient ∇ℓ_t
+    losses = -advantages * token_log_ratio.exp()
+    valid = mask.bool()
+    detached = log_ratio.detach()
+    return PolicyLoss(losses=torch.where(valid, losses, torch.zeros_like(losses)),
+                      ratio=seq_log_ratio.detach().exp()[:, None].expand_as(losses).clone(),
+                      clipped_low=valid & (advantages < 0) & (detached < -eps_low),
+                      clipped_high=valid & (advantages > 0) & (detached > eps_high),
+                      dual_clipped=torch.zeros_like(valid))
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *,
