@@ -44,6 +44,7 @@ def test_entry_get_select_and_unknown_names():
     assert reg.select(needs_groups=False) == ["a"] and reg.select(level="token") == ["a", "b"]
     with pytest.raises(UnknownName, match=r"unknown widget 'c' — valid: a, b"):
         reg.get("c")
+    assert reg.get("c", None) is None  # with a default, as dict.get (monkeypatch.setitem relies on it)
     assert issubclass(UnknownName, ConfigError) and issubclass(UnknownName, ValueError)
     with pytest.raises(AttributeError, match="no flag 'colour'"):
         entry.colour

@@ -29,6 +29,9 @@ from typing import Any, Callable, Iterator, Mapping
 from posttrain.errors import ConfigError
 
 
+_REQUIRED = object()  # Registry.get without a default: an unknown name is an error
+
+
 class UnknownName(ConfigError, ValueError):
     """A name that no entry of a registry has; the message lists the valid ones. A ConfigError (the CLI exits 2
     with the message) and a ValueError (what the pure functions raise for a bad argument)."""
@@ -88,8 +91,11 @@ class Registry:
             raise UnknownName(f"unknown {self.kind} '{name}' — valid: {', '.join(sorted(self._entries))}")
         return self._entries[name]
 
-    def get(self, name: str) -> Callable:
-        """The function registered under `name` (UnknownName listing the valid ones if there is none)."""
+    def get(self, name: str, default: Any = _REQUIRED) -> Callable:
+        """The function registered under `name`; UnknownName listing the valid ones if there is none, unless a
+        `default` is given (then it is returned, as dict.get does)."""
+        if default is not _REQUIRED and name not in self._entries:
+            return default
         return self.entry(name).fn
 
     def select(self, **flags) -> list[str]:
