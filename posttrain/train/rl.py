@@ -38,9 +38,9 @@ from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer, resolve_model_path
 from posttrain.train import rl_diagnostics as diagnostics, rollouts
-from posttrain.train.plan import advantage_arguments, loss_arguments, needs_reference, rl_plan
 from posttrain.train.common import (NonFiniteGuard, autocast, build_optimizer, device_of, optimizer_step,
                                     prepare_run_dir, start_training)
+from posttrain.train.plan import advantage_arguments, loss_arguments, needs_reference, rl_plan
 from posttrain.train.sft import format_metrics, save_final
 from posttrain.train.preflight import check_inputs
 
