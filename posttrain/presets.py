@@ -77,7 +77,9 @@ PRESETS: dict[str, dict] = {
 
 
 def expand(cfg):
-    """Fill every unset (None) preset field of an RLConfig from PRESETS[cfg.algo.name]; returns a new config."""
+    """Fill every unset (None) preset field of an RLConfig from PRESETS[cfg.algo.name]; returns a new config.
+    A preset's algo.loss_args are defaults under the user's: each key the user did not set is added (as text,
+    the type the config holds, so a resumed run compares equal)."""
     if cfg.algo.name not in PRESETS:
         import difflib
         close = difflib.get_close_matches(cfg.algo.name, list(PRESETS), n=1)
@@ -87,7 +89,9 @@ def expand(cfg):
     for key, value in PRESETS[cfg.algo.name].items():
         section, name = key.split(".")
         current = getattr(getattr(cfg, section), name)
-        if current is None:
+        if key == "algo.loss_args":
+            sections.setdefault(section, {})[name] = {**{k: str(v) for k, v in value.items()}, **current}
+        elif current is None:
             sections.setdefault(section, {})[name] = value
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)
                                        for section, values in sections.items()})

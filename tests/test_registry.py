@@ -207,3 +207,11 @@ def test_loss_args_on_the_command_line(tmp_path, capsys):
 def test_a_loss_refusing_a_value_stops_the_run_before_it_starts(tmp_path, capsys):
     assert cli.main(["rl", "--algo", "ppo", "algo.dual_clip=0.5", f"output_dir={tmp_path / 'run'}"]) == 2
     assert "dual_clip must be a constant c > 1" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_preset_may_set_loss_args_under_the_users(monkeypatch):
+    monkeypatch.setitem(presets.PRESETS, "sapo_hot", {**presets.PRESETS["sapo"],
+                                                      "algo.loss_args": {"tau_pos": 2.0, "tau_neg": 3.0}})
+    cfg = expanded("sapo_hot", loss_args={"tau_neg": "4"})
+    assert cfg.algo.loss_args == {"tau_pos": "2.0", "tau_neg": "4"}
+    assert plan.loss_arguments(cfg.algo) == {"tau_pos": 2.0, "tau_neg": 4.0}
