@@ -17,12 +17,19 @@ expansion.
     gspo                   grpo                   gspo         seq_mean_token_mean       none                  8
     remax                  remax (greedy base)    ppo_clip     seq_mean_token_mean       reward, k1, 0.05      1
     reinforce              reinforce (no base)    vanilla      token_mean                none                  8
+    cispo                  grpo                   cispo ↓      token_mean                none                  8
+    sapo                   grpo                   sapo ~       seq_mean_token_mean       none                  8
+    gmpo                   grpo                   gmpo ↔       seq_mean_token_mean       none                  8
 
-(↑ clip-higher: eps_high 0.28; dapo also turns on dynamic sampling and the soft overlong punishment.)
+(↑ clip-higher: eps_high 0.28; dapo also turns on dynamic sampling and the soft overlong punishment.
+↓ the importance weight is clipped only above: eps_low 1, eps_high 0.28. ~ no clip: a smooth gate with the
+paper's temperatures τ_pos 1.0 / τ_neg 1.05 (algo.loss_args=tau_pos:…,tau_neg:… changes them). ↔ the clip is on
+log-ratios and wider: eps_low = eps_high = 0.4, the ratio range (e^−0.4, e^0.4).)
 
 Sources: PPO for LLMs — Ouyang et al. 2022 (InstructGPT); GRPO — Shao et al. 2024 (DeepSeekMath, β = 0.04);
 Dr. GRPO — Liu et al. 2025; DAPO — Yu et al. 2025; RLOO — Ahmadian et al. 2024; REINFORCE++ — Hu 2025;
-GSPO — Zheng et al. 2025 (ε 3e-4 / 4e-4); ReMax — Li et al. 2023.
+GSPO — Zheng et al. 2025 (ε 3e-4 / 4e-4); ReMax — Li et al. 2023; CISPO — MiniMax 2025 (MiniMax-M1);
+SAPO — Gao et al. 2025; GMPO — Zhao et al. 2025.
 """
 
 from __future__ import annotations
@@ -60,11 +67,19 @@ PRESETS: dict[str, dict] = {
               "kl.where": "reward", "kl.estimator": "k1", "kl.coef": 0.05},
     "reinforce": {**_BASE, "algo.advantage": "reinforce", "algo.policy_loss": "vanilla", "algo.aggregate": "token_mean",
                   "kl.where": "none", "kl.estimator": "k1", "kl.coef": 0.0},
+    "cispo": {**_BASE, "algo.advantage": "grpo", "algo.policy_loss": "cispo", "algo.aggregate": "token_mean",
+              "algo.eps_low": 1.0, "algo.eps_high": 0.28, "kl.where": "none", "kl.estimator": "k3", "kl.coef": 0.0},
+    "sapo": {**_BASE, "algo.advantage": "grpo", "algo.policy_loss": "sapo", "algo.aggregate": "seq_mean_token_mean",
+             "kl.where": "none", "kl.estimator": "k3", "kl.coef": 0.0},
+    "gmpo": {**_BASE, "algo.advantage": "grpo", "algo.policy_loss": "gmpo", "algo.aggregate": "seq_mean_token_mean",
+             "algo.eps_low": 0.4, "algo.eps_high": 0.4, "kl.where": "none", "kl.estimator": "k3", "kl.coef": 0.0},
 }
 
 
 def expand(cfg):
-    """Fill every unset (None) preset field of an RLConfig from PRESETS[cfg.algo.name]; returns a new config."""
+    """Fill every unset (None) preset field of an RLConfig from PRESETS[cfg.algo.name]; returns a new config.
+    A preset's algo.loss_args are defaults under the user's: each key the user did not set is added (as text,
+    the type the config holds, so a resumed run compares equal)."""
     if cfg.algo.name not in PRESETS:
         import difflib
         close = difflib.get_close_matches(cfg.algo.name, list(PRESETS), n=1)
@@ -74,7 +89,9 @@ def expand(cfg):
     for key, value in PRESETS[cfg.algo.name].items():
         section, name = key.split(".")
         current = getattr(getattr(cfg, section), name)
-        if current is None:
+        if key == "algo.loss_args":
+            sections.setdefault(section, {})[name] = {**{k: str(v) for k, v in value.items()}, **current}
+        elif current is None:
             sections.setdefault(section, {})[name] = value
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)
                                        for section, values in sections.items()})

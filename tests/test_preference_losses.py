@@ -32,7 +32,7 @@ def value(name, lp, **kw) -> float:
     return preference.get(name)(lp, **kw).losses.item()
 
 
-PAIRED = sorted(set(preference.names()) - preference.UNPAIRED)
+PAIRED = preference.LOSSES.select(unpaired=False)
 
 
 # ---- worked examples ------------------------------------------------------------------------------------
@@ -270,9 +270,10 @@ def test_registry_contents():
     assert set(preference.names()) == {"dpo", "cdpo", "robust", "ipo", "hinge", "kto", "simpo", "orpo", "rrhf",
                                        "rpo", "tr_dpo", "dpop", "exo_pair", "nca_pair", "apo_zero", "apo_down"}
     assert preference.names() == sorted(preference.names())
-    assert preference.UNPAIRED == {"kto"}
-    assert preference.REQUIRES_REFERENCE == set(preference.names()) - {"simpo", "orpo", "rrhf"}
-    assert preference.HYPERPARAMETERS == {
+    assert set(preference.LOSSES.select(unpaired=True)) == {"kto"}
+    assert set(preference.LOSSES.select(needs_reference=True)) == set(preference.names()) - {"simpo", "orpo", "rrhf"}
+    assert preference.LOSSES.select(moving_reference=True) == ["tr_dpo"]
+    assert {name: tuple(preference.LOSSES.entry(name).hparams) for name in preference.names()} == {
         "dpo": (), "cdpo": ("label_smoothing",), "robust": ("label_smoothing",), "ipo": (), "hinge": (),
         "rpo": ("alpha",), "tr_dpo": (), "dpop": ("lam",), "exo_pair": ("label_smoothing",), "nca_pair": (),
         "apo_zero": (), "apo_down": (), "simpo": ("gamma",), "orpo": ("lam",), "rrhf": (),
@@ -290,7 +291,7 @@ def test_unknown_hyperparameter_is_rejected():
         preference.dpo(logps(), label_smoothing=0.1)
 
 
-@pytest.mark.parametrize("name", sorted(preference.REQUIRES_REFERENCE - preference.UNPAIRED))
+@pytest.mark.parametrize("name", preference.LOSSES.select(needs_reference=True, unpaired=False))
 def test_reference_losses_raise_without_reference(name):
     with pytest.raises(ValueError, match="reference"):
         preference.get(name)(logps(reference=False))

@@ -8,6 +8,7 @@ model gets partly right (the share of lowercase letters in the completion) keeps
 every step has a learning signal."""
 
 import json
+import math
 import shutil
 import textwrap
 
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 
 from conftest import write_jsonl
 from posttrain import cli, config as C, presets
-from posttrain.explain import needs_reference
+from posttrain.train.plan import needs_reference
 from posttrain.models.loading import load_model
 from posttrain.train import rl
 
@@ -81,6 +82,17 @@ def test_every_preset_trains_and_logs_its_metrics(tmp_path, name):
         assert abs(steps[1]["kl"]) < 1e-6
     else:
         assert "kl" not in steps[1]
+
+
+@pytest.mark.parametrize("name", ["cispo", "sapo", "gmpo"])
+def test_policy_loss_presets_run_off_policy_updates(tmp_path, name):
+    # two epochs over each step's samples: the second update is off-policy (ratios ≠ 1), where the losses differ
+    run_dir = tmp_path / "run"
+    assert run_rl(run_dir, "train.max_steps=3", "rl.generations=2", "rl.update_epochs=2", "train.lr=1e-3", algo=name,
+                  reward=reward_file(tmp_path)) == 0
+    steps = records(run_dir)
+    assert sorted(steps) == [1, 2, 3] and all(math.isfinite(m["loss"]) and m["grad_norm"] > 0 for m in steps.values())
+    assert any(m["ratio/max"] > 1 for m in steps.values())
 
 
 def test_the_built_in_task_with_its_verifier_and_evaluation(tmp_path):

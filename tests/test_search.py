@@ -197,6 +197,19 @@ def test_mcts_stops_at_the_budget():
     assert result.completion == "good\nanswer: 1" and result.generated_tokens == 9 + 10
 
 
+def test_strategies_registry_names_each_strategy_and_what_it_needs():
+    import inspect
+
+    from posttrain.search import STRATEGIES, best_of_n, mcts_search, step_beam_search, vote
+
+    assert {n: STRATEGIES.get(n) for n in STRATEGIES} == {"best_of_n": best_of_n, "vote": vote,
+                                                          "step_beam": step_beam_search, "mcts": mcts_search}
+    for name in STRATEGIES:  # budgeted: it takes a per-problem token budget (the two tests above stop at it)
+        takes_budget = "budget_tokens" in inspect.signature(STRATEGIES.get(name)).parameters
+        assert STRATEGIES.entry(name).budgeted == takes_budget, name
+    assert STRATEGIES.select(scorer="process") == ["step_beam"] and STRATEGIES.entry("vote").scorer == "optional"
+
+
 # ---- on the real engine and models (the embedded tiny model) ---------------------------------------------------------
 
 @pytest.fixture(scope="module")

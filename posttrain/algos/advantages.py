@@ -30,21 +30,22 @@ from typing import Callable
 
 import torch
 
-ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {}
+from posttrain.algos.registry import Registry
 
-
-def register(name: str):
-    def wrap(fn):
-        ADVANTAGES[name] = fn
-        return fn
-    return wrap
+# What each estimator declares (posttrain.algos.registry), read by the RL loop, `posttrain explain` and validation:
+#   level                  "sequence": one number per response, broadcast over its tokens; "token": per token,
+#                          computed from per-token rewards (the loop folds the KL penalty in per token)
+#   needs_groups           compares the responses to one prompt: rl.generations must be ≥ 2
+#   needs_critic           reads a value model's V(s_t) (algo.critic=value)
+#   needs_greedy_baseline  reads the reward of a greedy response to each prompt (the loop generates it)
+ADVANTAGES = Registry("advantage estimator", flags={"level": "sequence", "needs_groups": False,
+                                                    "needs_critic": False, "needs_greedy_baseline": False})
+register = ADVANTAGES.register
 
 
 def get(name: str) -> Callable[..., torch.Tensor]:
     """The estimator registered under `name`; an unknown name raises ValueError listing the valid ones."""
-    if name not in ADVANTAGES:
-        raise ValueError(f"unknown advantage estimator '{name}' — valid: {', '.join(sorted(ADVANTAGES))}")
-    return ADVANTAGES[name]
+    return ADVANTAGES.get(name)
 
 
 @dataclass
@@ -97,7 +98,7 @@ def _broadcast(per_sequence: torch.Tensor, batch: AdvantageInputs) -> torch.Tens
 STD_MODES = {"sample": 1, "population": 0}  # grpo's std choices → the correction subtracted from n
 
 
-@register("grpo")
+@register("grpo", needs_groups=True, hparams={"eps": 1e-6, "std": "sample"}, fields={"std": "grpo_std"})
 def grpo(batch: AdvantageInputs, *, eps: float = 1e-6, std: str = "sample") -> torch.Tensor:
     """Group-relative advantage: A_i = (r_i − mean_g) / (std_g + ε), the same for every token of response i.
 
@@ -117,7 +118,7 @@ def grpo(batch: AdvantageInputs, *, eps: float = 1e-6, std: str = "sample") -> t
     return _broadcast((batch.rewards - mean) / (group_std + eps), batch)
 
 
-@register("dr_grpo")
+@register("dr_grpo", needs_groups=True)
 def dr_grpo(batch: AdvantageInputs) -> torch.Tensor:
     """GRPO without the std division: A_i = r_i − mean_g.
 
@@ -130,7 +131,7 @@ def dr_grpo(batch: AdvantageInputs) -> torch.Tensor:
     return _broadcast(batch.rewards - mean, batch)
 
 
-@register("rloo")
+@register("rloo", needs_groups=True)
 def rloo(batch: AdvantageInputs) -> torch.Tensor:
     """REINFORCE Leave-One-Out: A_i = r_i − mean of the OTHER scored responses of the group
     = n/(n − 1) · (r_i − mean_g) for n scored responses; 0 when n < 2.
@@ -145,7 +146,7 @@ def rloo(batch: AdvantageInputs) -> torch.Tensor:
     return _broadcast(scale * (batch.rewards - mean), batch)
 
 
-@register("remax")
+@register("remax", needs_greedy_baseline=True)
 def remax(batch: AdvantageInputs) -> torch.Tensor:
     """ReMax: A_i = r_i − r(greedy response to the same prompt), the same for every token of response i.
 
@@ -225,7 +226,7 @@ def whiten(values: torch.Tensor, valid: torch.Tensor, eps: float = 1e-8, center:
     return ((values - mean) if center else values) / (std + eps) * weight
 
 
-@register("reinforce_pp")
+@register("reinforce_pp", level="token", hparams={"gamma": 1.0, "eps": 1e-8})
 def reinforce_pp(batch: AdvantageInputs, *, gamma: float = 1.0, eps: float = 1e-8) -> torch.Tensor:
     """REINFORCE++: the per-token return-to-go G_t, normalized over ALL response tokens of the batch:
     A_t = (G_t − mean) / (std + ε).
@@ -248,7 +249,7 @@ def reinforce_pp(batch: AdvantageInputs, *, gamma: float = 1.0, eps: float = 1e-
     return whiten(returns, valid, eps, center=True)
 
 
-@register("reinforce_pp_baseline")
+@register("reinforce_pp_baseline", level="token", needs_groups=True, hparams={"gamma": 1.0, "eps": 1e-8})
 def reinforce_pp_baseline(batch: AdvantageInputs, *, gamma: float = 1.0, eps: float = 1e-8) -> torch.Tensor:
     """REINFORCE++-baseline (for reasoning tasks with several samples per prompt): subtract the group mean of the
     scored rewards from each response's reward, take the return-to-go, and divide by the std over all response
@@ -272,7 +273,7 @@ def reinforce_pp_baseline(batch: AdvantageInputs, *, gamma: float = 1.0, eps: fl
     return whiten(returns, valid, eps, center=False)
 
 
-@register("gae")
+@register("gae", level="token", needs_critic=True, hparams={"gamma": 1.0, "lam": 0.95})
 def gae(batch: AdvantageInputs, *, gamma: float = 1.0, lam: float = 0.95) -> torch.Tensor:
     """Generalized Advantage Estimation: δ_t = r_t + γ·V_{t+1} − V_t, A_t = δ_t + γλ·A_{t+1}, per token.
 

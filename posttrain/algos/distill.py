@@ -48,21 +48,16 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-DISTILL_LOSSES: dict[str, Callable[..., torch.Tensor]] = {}
+from posttrain.algos.registry import Registry
 
-
-def register(name: str):
-    def wrap(fn):
-        DISTILL_LOSSES[name] = fn
-        return fn
-    return wrap
+# Each loss declares its hyperparameters besides `temperature`, with their defaults (each is a `distill.*` field).
+DISTILL_LOSSES = Registry("distillation loss")
+register = DISTILL_LOSSES.register
 
 
 def get(name: str) -> Callable[..., torch.Tensor]:
     """The loss registered under `name`; an unknown name raises ValueError listing the valid ones."""
-    if name not in DISTILL_LOSSES:
-        raise ValueError(f"unknown distillation loss '{name}' — valid: {', '.join(sorted(DISTILL_LOSSES))}")
-    return DISTILL_LOSSES[name]
+    return DISTILL_LOSSES.get(name)
 
 
 def _log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
@@ -123,7 +118,7 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask:
     return _per_token(_kl(log_p_student, log_p_teacher), keep, temperature)
 
 
-@register("jsd")
+@register("jsd", hparams={"beta": 0.5})
 def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, *,
                     temperature: float = 1.0, beta: float = 0.5) -> torch.Tensor:
     """τ²·JSD(β) per token: β·KL(p_T ‖ M) + (1−β)·KL(p_S ‖ M) with the mixture M = β·p_T + (1−β)·p_S.

@@ -21,19 +21,26 @@ from typing import Callable
 
 import torch
 
+from posttrain.algos.registry import Registry
+
 MAX_LOG_RATIO = 20.0  # k3 exponentiates log r: beyond ±20 the token is already hopeless and e^r would overflow
 
+ESTIMATORS = Registry("KL estimator")
 
+
+@ESTIMATORS.register("k1")
 def k1(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """log π − log π_ref per token. logps, ref_logps [B, T] → [B, T]. Example: −1.0, −1.5 → 0.5."""
     return logps - ref_logps
 
 
+@ESTIMATORS.register("k2")
 def k2(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """½ (log π − log π_ref)² per token. [B, T] → [B, T]. Example: −1.0, −1.5 → 0.125."""
     return 0.5 * (logps - ref_logps) ** 2
 
 
+@ESTIMATORS.register("k3")
 def k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """(r − 1) − log r per token, log r = log π_ref − log π clamped to ±MAX_LOG_RATIO. [B, T] → [B, T].
 
@@ -43,14 +50,9 @@ def k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return torch.expm1(log_ratio) - log_ratio
 
 
-ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"k1": k1, "k2": k2, "k3": k3}
-
-
 def get(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The estimator registered under `name`; an unknown name raises ValueError listing the valid ones."""
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown KL estimator '{name}' — valid: {', '.join(sorted(ESTIMATORS))}")
-    return ESTIMATORS[name]
+    return ESTIMATORS.get(name)
 
 
 class FixedKLController:

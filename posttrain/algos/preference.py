@@ -5,11 +5,12 @@ Every paired loss is `fn(logps: PreferenceLogps, *, beta=0.1, <its own keywords>
 counts (shapes [B]). The loss is per pair, shape [B]; the loop reduces it (sum / global number of pairs, see
 `aggregate.py` for why the normalizer is global). KTO is unpaired and has its own signature (see `kto`).
 
-Registry metadata the loop uses to call a loss without knowing it:
+What each entry of `LOSSES` declares (posttrain.algos.registry), read by the loop to call a loss without knowing it:
 
-- `REQUIRES_REFERENCE`: losses that read `ref_chosen` / `ref_rejected` (they raise ValueError on None);
-- `HYPERPARAMETERS`:    name → keyword names it accepts besides `beta` (read off the signature);
-- `UNPAIRED`:           losses fed single responses with a desirable/undesirable label instead of pairs.
+- `needs_reference`:  it reads `ref_chosen` / `ref_rejected` (and raises ValueError on None);
+- `unpaired`:         it is fed single responses with a desirable/undesirable label instead of pairs;
+- `moving_reference`: its reference is not frozen: the loop keeps a live copy and updates it (tr_dpo);
+- `hparams`:          its keywords besides `beta`, with their defaults (each is a `preference.*` field).
 
 Notation in the docstrings: π_c, π_r are the summed policy log-probs of the chosen / rejected completion,
 ref_c, ref_r the same under the frozen reference, |y_c|, |y_r| the token counts, a = π/|y| the token-averaged
@@ -21,13 +22,14 @@ The running example of the docstrings (B = 1): β = 0.1, π_c = −10, π_r = �
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from posttrain.algos.registry import Registry
 
 
 @dataclass
@@ -49,31 +51,13 @@ class PreferenceLoss:
     rejected_rewards: torch.Tensor  # [B] detached
 
 
-LOSSES: dict[str, Callable[..., PreferenceLoss]] = {}
-REQUIRES_REFERENCE: set[str] = set()
-UNPAIRED: set[str] = set()
-HYPERPARAMETERS: dict[str, tuple[str, ...]] = {}
-
-
-def register(name: str, *, reference: bool, unpaired: bool = False):
-    """Put a loss in the registry; its extra keywords are read from its keyword-only parameters."""
-    def wrap(fn):
-        LOSSES[name] = fn
-        if reference:
-            REQUIRES_REFERENCE.add(name)
-        if unpaired:
-            UNPAIRED.add(name)
-        HYPERPARAMETERS[name] = tuple(p.name for p in inspect.signature(fn).parameters.values()
-                                      if p.kind is p.KEYWORD_ONLY and p.name != "beta")
-        return fn
-    return wrap
+LOSSES = Registry("preference loss", flags={"needs_reference": True, "unpaired": False, "moving_reference": False})
+register = LOSSES.register
 
 
 def get(name: str) -> Callable[..., PreferenceLoss]:
     """The loss registered under `name`; an unknown name raises ValueError listing the valid ones."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown preference loss '{name}' — valid: {', '.join(names())}")
-    return LOSSES[name]
+    return LOSSES.get(name)
 
 
 def names() -> list[str]:
@@ -115,7 +99,7 @@ def _dpo_parts(logps: PreferenceLogps, beta: float, name: str):
 # Reference-based paired losses. Implicit reward of a response: β·(log π − log π_ref).
 # ---------------------------------------------------------------------------------------------------------
 
-@register("dpo", reference=True)
+@register("dpo")
 def dpo(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     """Direct Preference Optimization: loss = −log σ(β·h), h = (π_c − ref_c) − (π_r − ref_r).
 
@@ -130,7 +114,7 @@ def dpo(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     return _result(-F.logsigmoid(logits), chosen_rewards, rejected_rewards)
 
 
-@register("cdpo", reference=True)
+@register("cdpo", hparams={"label_smoothing": 0.1})
 def cdpo(logps: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.1) -> PreferenceLoss:
     """Conservative DPO: each label is assumed flipped with probability ε (`label_smoothing`).
 
@@ -147,7 +131,7 @@ def cdpo(logps: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 
     return _result(losses, chosen_rewards, rejected_rewards)
 
 
-@register("robust", reference=True)
+@register("robust", hparams={"label_smoothing": 0.1})
 def robust(logps: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.1) -> PreferenceLoss:
     """Robust DPO (rDPO): an unbiased estimate of the clean-label DPO loss when labels flip with rate ε < ½.
 
@@ -165,7 +149,7 @@ def robust(logps: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float 
     return _result(losses, chosen_rewards, rejected_rewards)
 
 
-@register("ipo", reference=True)
+@register("ipo")
 def ipo(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     """Identity Preference Optimization: loss = (h − 1/(2β))², β playing the paper's τ.
 
@@ -181,7 +165,7 @@ def ipo(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     return _result(losses, beta * chosen_ratio, beta * rejected_ratio)
 
 
-@register("hinge", reference=True)
+@register("hinge")
 def hinge(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     """Hinge loss on the DPO logit (SLiC-style calibration): loss = max(0, 1 − βh).
 
@@ -195,7 +179,7 @@ def hinge(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     return _result(torch.relu(1 - logits), chosen_rewards, rejected_rewards)
 
 
-@register("rpo", reference=True)
+@register("rpo", hparams={"alpha": 1.0})
 def rpo(logps: PreferenceLogps, *, beta: float = 0.1, alpha: float = 1.0) -> PreferenceLoss:
     """DPO plus an NLL term on the chosen response: loss = −log σ(βh) + α·NLL_c, NLL_c = −π_c/|y_c|.
 
@@ -209,7 +193,7 @@ def rpo(logps: PreferenceLogps, *, beta: float = 0.1, alpha: float = 1.0) -> Pre
     return _result(-F.logsigmoid(logits) - alpha * avg_chosen, chosen_rewards, rejected_rewards)
 
 
-@register("tr_dpo", reference=True)
+@register("tr_dpo", moving_reference=True)
 def tr_dpo(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     """Trust-Region DPO: the per-pair loss is exactly `dpo`'s.
 
@@ -221,7 +205,7 @@ def tr_dpo(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     return dpo(logps, beta=beta)
 
 
-@register("dpop", reference=True)
+@register("dpop", hparams={"lam": 50.0})
 def dpop(logps: PreferenceLogps, *, beta: float = 0.1, lam: float = 50.0) -> PreferenceLoss:
     """DPO-Positive: loss = −log σ(β·(h − λ·max(0, ref_c − π_c))).
 
@@ -240,7 +224,7 @@ def dpop(logps: PreferenceLogps, *, beta: float = 0.1, lam: float = 50.0) -> Pre
     return _result(losses, beta * chosen_ratio, beta * rejected_ratio)
 
 
-@register("exo_pair", reference=True)
+@register("exo_pair", hparams={"label_smoothing": 1e-3})
 def exo_pair(logps: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 1e-3) -> PreferenceLoss:
     """EXO, pairwise form: the reverse KL from the model's preference probability to the soft label.
 
@@ -262,7 +246,7 @@ def exo_pair(logps: PreferenceLogps, *, beta: float = 0.1, label_smoothing: floa
     return _result(losses, chosen_rewards, rejected_rewards)
 
 
-@register("nca_pair", reference=True)
+@register("nca_pair")
 def nca_pair(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     """Noise Contrastive Alignment, pairwise form, on the implicit rewards r = β(log π − log π_ref):
 
@@ -281,7 +265,7 @@ def nca_pair(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     return _result(losses, chosen_rewards, rejected_rewards)
 
 
-@register("apo_zero", reference=True)
+@register("apo_zero")
 def apo_zero(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     """Anchored Preference Optimization, "zero" variant: push chosen up and rejected down, each anchored at 0.
 
@@ -296,7 +280,7 @@ def apo_zero(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     return _result(losses, chosen_rewards, rejected_rewards)
 
 
-@register("apo_down", reference=True)
+@register("apo_down")
 def apo_down(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     """Anchored Preference Optimization, "down" variant: push chosen down, and rejected down faster.
 
@@ -315,7 +299,7 @@ def apo_down(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
 # Reference-free paired losses. Each reports its own natural score as the "reward" (see each docstring).
 # ---------------------------------------------------------------------------------------------------------
 
-@register("simpo", reference=False)
+@register("simpo", needs_reference=False, hparams={"gamma": 0.5})
 def simpo(logps: PreferenceLogps, *, beta: float = 0.1, gamma: float = 0.5) -> PreferenceLoss:
     """Simple Preference Optimization: loss = −log σ(β·(a_c − a_r) − γ), a = π/|y|; reward = β·a.
 
@@ -339,7 +323,7 @@ def _log_odds(avg_logp: torch.Tensor) -> torch.Tensor:
     return avg_logp - torch.log(-torch.expm1(avg_logp))
 
 
-@register("orpo", reference=False)
+@register("orpo", needs_reference=False, hparams={"lam": 0.1})
 def orpo(logps: PreferenceLogps, *, beta: float = 0.1, lam: float = 0.1) -> PreferenceLoss:
     """Odds Ratio Preference Optimization: loss = NLL_c − λ·log σ(log odds(a_c) − log odds(a_r)).
 
@@ -358,7 +342,7 @@ def orpo(logps: PreferenceLogps, *, beta: float = 0.1, lam: float = 0.1) -> Pref
     return _result(-avg_chosen + lam * odds_ratio_loss, beta * avg_chosen, beta * avg_rejected)
 
 
-@register("rrhf", reference=False)
+@register("rrhf", needs_reference=False)
 def rrhf(logps: PreferenceLogps, *, beta: float = 0.1) -> PreferenceLoss:
     """Rank Responses to align with Human Feedback, pair form: loss = max(0, a_r − a_c) + NLL_c.
 
@@ -397,13 +381,19 @@ def kto_reference_point(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.T
 
     logps, ref_logps [M]: summed log-probs of completions paired with a *different* example's prompt (e.g. the
     batch's completions shifted by one), so the estimate tracks KL(π‖π_ref) without rewarding the current
-    completion. → scalar. With several ranks, all-reduce the sum and count first. Example: log-ratios
-    [1, −3, 4] → 2/3 = 0.66667; [−1, −2] → 0.
+    completion. → scalar. Example: log-ratios [1, −3, 4] → 2/3 = 0.66667; [−1, −2] → 0.
     """
-    return (logps - ref_logps).mean().clamp(min=0).detach()
+    log_ratios = logps - ref_logps
+    return kto_reference_point_of_sums(log_ratios.sum(), log_ratios.numel())
 
 
-@register("kto", reference=True, unpaired=True)
+def kto_reference_point_of_sums(log_ratio_sum: torch.Tensor, count) -> torch.Tensor:
+    """`kto_reference_point` from Σ (log π − log π_ref) and the number of examples, as the loop gathers them over
+    micro-batches and ranks: max(0, sum / count), detached. Example: sum 2 over 3 → 0.66667."""
+    return (log_ratio_sum / count).clamp(min=0).detach()
+
+
+@register("kto", unpaired=True, hparams={"desirable_weight": 1.0, "undesirable_weight": 1.0})
 def kto(logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor | float, *,
         beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> PreferenceLoss:
     """Kahneman–Tversky Optimization, on single responses labelled desirable or undesirable.

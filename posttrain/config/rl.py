@@ -19,13 +19,14 @@ class AlgoConfig(Config):
     fills every field left unset here; any field set explicitly wins over the preset."""
 
     name: str = "grpo"
-    """The preset: ppo, grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, gspo, remax, reinforce
-    (also `posttrain rl --algo NAME`; `--print-config` shows what it expands to)."""
+    """The preset: ppo, grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, gspo, remax, reinforce, …
+    (also `posttrain rl --algo NAME`; `--print-config` shows what it expands to; `posttrain explain` lists all)."""
     advantage: str | None = None
     """Advantage estimator (posttrain.algos.advantages): gae, grpo, dr_grpo, rloo, reinforce_pp,
     reinforce_pp_baseline, remax, reinforce. Unset: the preset's."""
     policy_loss: str | None = None
-    """Policy loss (posttrain.algos.policy): ppo_clip, gspo, vanilla. Unset: the preset's."""
+    """Policy loss (posttrain.algos.policy): ppo_clip, gspo, vanilla, … (`posttrain explain` lists all). Unset: the
+    preset's."""
     aggregate: str | None = None
     """Loss reduction (posttrain.algos.aggregate): token_mean, seq_mean_token_mean, seq_mean_token_sum_norm."""
     critic: Literal["none", "value"] | None = None
@@ -36,6 +37,9 @@ class AlgoConfig(Config):
     """Clip range above 1 (DAPO's clip-higher uses 0.28 with eps_low 0.2)."""
     dual_clip: float | None = None
     """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens (0 or unset: off)."""
+    loss_args: dict[str, str] = field(default_factory=dict)
+    """Hyperparameters of the policy loss that have no field above, e.g. tau_pos:1.0,tau_neg:1.05 (sapo); each
+    must be one the loss declares (`posttrain explain` shows them and their defaults)."""
     grpo_std: Literal["sample", "population"] = "sample"
     """grpo: the group std divides by n − 1 (sample, as TRL and verl) or n (population)."""
     normalize_advantages: bool | None = None

@@ -21,6 +21,7 @@ from typing import Callable
 
 from posttrain.search.policy import Policy, Sample, SearchResult
 from posttrain.search.scorers import Scorer, probability
+from posttrain.search.strategies import STRATEGIES
 from posttrain.search.voting import weighted_vote
 
 
@@ -51,12 +52,14 @@ def choose_by_vote(candidates: list[Sample], answers: list[str | None],
     return SearchResult(candidates[0 if winner is None else winner].text, sum(c.num_tokens for c in candidates))
 
 
+@STRATEGIES.register("best_of_n", scorer="outcome or process")
 def best_of_n(policy: Policy, problems: list[dict], scorer: Scorer, n: int, *, seed: int = 0) -> list[SearchResult]:
     """Sample n solutions per problem and keep the one `scorer` rates highest (ties → the first sample)."""
     candidates = sample_candidates(policy, problems, n, seed=seed)
     return [choose_best(c, scorer.scores(p, [s.text for s in c])) for p, c in zip(problems, candidates)]
 
 
+@STRATEGIES.register("vote")
 def vote(policy: Policy, problems: list[dict], n: int, *, extract_answer: Callable[[str], str | None],
          scorer: Scorer | None = None, seed: int = 0) -> list[SearchResult]:
     """Self-consistency (scorer None: each sample one vote) or a weighted vote (each sample's weight is its score

@@ -52,6 +52,7 @@ from typing import Callable
 from posttrain.search.best_of_n import argmax_first
 from posttrain.search.policy import STEP_SEPARATOR, Policy, Sample, SearchResult, complete_unfinished
 from posttrain.search.scorers import Scorer, probability
+from posttrain.search.strategies import STRATEGIES
 
 
 @dataclass(eq=False)
@@ -201,6 +202,7 @@ def _scores_by_problem(scorer: Scorer, problems: list[dict], jobs: list, texts: 
 
 # ---- the search ------------------------------------------------------------------------------------------------------
 
+@STRATEGIES.register("mcts", scorer="value", budgeted=True)
 def mcts_search(policy: Policy, problems: list[dict], evaluate: Evaluate, *, children: int = 4, rule: str = "puct",
                 c: float = 1.0, max_steps: int = 16, max_iterations: int = 64,
                 budget_tokens: list[int] | None = None, seed: int = 0) -> list[SearchResult]:

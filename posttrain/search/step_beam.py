@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from posttrain.search.policy import STEP_SEPARATOR, Policy, SearchResult, complete_unfinished
 from posttrain.search.scorers import Scorer
+from posttrain.search.strategies import STRATEGIES
 
 
 @dataclass
@@ -63,6 +64,7 @@ def unique_by_text(candidates: list[Beam]) -> list[Beam]:
     return [c for c in candidates if not (c.text in seen or seen.add(c.text))]
 
 
+@STRATEGIES.register("step_beam", scorer="process", budgeted=True)
 def step_beam_search(policy: Policy, problems: list[dict], prm: Scorer, *, beam_width: int = 2, expansions: int = 4,
                      max_steps: int = 16, budget_tokens: list[int] | None = None,
                      seed: int = 0) -> list[SearchResult]:

@@ -31,7 +31,6 @@ The logit / on_policy loop, top to bottom:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import random
 import time
@@ -322,11 +321,11 @@ def student_sft_config(cfg: DistillConfig, run_dir: Path, rationales: Path) -> S
 def divergence_of(cfg: DistillConfig):
     """The registered loss with this config's τ (and β where the loss takes it):
     fn(student_logits, teacher_logits, mask) → per-token losses."""
-    fn = divergences.get(cfg.distill.loss)
+    entry = divergences.DISTILL_LOSSES.entry(cfg.distill.loss)
     kwargs = {"temperature": cfg.distill.temperature}
-    if "beta" in inspect.signature(fn).parameters:
+    if "beta" in entry.hparams:
         kwargs["beta"] = cfg.distill.beta
-    return partial(fn, **kwargs)
+    return partial(entry.fn, **kwargs)
 
 
 def shared_vocabulary(tokenizer, teacher_tokenizer, cfg: DistillConfig, teacher, teacher_dir) -> int:

@@ -56,14 +56,14 @@ def run(cfg: DPOConfig) -> dict:
     world = distributed.init()
     check_inputs(cfg)  # model path, attention kernel, trackers; train.lr and data.max_length from the model
     loss_fn, loss_kwargs = resolve_loss(cfg)
-    live_reference = cfg.preference.loss == "tr_dpo"
+    live_reference = losses.LOSSES.entry(cfg.preference.loss).moving_reference
     if live_reference and cfg.train.strategy == "fsdp":
-        raise ConfigError("preference.loss=tr_dpo keeps a live reference copy, which is not sharded — fix: "
-                          "train.strategy=ddp")
+        raise ConfigError(f"preference.loss={cfg.preference.loss} keeps a live reference copy, which is not "
+                          "sharded — fix: train.strategy=ddp")
 
     # ---- setup: every check on user input happens before the run directory is touched -----------------------------
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    data = load_preference_data(cfg, tokenizer, unpaired=cfg.preference.loss in losses.UNPAIRED)
+    data = load_preference_data(cfg, tokenizer, unpaired=losses.LOSSES.entry(cfg.preference.loss).unpaired)
     accumulate = accumulate_unpaired if data.unpaired else accumulate_gradients
     micro, accum, global_batch = batch_plan(cfg.train, world.world_size)
     num_steps = total_steps(cfg.train, len(data.train), global_batch)
@@ -79,7 +79,7 @@ def run(cfg: DPOConfig) -> dict:
         if resume_from is not None:
             reference_model.load_state_dict(load_file(str(resume_from / "reference_model.safetensors")))
         reference_model.requires_grad_(False)
-    elif cfg.preference.loss in losses.REQUIRES_REFERENCE:
+    elif losses.LOSSES.entry(cfg.preference.loss).needs_reference:
         data.reference = reference_logps(model, data, tokenizer, cfg, run_dir, resume_from)
     model, optimizer, scheduler, start_step, tracker = start_training(
         cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
@@ -133,15 +133,16 @@ def run(cfg: DPOConfig) -> dict:
 def resolve_loss(cfg: DPOConfig):
     """(loss function, the keyword arguments it takes from cfg.preference). Unknown names → ConfigError."""
     try:
-        fn = losses.get(cfg.preference.loss)
+        entry = losses.LOSSES.entry(cfg.preference.loss)
     except ValueError as e:
         raise ConfigError(f"preference.loss: {e}") from None
-    if cfg.preference.loss == "tr_dpo" and cfg.preference.ref_sync_steps < 1:
-        raise ConfigError("preference.loss=tr_dpo updates its reference every preference.ref_sync_steps steps — "
-                          "fix: set preference.ref_sync_steps to a positive number (e.g. 32)")
-    accepted = losses.HYPERPARAMETERS.get(cfg.preference.loss, ())
-    kwargs = {name: getattr(cfg.preference, name) for name in accepted if getattr(cfg.preference, name) is not None}
-    return fn, {"beta": cfg.preference.beta, **kwargs}
+    if entry.moving_reference and cfg.preference.ref_sync_steps < 1:
+        raise ConfigError(f"preference.loss={entry.name} updates its reference every preference.ref_sync_steps "
+                          "steps — fix: set preference.ref_sync_steps to a positive number (e.g. 32)")
+    # each declared hyperparameter is a preference.* field; unset (None) leaves the loss's own default
+    kwargs = {name: getattr(cfg.preference, name) for name in entry.hparams
+              if getattr(cfg.preference, name) is not None}
+    return entry.fn, {"beta": cfg.preference.beta, **kwargs}
 
 
 def response_logps(model, examples: list[dict], pad_id: int, packing: bool, precision: str = "fp32"):
@@ -228,7 +229,7 @@ def kto_reference_point(model, items: list[dict], micro_batches: list[list[int]]
             log_ratio = sums.double().cpu() - reference["mismatched"][torch.tensor(indices)].double()
             totals += torch.tensor([log_ratio.sum().item(), len(indices)], dtype=torch.float64)
     totals = distributed.all_reduce_tensor(totals)
-    return (totals[0] / totals[1]).clamp(min=0).float()
+    return losses.kto_reference_point_of_sums(totals[0], totals[1]).float()
 
 
 def unpaired_loss(model, items: list[dict], indices: list[int], reference: dict, z0: torch.Tensor, tokenizer, cfg,

@@ -2,7 +2,7 @@
 
 An algorithm is a preset (presets.py) naming registered functions; this loop composes them:
 
-    setup       preset expanded → batch arithmetic checked (explain.rl_plan) → prompts → reward sources →
+    setup       preset expanded → pieces and batch arithmetic checked (plan.rl_plan) → prompts → reward sources →
                 run dir → policy; the frozen reference (the starting policy) only when a KL term needs it (new
                 LoRA adapters: the same model with its adapters disabled); the critic only for GAE (a value head
                 on the reward model or the policy's backbone)
@@ -10,8 +10,8 @@ An algorithm is a preset (presets.py) naming registered functions; this loop com
                 filtered (DAPO) — on each rank its share, then gathered
     score       no-grad passes: π_old (the sampler's log-probs reused when its distribution is the policy's),
                 π_ref, the critic's values
-    advantage   KL in the reward (β·k per token; sequence estimators get the sum), then the registered
-                estimator; unscored samples get 0; optional whitening
+    advantage   KL in the reward (β·k per token; sequence-level estimators get the sum), then the registered
+                estimator with its declared hyperparameters; unscored samples get 0; optional whitening
     update      rl.update_epochs × mini-batches; per micro-batch the registered policy loss per token
                 (+ β·k in the loss, − entropy bonus), reduced by aggregate.py with the mini-batch's global
                 token and sequence counts, so any micro-batch × accumulation split gives the same gradient;
@@ -23,7 +23,6 @@ An algorithm is a preset (presets.py) naming registered functions; this loop com
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 
@@ -37,11 +36,11 @@ from posttrain.config import LoraConfig, RLConfig
 from posttrain.data import collate
 from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
-from posttrain.explain import TOKEN_ESTIMATORS, needs_reference, rl_plan
 from posttrain.models.loading import load_model, load_tokenizer, resolve_model_path
 from posttrain.train import rl_diagnostics as diagnostics, rollouts
 from posttrain.train.common import (NonFiniteGuard, autocast, build_optimizer, device_of, optimizer_step,
                                     prepare_run_dir, start_training)
+from posttrain.train.plan import advantage_arguments, loss_arguments, needs_reference, rl_plan
 from posttrain.train.sft import format_metrics, save_final
 from posttrain.train.preflight import check_inputs
 
@@ -251,7 +250,7 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
     # ---- algorithm: rewards with the KL penalty, advantages ----------------------------------------------------
     rewards, token_rewards = rollout.rewards, None
     in_reward = cfg.kl.where == "reward" and needs_reference(cfg)
-    if cfg.algo.advantage in TOKEN_ESTIMATORS:
+    if estimators.ADVANTAGES.entry(cfg.algo.advantage).level == "token":  # reads per-token rewards
         token_rewards = estimators.token_level_rewards(rewards, batch.mask, beta * kl_tokens if in_reward else None)
     elif in_reward:
         rewards = rewards - beta * kl_tokens.sum(-1)
@@ -259,10 +258,7 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
         rewards=rewards, mask=batch.mask, group_index=rollout.group_index, scored=rollout.scored,
         token_rewards=token_rewards, values=batch.old_values, bootstrap=bootstrap,
         baseline_rewards=rollout.baseline_rewards)
-    fn = estimators.get(cfg.algo.advantage)
-    options = {"gamma": cfg.algo.gamma, "lam": cfg.algo.lam, "std": cfg.algo.grpo_std}
-    accepted = inspect.signature(fn).parameters
-    adv = fn(inputs, **{k: v for k, v in options.items() if k in accepted}).float()
+    adv = estimators.get(cfg.algo.advantage)(inputs, **advantage_arguments(cfg.algo)).float()
     batch.loss_mask = batch.mask * (~rollout.truncated).float()[:, None] if cfg.rl.mask_truncated else batch.mask
     if critic is not None:
         batch.returns = estimators.gae_returns(adv, batch.old_values, batch.mask)
@@ -296,12 +292,7 @@ def update(cfg: RLConfig, plan, model, optimizer, critic, critic_optimizer, batc
     (none for a mini-batch without any gradient). beta: the KL coefficient now (kl.where=loss). Returns the
     step's update metrics (means over updates)."""
     world, rank = distributed.world_size(), distributed.rank()
-    loss_fn = policy_losses.get(cfg.algo.policy_loss)
-    loss_kwargs = {"eps_low": cfg.algo.eps_low, "eps_high": cfg.algo.eps_high}
-    if cfg.algo.policy_loss == "ppo_clip" and cfg.algo.dual_clip:
-        loss_kwargs["dual_clip"] = cfg.algo.dual_clip
-    if cfg.algo.policy_loss == "vanilla":
-        loss_kwargs = {}
+    loss_fn, loss_kwargs = policy_losses.get(cfg.algo.policy_loss), loss_arguments(cfg.algo)
     needs_grad = (cfg.kl.where == "loss" and needs_reference(cfg)) or cfg.algo.entropy_coef > 0
     totals = diagnostics.UpdateTotals()
     for epoch in range(cfg.rl.update_epochs):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from posttrain.algos import kl as kl_algos
-from posttrain.explain import GROUP_ESTIMATORS
+from posttrain.algos.advantages import ADVANTAGES
 from posttrain.rollout.check import mismatch_metrics
 
 
@@ -108,6 +108,7 @@ class Watch:
 
     def __init__(self, cfg, quiet: int = 10):
         self.cfg, self.quiet = cfg, quiet
+        self.grouped = ADVANTAGES.entry(cfg.algo.advantage).needs_groups  # equal rewards in a group: no signal
         self.first: dict[str, float] = {}
         self.kl_history: list[float] = []
         self.rewards: list[float] = []
@@ -145,7 +146,7 @@ class Watch:
                 found.append(("hacking", f"reward is rising while {what} — the policy may be exploiting the reward: "
                                          "read some samples, add rl.length_penalty or rl.overlong_buffer, raise "
                                          "kl.coef"))
-        if self.cfg.algo.advantage in GROUP_ESTIMATORS and m.get("rollout/zero_variance_frac", 0) >= 1:
+        if self.grouped and m.get("rollout/zero_variance_frac", 0) >= 1:
             found.append(("equal", "every group's rewards were equal, so this step had no learning signal — the "
                                    "prompts are too easy or too hard for the model: raise rl.generations or "
                                    "sampling.temperature, change the data, or set rl.dynamic_sampling=true"))

@@ -26,6 +26,7 @@ import torch
 
 from posttrain import distributed, tasks
 from posttrain.algos import shaping
+from posttrain.algos.advantages import ADVANTAGES
 from posttrain.config import RLConfig
 from posttrain.data import load_rows
 from posttrain.data.tokenize import DropReport
@@ -146,7 +147,8 @@ class Rollout:
     group_index: torch.Tensor         # [B] the prompt (group) of each sample
     rewards: torch.Tensor             # [B] after shaping; 0 where unscored
     scored: torch.Tensor              # [B] bool
-    baseline_rewards: torch.Tensor | None = None  # [B] remax: reward of the greedy completion of the prompt
+    baseline_rewards: torch.Tensor | None = None  # [B] reward of the greedy completion of the prompt (an estimator
+    #                                               that declares needs_greedy_baseline, e.g. remax)
     metrics: dict = field(default_factory=dict)
 
 
@@ -187,7 +189,7 @@ def collect(cfg: RLConfig, model, tokenizer, data: PromptData, sources, step: in
         rollout.metrics["rollout/zero_variance_frac"] = first_round_zero
     if cfg.rl.dynamic_sampling:
         rollout.metrics.update({"rollout/sampling_rounds": rounds, "rollout/filled_groups": filled})
-    if cfg.algo.advantage == "remax":
+    if ADVANTAGES.entry(cfg.algo.advantage).needs_greedy_baseline:
         rollout.baseline_rewards = _greedy_baseline(cfg, engine, tokenizer, data, sources, groups, step)
     return rollout, cursor
 
@@ -257,8 +259,8 @@ def _assemble(cfg: RLConfig, data: PromptData, groups: list[dict]) -> Rollout:
 
 
 def _greedy_baseline(cfg, engine, tokenizer, data, sources, groups, step) -> torch.Tensor:
-    """ReMax's baseline: the reward of the greedy completion of each prompt, repeated over its group (an
-    unscorable greedy completion gives baseline 0)."""
+    """The greedy baseline (ReMax's): the reward of the greedy completion of each prompt, repeated over its group
+    (an unscorable greedy completion gives baseline 0)."""
     from posttrain.rewards import score_all
 
     indices = [g["index"] for g in groups]
