@@ -47,13 +47,14 @@ from posttrain.algos.sft import token_cross_entropy
 from posttrain.config import DistillConfig, SFTConfig
 from posttrain.data import collate, load_rows, normalize
 from posttrain.errors import ConfigError, UserError
-from posttrain.generate import load_for_inference
+from posttrain.models.inference import load_for_inference
 from posttrain.models.loading import base_model_path, load_model, load_tokenizer
+from posttrain.models.logits import device_of, forward_logits
 from posttrain.run_dir import classify, lock, open_run
 from posttrain.rollout import HFEngine, SamplingParams, generate_text
 from posttrain.train import sft
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, forward_logits,
-                                    optimizer_step, prepare_run_dir, start_training, total_steps)
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step, prepare_run_dir,
+                                    start_training, total_steps)
 from posttrain.train.preflight import check_inputs
 
 

@@ -30,14 +30,14 @@ from safetensors.torch import load_file, save_file
 
 from posttrain import checkpoint, distributed
 from posttrain.algos import preference as losses
-from posttrain.algos.logprobs import token_logprobs
 from posttrain.config import DPOConfig
 from posttrain.data import collate
 from posttrain.data.preference import build_preference_pairs, build_unpaired_examples
 from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer
-from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, optimizer_step,
+from posttrain.models.logits import sequence_logps
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, optimizer_step,
                                     prepare_run_dir, start_training, task_and_problems, total_steps,
                                     train_and_eval_rows)
 from posttrain.train.preflight import check_inputs
@@ -147,21 +147,12 @@ def resolve_loss(cfg: DPOConfig):
 def response_logps(model, examples: list[dict], pad_id: int, packing: bool, precision: str = "fp32"):
     """Σ_t log π(response token t) and the response's token count, for each example → ([E], [E]).
 
-    One forward over the (packed) batch; log-probs only at labelled positions (logits_to_keep), summed per
-    example through seq_index.
+    One forward over the (packed) batch; log-probs only at labelled positions, summed per example
+    (models.logits.sequence_logps).
     """
     device = device_of(model)
     batch = {k: v.to(device) for k, v in collate(examples, pad_id=pad_id, packing=packing).items()}
-    keep = (batch["targets"] != -100).any(0).nonzero().squeeze(-1)
-    with autocast(precision, device):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                       position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep).logits
-    targets, seq = batch["targets"][:, keep], batch["seq_index"][:, keep]
-    mask = targets != -100
-    logps = token_logprobs(logits, targets)
-    sums = torch.zeros(len(examples), device=device, dtype=torch.float32).index_add(0, seq[mask], logps[mask])
-    counts = torch.zeros(len(examples), device=device).index_add(0, seq[mask], torch.ones_like(logps[mask]))
-    return sums, counts
+    return sequence_logps(model, batch, len(examples), precision)
 
 
 def pair_loss(model, reference_model, all_pairs: list[dict], indices: list[int], reference: dict | None, tokenizer,

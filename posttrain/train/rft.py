@@ -55,7 +55,7 @@ from posttrain.config import RFTConfig, SFTConfig
 from posttrain.data import load_rows
 from posttrain.errors import ConfigError, DataError, UserError
 from posttrain.eval.accuracy import greedy_accuracy
-from posttrain.generate import load_for_inference
+from posttrain.models.inference import export_model, load_for_inference
 from posttrain.models.loading import load_tokenizer, resolve_model_path
 from posttrain.rollout import build_engine, generate_text
 from posttrain.track import Tracker
@@ -225,7 +225,6 @@ def round_model(cfg: RFTConfig, round_dir: Path) -> Path:
     from an adapter directory), is kept as it is: the next round trains it further."""
     if not cfg.lora.r:
         return round_dir / "sft" / "final"
-    from posttrain.export import export_model
     export_model(round_dir / "sft" / "final", round_dir / "model")
     return round_dir / "model"
 
