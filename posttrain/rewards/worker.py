@@ -122,8 +122,8 @@ class FileReward(RewardSource):
         try:
             compile(self.path.read_bytes(), str(self.path), "exec")
         except (SyntaxError, ValueError) as e:  # ValueError: null bytes in the source
-            raise UserError(f"reward function file {self.path} has a syntax error: {describe_error(e)} — fix: correct "
-                            "the file (python -m py_compile FILE shows the same error)") from None
+            raise UserError(f"reward function file {self.path} has a syntax error: {describe_error(e)} — fix: "
+                            "correct the file (python -m py_compile FILE shows the same error)") from None
 
     def _start(self) -> None:
         """Start a worker and wait until it has loaded the function: the interpreter's start does not count, the
@@ -279,8 +279,8 @@ def _load_function(path: str, function: str):
     try:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as e:
-        raise _LoadError(f"raised {describe_error(e, path)} while loading", "correct the module-level code of the file (it "
-                         "runs once, when the worker starts)") from None
+        raise _LoadError(f"raised {describe_error(e, path)} while loading", "correct the module-level code of the "
+                         "file (it runs once, when the worker starts)") from None
     fn = getattr(module, function, None)
     if not callable(fn):
         defined = sorted(name for name, v in vars(module).items()

@@ -35,7 +35,7 @@ from posttrain.data import load_rows
 from posttrain.data.process import build_step_examples
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.rewards import step_labels
-from posttrain.rewards.process import step_logits
+from posttrain.rewards.process import step_logits, step_scores  # noqa: F401  (step_scores: importable from here, too)
 from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, format_metrics, optimizer_step,
                                     prepare_run_dir, save_checkpoint, save_final, start_training, total_steps,
                                     train_and_eval_rows)
