@@ -52,7 +52,8 @@ def test_forward_logits_keeps_only_the_positions_with_a_target(model):
     batch = collate(examples(), pad_id=0, packing=False)
     logits, targets = forward_logits(model, batch)
     keep = target_positions(batch["targets"])
-    assert keep.tolist() == [j for j in range(batch["targets"].shape[1]) if (batch["targets"][:, j] != IGNORE_INDEX).any()]
+    columns = batch["targets"].shape[1]
+    assert keep.tolist() == [j for j in range(columns) if (batch["targets"][:, j] != IGNORE_INDEX).any()]
     assert logits.shape[:2] == targets.shape == (4, len(keep))
     full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, keep]
     real = targets != IGNORE_INDEX  # a row's padding and prompt positions are kept for the other rows' sake
