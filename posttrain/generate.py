@@ -1,7 +1,8 @@
 """`posttrain generate` (a prompt file in, JSONL out) and `posttrain chat` (a terminal conversation).
 
-Both run on the rollout engine; both load a plain model directory, a LoRA adapter directory (its base is read
-from adapter_config.json), a run directory (its final/) or the embedded tiny model.
+Both run on the rollout engine (rollout.inference_engine); both load a plain model directory, a LoRA adapter
+directory (its base is read from adapter_config.json), a run directory (its final/) or the embedded tiny model
+(models.inference.load_for_inference).
 """
 
 from __future__ import annotations
@@ -13,43 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from posttrain import tasks
-from posttrain.errors import ConfigError, UserError
-from posttrain.rollout import build_engine, format_prompt, generate_text
-
-
-def load_for_inference(name_or_path: str):
-    """(frozen model in eval mode, tokenizer, model directory) from 'tiny', a model dir, an adapter dir or a run
-    dir. An adapter is loaded on its base as trained (an adapter trained on a merged start: on that start)."""
-    from posttrain.config import LoraConfig, ModelConfig
-    from posttrain.models.loading import is_model_dir, load_model, load_tokenizer, resolve_model_path
-
-    path = Path(resolve_model_path(name_or_path))
-    if not is_model_dir(path):
-        raise UserError(f"model '{name_or_path}' not found — fix: pass a model, adapter or run directory, or 'tiny'")
-    model = load_model(ModelConfig(name_or_path=str(path)), LoraConfig())
-    return model.eval().requires_grad_(False), load_tokenizer(str(path)), path
-
-
-def use_template(tokenizer, choice: str) -> bool:
-    if choice == "on" and tokenizer.chat_template is None:
-        raise ConfigError("chat_template=on but this tokenizer has no chat template — use auto or off")
-    return choice == "on" or (choice == "auto" and tokenizer.chat_template is not None)
-
-
-def inference_engine(cfg, model, tokenizer, path: Path):
-    """The engine cfg.rollout asks for; vLLM loads the directory itself (a LoRA adapter must be merged first)."""
-    if cfg.rollout.engine == "vllm":
-        if (path / "adapter_config.json").is_file():
-            raise UserError(f"vLLM needs a full model, and {path} is a LoRA adapter — fix: posttrain export "
-                            f"{path} merged/ and pass model=merged")
-        del model  # vLLM holds its own copy on the GPU
-        return build_engine(cfg.rollout, None, tokenizer, str(path))
-    return build_engine(cfg.rollout, model, tokenizer)
+from posttrain.data import Rows, load_rows, normalize
+from posttrain.errors import ConfigError
+from posttrain.models.inference import load_for_inference
+from posttrain.rollout import format_prompt, generate_text, inference_engine, use_template
+from posttrain.rollout.beam import beam_search
 
 
 def run_generate(cfg) -> Path:
-    from posttrain.data import load_rows, normalize
-
     params = cfg.validate().sampling
     if cfg.data_path is not None:
         rows = list(normalize(conversation_prompts(load_rows(cfg.data_path)), kind="prompt"))
@@ -68,10 +40,11 @@ def run_generate(cfg) -> Path:
     if cfg.beam.num_beams > 1:
         results = beam_records(model, tokenizer, prompts, cfg.beam, params, template)
     else:
+        engine = inference_engine(cfg.rollout, model, tokenizer, path)
         results = [{"prompt_index": g.prompt_index, "completion": text, "sample_index": g.sample_index,
                     "finish_reason": g.finish_reason, "num_tokens": len(g.completion_ids), "logprob": sum(g.logprobs)}
-                   for g, text in generate_text(inference_engine(cfg, model, tokenizer, path), tokenizer, prompts,
-                                                params, use_chat_template=template, seed=cfg.seed)]
+                   for g, text in generate_text(engine, tokenizer, prompts, params, use_chat_template=template,
+                                                seed=cfg.seed)]
     out, tmp = Path(cfg.output), Path(cfg.output + ".tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     scores = []
@@ -94,8 +67,6 @@ def conversation_prompts(rows):
     """A `messages` row becomes the prompt of its conversation: the model writes the next assistant turn (chat
     template, generation prompt appended), so a last message that is the assistant's — a reference reply — is
     dropped. Other rows are unchanged; normalize(kind="prompt") validates them all."""
-    from posttrain.data import Rows
-
     out = []
     for i, row in enumerate(rows):
         messages = row.get("messages")
@@ -115,7 +86,7 @@ def run_chat(cfg, stdin=None, stdout=None) -> list[dict]:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     params = cfg.validate().sampling
     model, tokenizer, path = load_for_inference(cfg.model)
-    engine = inference_engine(cfg, model, tokenizer, path)
+    engine = inference_engine(cfg.rollout, model, tokenizer, path)
     template = tokenizer.chat_template is not None
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     messages = list(system)
@@ -144,8 +115,6 @@ def run_chat(cfg, stdin=None, stdout=None) -> list[dict]:
 def beam_records(model, tokenizer, prompts: list, beam, params, use_chat_template: bool) -> list[dict]:
     """Beam search per prompt: the num_return_sequences best hypotheses of each, best first (sample_index 0, 1,
     …), with their summed log-prob and beam score (logprob / length ** length_penalty)."""
-    from posttrain.rollout.beam import beam_search
-
     early = {"true": True, "false": False, "never": "never"}[beam.early_stopping]
     eos = sorted({tokenizer.eos_token_id, *params.stop_token_ids} - {None})
     records = []

@@ -5,6 +5,7 @@ Every training command (and `posttrain classic`) opens its output_dir with `open
     RUN_DIR/.lock            an advisory lock (fcntl.flock) held by the live run, its PID inside; the kernel
                              releases it when the process exits or is killed
     RUN_DIR/config.yaml      the settings the run started with; a resume that changes some adds `resumed:` entries
+    RUN_DIR/final/           the finished model, written atomically (`write_final`), by the LLM loops and classic
 
 Rules (each refusal is a UserError naming the path, so the CLI exits with code 2):
 - a folder that is not a posttrain run (no marker; for runs made before the marker, config.yaml together with
@@ -27,18 +28,20 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
-from posttrain import checkpoint, config as C, distributed
+from posttrain import __version__, checkpoint, config as C, distributed
 from posttrain.errors import ConfigError, UserError
 
 MARKER = ".posttrain-run"
 LOCK = ".lock"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
+FINAL = "final"
 # What posttrain writes into a run directory: all a reuse removes (other files stay where they are).
-OWN_ENTRIES = (MARKER, CONFIG, METRICS, checkpoint.CHECKPOINTS, "final", "final.tmp", "tensorboard", "wandb",
+OWN_ENTRIES = (MARKER, CONFIG, METRICS, checkpoint.CHECKPOINTS, FINAL, FINAL + ".tmp", "tensorboard", "wandb",
                "plots", "reference_logps.safetensors", "prm_data.jsonl", "rationales.jsonl", "rationales_summary.json",
                "student")
 
@@ -173,9 +176,17 @@ def clear(run_dir: Path, everything: bool) -> None:
 
 
 def write_marker(run_dir: Path, command: str) -> None:
-    from posttrain import __version__
     record = {"command": command, "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (run_dir / MARKER).write_text(json.dumps(record) + "\n")
+
+
+def write_final(run_dir: Path, write: Callable[[Path], None]) -> Path:
+    """RUN_DIR/final, written atomically: `write(directory)` fills final.tmp/, which then replaces final/
+    (checkpoint.replace_dir), so a kill mid-write leaves the previous final/ or none, never half of one. Every
+    loop's finished model goes through here: the LLM loops' weights and tokenizer, the classic networks."""
+    final = Path(run_dir) / FINAL
+    checkpoint.replace_dir(final.with_name(FINAL + ".tmp"), final, write)
+    return final
 
 
 # ---------------------------------------------------------------------------------------------------------------------

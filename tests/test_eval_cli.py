@@ -53,7 +53,7 @@ def test_eval_table_has_every_strategy_and_counts_tokens(tmp_path, reward_dirs, 
                 ("maj@3", "—"), ("pass@3", "verifier (oracle)")):
         assert rows[key]["tokens_per_problem"] == pytest.approx(3 * one)
     # … and that is what the engine really generated for 3 samples per problem with this seed
-    from posttrain.generate import load_for_inference
+    from posttrain.models.inference import load_for_inference
     from posttrain.rollout import HFEngine, SamplingParams, generate_text
 
     model, tokenizer, _ = load_for_inference("tiny")

@@ -1,4 +1,4 @@
-"""Monte-Carlo step labels (posttrain/data/prm_labels.py): the module's worked example by hand, hard vs soft, a 0 not
+"""Monte-Carlo step labels (posttrain/rewards/step_labels.py): the module's worked example by hand, hard vs soft, a 0 not
 carried forward, shared prefixes rolled out once; a scripted policy that continues correctly exactly from correct
 prefixes reproduces the task's exact labels; the model-backed completer is seeded, batch-invariant and continues a
 prefix exactly; and `posttrain rm reward.mode=prm reward.labels=mc` end to end on a small trained policy."""
@@ -11,9 +11,9 @@ import pytest
 from conftest import run_cli
 from posttrain import cli
 from posttrain.config import RewardConfig, RMConfig
-from posttrain.data.prm_labels import (PolicyCompleter, agreement, arith_exact_labels, mc_labels, rows_for_run,
-                                       split_steps, step_prefixes)
-from posttrain.generate import load_for_inference
+from posttrain.models.inference import load_for_inference
+from posttrain.rewards.step_labels import (PolicyCompleter, agreement, arith_exact_labels, mc_labels, rows_for_run,
+                                           split_steps, step_prefixes)
 from posttrain.tasks.arith import ArithTask
 from test_rft import small_policy  # noqa: F401  (a pytest fixture: a tiny model SFT'd on 1-digit sums, in steps)
 

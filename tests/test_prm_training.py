@@ -124,7 +124,7 @@ def _problem(prompt):
 
 def test_prm_learns_beyond_the_majority_baseline_and_final_scores_reproduce_the_metrics(tmp_path):
     from transformers import AutoModelForTokenClassification, AutoTokenizer
-    from posttrain.train.process_reward import step_scores
+    from posttrain.rewards import step_scores
 
     train = write_jsonl(tmp_path / "train.jsonl", solutions(256, seed=0))
     held_rows = solutions(64, seed=1)

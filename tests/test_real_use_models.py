@@ -272,8 +272,7 @@ def test_a_lora_reward_model_reloaded_with_peft_scores_batches(tmp_path):
 
 def test_an_exported_lora_process_reward_model_loads_as_token_classification(tmp_path):
     from transformers import AutoModelForTokenClassification
-    from posttrain.rewards import load_head_model
-    from posttrain.train.process_reward import step_scores
+    from posttrain.rewards import load_head_model, step_scores
 
     run_cli("rm", "reward.mode=prm", f"output_dir={tmp_path / 'prm'}", *FAST, "train.max_steps=2",
             "train.micro_batch_size=8", "lora.r=4", "train.lr=3e-2", check=True)

@@ -159,3 +159,14 @@ def test_the_worker_leads_its_own_process_group_and_session(tmp_path):
         value = int(source.score(["p"], ["c"], [{}])[0])
     assert value % 10 == 2 and value // 10 != os.getpid()
     assert os.getpgid(0) != value // 10
+
+
+def test_the_worker_starts_without_torch():
+    """The worker interpreter imports only what its entry point needs: no torch, no transformers (a restarted
+    worker starts in a fraction of a second). The reward-model names of posttrain.rewards load on first use."""
+    code = ("import sys; from posttrain.rewards.worker import _worker_main; import posttrain.rewards as r; "
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules)); "
+            "r.ModelReward; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.split("\n")
+    assert out[:2] == ["[]", "True"], out

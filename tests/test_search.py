@@ -257,9 +257,8 @@ def test_scorers_use_the_training_codes_tokenization_and_scores(tiny):
     from posttrain.config import LoraConfig, ModelConfig
     from posttrain.data.preference import response_example
     from posttrain.models.loading import load_model
-    from posttrain.rewards import ModelReward
-    from posttrain.train.process_reward import step_scores
-    from posttrain.train.reward import scores
+    from posttrain.rewards import ModelReward, step_scores
+    from posttrain.rewards.model import scores
 
     _, tokenizer, _ = tiny
     completions = ["2+7=9\n1+0=1\nanswer: 19", "answer: 18", ""]

@@ -1,5 +1,7 @@
 """Plumbing the classic algorithms share: environments (and the built-in gridworld), greedy evaluation over N
-episodes, the run directory with its metrics, and checkpoints that resume exactly.
+episodes, the run directory with its metrics, and checkpoints that resume exactly. The run directory follows the
+rules every training command follows (run_dir.py: open_run, write_final); checkpoints are written by the same
+atomic protocol (checkpoint.save) — nothing here comes from the LLM loops in train/.
 
 A checkpoint holds everything the next step depends on:
     {name}.safetensors    each network's weights              {name}.pt      each optimizer's state
@@ -24,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from posttrain import checkpoint, config as C
-from posttrain.run_dir import open_run
+from posttrain.run_dir import open_run, write_final
 from posttrain.track import Tracker
 
 GRIDWORLD = "GridWorld"
@@ -242,12 +244,14 @@ class Run:
         return state, tensors
 
     def finish(self, modules: dict[str, torch.nn.Module], summary: dict) -> Path:
-        """Write final/ (the networks as safetensors and summary.json), close the metrics and print the result."""
-        final = self.dir / "final"
-        final.mkdir(exist_ok=True)
-        for name, m in modules.items():
-            save_file({k: v.contiguous() for k, v in m.state_dict().items()}, final / f"{name}.safetensors")
-        (final / "summary.json").write_text(json.dumps(summary, indent=2))
+        """Write final/ (the networks as safetensors and summary.json) atomically, as the LLM loops do, close the
+        metrics and print the result."""
+        def write(d: Path) -> None:
+            for name, m in modules.items():
+                save_file({k: v.contiguous() for k, v in m.state_dict().items()}, d / f"{name}.safetensors")
+            (d / "summary.json").write_text(json.dumps(summary, indent=2))
+
+        final = write_final(self.dir, write)
         self.tracker.close()
         shown = ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if isinstance(v, float))
         print(f"done: {shown} — in {final}", flush=True)

@@ -13,7 +13,7 @@ model computes for any example, which takes three things (all produced by `colla
 
 Loss convention (the trainer applies no further shift):
 
-    F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+    F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
 
 `tests/test_packing.py` checks that per-example losses and all gradients match the unpacked computation.
 """

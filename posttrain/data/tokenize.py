@@ -32,10 +32,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from posttrain.errors import ConfigError, DataError
+from posttrain.algos.logprobs import IGNORE_INDEX  # -100, the label of a token not trained on (defined once, there)
 from posttrain.data.loading import Rows, load_rows
+from posttrain.errors import ConfigError, DataError
 
-IGNORE_INDEX = -100
 TRUNCATION_POLICIES = ("error", "drop", "truncate")
 
 

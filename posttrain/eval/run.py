@@ -34,9 +34,12 @@ from pathlib import Path
 
 from posttrain import tasks
 from posttrain.config import EvaluateConfig, to_dict
+from posttrain.data import load_rows, normalize
 from posttrain.errors import DataError
 from posttrain.eval.metrics import (accuracy, correct_counts, maj_at_k, mean_over_problems, paired_sign_test,
                                     pass_at_k)
+from posttrain.models.inference import load_for_inference
+from posttrain.rollout import inference_engine, use_template
 from posttrain.search import (Policy, SearchResult, choose_best, choose_by_vote, load_outcome_rm, load_prm,
                               mcts_search, prm_value, rollout_value, sample_candidates, step_beam_search)
 from posttrain.search.best_of_n import vote_weights
@@ -64,12 +67,10 @@ def run(cfg: EvaluateConfig) -> dict:
     search = cfg.validate().search
     task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
     problems = load_problems(cfg, task)
-    from posttrain.generate import inference_engine, load_for_inference, use_template
-
     rm = load_outcome_rm(cfg.reward_model, field="reward_model") if cfg.reward_model else None
     prm = load_prm(cfg.prm, aggregate=search.prm_aggregate, field="prm") if cfg.prm else None
     model, tokenizer, path = load_for_inference(cfg.model)
-    engine = inference_engine(cfg, model, tokenizer, path)
+    engine = inference_engine(cfg.rollout, model, tokenizer, path)
     policy = Policy(engine, tokenizer, use_template(tokenizer, cfg.chat_template), temperature=search.temperature,
                     top_p=search.top_p, max_new_tokens=search.max_new_tokens, max_step_tokens=search.max_step_tokens,
                     answer_marker=search.answer_marker)
@@ -227,8 +228,6 @@ def load_problems(cfg: EvaluateConfig, task) -> list[dict]:
     if cfg.data_path is None:
         rows = task.rows("eval", cfg.task.num_eval, cfg.seed)
     else:
-        from posttrain.data import load_rows, normalize
-
         loaded = normalize(load_rows(cfg.data_path), kind="prompt")
         for i, row in enumerate(loaded):
             if row.get("answer") is None:

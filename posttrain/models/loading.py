@@ -7,11 +7,14 @@ trained on, so `peft.PeftModel.from_pretrained(base, adapter_dir)` restores it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from posttrain import checkpoint
 from posttrain.errors import ConfigError, UserError
+from posttrain.models.heads import HEADS, head_of
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -19,13 +22,12 @@ def resolve_model_path(name_or_path: str) -> str:
     a run directory → its final/, else its latest checkpoint's model/; anything else (a model or adapter directory,
     a hub id) unchanged. Every command that takes a model path resolves it here."""
     if name_or_path == "tiny":
-        from posttrain.models.tiny import tiny_path
+        from posttrain.models.tiny import tiny_path  # it imports transformers, which this module loads lazily
         return str(tiny_path())
     path = Path(name_or_path)
     if path.is_dir() and not is_model_dir(path):
         if (path / "final").is_dir():
             return str(path / "final")
-        from posttrain import checkpoint
         latest = checkpoint.latest(path)
         if latest is not None:
             return str(latest / "model")
@@ -39,10 +41,17 @@ def is_model_dir(path: str | Path) -> bool:
 
 def adapter_config(path: str | Path) -> dict | None:
     """The adapter_config.json of a LoRA adapter directory, or None for anything else."""
-    import json
-
     file = Path(path) / "adapter_config.json"
     return json.loads(file.read_text()) if file.is_file() else None
+
+
+def model_head(path: str | Path) -> str:
+    """'score' (an outcome reward model), 'token' (a process reward model) or 'lm': the head of the model or
+    adapter in `path`, read from the adapter's task type or the model's architecture (models/heads.py)."""
+    adapter = adapter_config(path)
+    if adapter is not None:
+        return head_of(task_type=adapter.get("task_type"))
+    return head_of(architectures=json.loads((Path(path) / "config.json").read_text()).get("architectures"))
 
 
 def base_model_path(name_or_path: str) -> str:
@@ -87,8 +96,6 @@ def context_length(name_or_path: str, trust_remote_code: bool = False) -> int | 
     """Positions the model's position table holds (max_position_embeddings; GPT-2's n_positions …); None when
     the config names none or cannot be read. A run directory is read through its final/, an adapter directory
     through its base model."""
-    import json
-
     from transformers import AutoConfig
 
     path = Path(resolve_model_path(name_or_path))
@@ -161,7 +168,7 @@ def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | 
         raise ConfigError("model.init=scratch re-initializes every weight, so LoRA adapters (lora.r > 0, or a "
                           "model.name_or_path that is an adapter) would train on random weights — use "
                           "model.init=pretrained, or lora.r=0 with a full model")
-    auto, kwargs = HEADS[head]
+    auto, kwargs = HEADS[head].auto_class, HEADS[head].kwargs
     kwargs = dict(dtype=torch.float32, attn_implementation=model_cfg.attn_implementation,
                   trust_remote_code=model_cfg.trust_remote_code, **kwargs)
     resume_adapter = weights_dir is not None and adapter_config(weights_dir) is not None
@@ -184,7 +191,7 @@ def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | 
         model.dropout.p = model.config.classifier_dropout = 0.0  # transformers' default is 0.1; saved as 0
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    task_type = TASK_TYPES[head]
+    task_type = HEADS[head].task_type
     if resume_adapter:
         model = _load_adapter(model, weights_dir, task_type)
     elif start_adapter is not None and rank is None:
@@ -196,12 +203,6 @@ def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | 
     if disable_dropout:
         disable_dropout_in_model(model)
     return model
-
-
-# head → (transformers auto class name, extra from_pretrained arguments); head → PEFT task type
-HEADS = {"lm": ("AutoModelForCausalLM", {}), "score": ("AutoModelForSequenceClassification", {"num_labels": 1}),
-         "token": ("AutoModelForTokenClassification", {"num_labels": 1})}
-TASK_TYPES = {"lm": "CAUSAL_LM", "score": "SEQ_CLS", "token": "TOKEN_CLS"}
 
 
 def _auto(name: str):

@@ -16,16 +16,20 @@ from typing import TYPE_CHECKING
 from posttrain.rollout.params import SamplingParams
 
 if TYPE_CHECKING:
-    from posttrain.rollout.backends import Engine, HFEngine, VLLMEngine, build_engine
+    from posttrain.rollout.backends import Engine, HFEngine, VLLMEngine, build_engine, inference_engine
     from posttrain.rollout.engine import Generation, generate
-    from posttrain.rollout.text import format_prompt, generate_text
+    from posttrain.rollout.text import (completion_text, cut_at_stop, format_prompt, generate_text, stop_check,
+                                        use_template)
 
 # a name → the module of this package that defines it
 _LAZY = {"Engine": "backends", "HFEngine": "backends", "VLLMEngine": "backends", "build_engine": "backends",
-         "Generation": "engine", "generate": "engine", "format_prompt": "text", "generate_text": "text"}
+         "inference_engine": "backends", "Generation": "engine", "generate": "engine", "completion_text": "text",
+         "cut_at_stop": "text", "format_prompt": "text", "generate_text": "text", "stop_check": "text",
+         "use_template": "text"}
 
-__all__ = ["Engine", "Generation", "HFEngine", "SamplingParams", "VLLMEngine", "build_engine", "format_prompt",
-           "generate", "generate_text"]
+__all__ = ["Engine", "Generation", "HFEngine", "SamplingParams", "VLLMEngine", "build_engine", "completion_text",
+           "cut_at_stop", "format_prompt", "generate", "generate_text", "inference_engine", "stop_check",
+           "use_template"]
 
 
 def __getattr__(name: str):

@@ -15,6 +15,7 @@ numerics, and the log-probs of a given token agree to the precision of the kerne
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 from posttrain.errors import ConfigError, UserError
@@ -129,4 +130,18 @@ def build_engine(rollout, model, tokenizer, model_path: str | None = None) -> En
     raise ConfigError(f"rollout.engine = {rollout.engine!r} is not one of: hf, vllm")
 
 
-__all__ = ["Engine", "HFEngine", "VLLMEngine", "build_engine", "vllm_finish_reason"]
+def inference_engine(rollout, model, tokenizer, path: Path) -> Engine:
+    """The engine a `rollout` section asks for, for a model loaded from the directory `path`
+    (models.inference.load_for_inference): the built-in engine on `model`, or vLLM, which loads the directory
+    itself — so a LoRA adapter must be merged first."""
+    rollout.validate()
+    if rollout.engine == "vllm":
+        if (path / "adapter_config.json").is_file():
+            raise UserError(f"vLLM needs a full model, and {path} is a LoRA adapter — fix: posttrain export "
+                            f"{path} merged/ and pass model=merged")
+        del model  # vLLM holds its own copy on the GPU
+        return build_engine(rollout, None, tokenizer, str(path))
+    return build_engine(rollout, model, tokenizer)
+
+
+__all__ = ["Engine", "HFEngine", "VLLMEngine", "build_engine", "inference_engine", "vllm_finish_reason"]

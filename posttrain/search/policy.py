@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from posttrain.rollout import Engine, SamplingParams, format_prompt
+from posttrain.rollout import Engine, SamplingParams, completion_text, format_prompt, stop_check
 from posttrain.rollout.samplers import derive_seed
 
 STEP_SEPARATOR = "\n"
@@ -87,20 +87,16 @@ class Policy:
                                 top_p=self.top_p, min_p=self.min_p, n=n,
                                 max_new_tokens=self.max_step_tokens if one_step else self.max_new_tokens,
                                 stop_strings=[STEP_SEPARATOR] if one_step else [])
+        # a step ends at the separator: 8 decoded tokens hold a "\n" (the default window is for longer strings)
         generations = self.engine.generate(ids, params, seed=seed, step=_as_int(step), example_ids=example_ids,
-                                           stop_sequence=self._stops_at_separator if one_step else None)
+                                           stop_sequence=stop_check(tokenizer, params.stop_strings, window=8))
         out: list[list[Sample]] = [[] for _ in prompts]
         for g in generations:
-            text = tokenizer.decode(g.completion_ids, skip_special_tokens=True)
-            if g.finish_reason == "stop_sequence":
-                text = text[:text.find(STEP_SEPARATOR)] if STEP_SEPARATOR in text else text
+            text = completion_text(tokenizer, g, params.stop_strings)
             finished = g.finish_reason == "stop" or (one_step and (self.answer_marker in text
                                                                     or g.finish_reason == "length"))
             out[g.prompt_index].append(Sample(text, len(g.completion_ids), float(sum(g.logprobs)), finished))
         return out
-
-    def _stops_at_separator(self, completion_ids: list[int]) -> bool:
-        return STEP_SEPARATOR in self.tokenizer.decode(completion_ids[-8:], skip_special_tokens=True)
 
 
 def complete_unfinished(policy: Policy, problems: list[dict], partials: list[tuple[str, bool]], spent: list[int],

@@ -4,9 +4,9 @@
 
     OutcomeRM   a trained outcome reward model (`posttrain rm`): one score per whole completion, tokenized and
                 read exactly as in training (rewards.ModelReward: data.preference.response_example +
-                train.reward.scores). Scores are logits (any real number); `probability` maps them to (0, 1).
+                rewards.model.scores). Scores are logits (any real number); `probability` maps them to (0, 1).
     ProcessRM   a trained process reward model (`posttrain rm reward.mode=prm`): σ(z) per step
-                (train.process_reward's tokenization and step logits), aggregated over the steps with
+                (data.process.step_example + rewards.process.step_logits, as in training), aggregated with
                 min (default), product or last. Scores partial solutions too — what step-level search needs.
     Verifier    the task's verifier (`task.score`, needs the row's answer). It knows the right answer, so a
                 strategy scored by it is an ORACLE: an upper bound for the table, never a test-time method.
@@ -24,7 +24,10 @@ from typing import Callable, Protocol
 
 import torch
 
-from posttrain.errors import ConfigError
+from posttrain.data.process import step_example
+from posttrain.errors import ConfigError, UserError
+from posttrain.rewards.model import load_head_model, load_reward_model
+from posttrain.rewards.process import step_logits
 from posttrain.search.policy import STEP_SEPARATOR, steps_of
 
 AGGREGATES: dict[str, Callable[[list[float]], float]] = {
@@ -73,7 +76,7 @@ class ProcessRM:
     model: AutoModelForTokenClassification (num_labels 1) from `posttrain rm reward.mode=prm`; tokenizer: its
     tokenizer. aggregate: "min" | "product" | "last". A completion with no step (empty text) scores 0.0.
     Solutions are tokenized as in training (data.process.step_example) and scored in batches of batch_size by
-    the training code's own step_logits.
+    the function the training loop reads them with (rewards.process.step_logits).
     """
 
     oracle, probabilities = False, True
@@ -89,9 +92,6 @@ class ProcessRM:
     @torch.no_grad()
     def step_scores(self, prompt, solutions: list[list[str]]) -> list[list[float]]:
         """σ(z) of every step of each solution (lists of step texts) → one list per solution."""
-        from posttrain.data.process import step_example
-        from posttrain.train.process_reward import step_logits
-
         out: list[list[float]] = [[] for _ in solutions]
         todo = [i for i, steps in enumerate(solutions) if steps]
         for start in range(0, len(todo), self.batch_size):
@@ -125,9 +125,6 @@ class Verifier:
 
 def load_outcome_rm(path: str | Path, field: str = "reward_model") -> OutcomeRM:
     """An OutcomeRM from a `posttrain rm` run directory (or its final/). Errors name `field` and the fix."""
-    from posttrain.errors import UserError
-    from posttrain.rewards import load_reward_model
-
     if not Path(path).exists():
         raise ConfigError(f"{field} = {str(path)!r} does not exist — fix: pass the run directory of `posttrain rm` "
                           "(or its final/), or leave it unset")
@@ -140,9 +137,6 @@ def load_outcome_rm(path: str | Path, field: str = "reward_model") -> OutcomeRM:
 def load_prm(path: str | Path, *, aggregate: str = "min", field: str = "prm") -> ProcessRM:
     """A ProcessRM from a `posttrain rm reward.mode=prm` run directory (or its final/): a full model whose
     config says …ForTokenClassification, or a LoRA adapter of task type TOKEN_CLS on its base."""
-    from posttrain.errors import UserError
-    from posttrain.rewards import load_head_model
-
     fix = "pass the run directory of `posttrain rm reward.mode=prm` (or its final/), or leave it unset"
     if not Path(path).exists():
         raise ConfigError(f"{field} = {str(path)!r} does not exist — fix: {fix}")

@@ -1,11 +1,10 @@
-"""Plumbing every training loop shares: run directory, data order, optimizer and schedule, precision,
-and the non-finite guard. The loops (`sft.py`, later `dpo.py`, `rl.py` …) compose these; the math lives in
-`algos/`.
+"""Plumbing every training loop shares: run directory, data order, optimizer and schedule, the non-finite
+guard, checkpoints and the final model. The loops (`sft.py`, `reward.py`, `preference.py`, `rl.py` …) compose
+these; the math lives in `algos/`, the forward passes in `models/logits.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -13,9 +12,12 @@ from pathlib import Path
 import torch
 
 from posttrain import checkpoint, distributed, tasks
-from posttrain.data import collate, load_rows
+from posttrain.config import to_dict
+from posttrain.data import load_rows
 from posttrain.errors import ConfigError, UserError
-from posttrain.run_dir import open_run
+from posttrain.models.loading import count_parameters
+from posttrain.run_dir import open_run, write_final
+from posttrain.track import Tracker
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,42 +170,6 @@ def build_scheduler(optimizer, train_cfg, num_steps: int) -> StepSchedule:
     return StepSchedule(optimizer, factor)
 
 
-def autocast(precision: str, device: torch.device):
-    """bf16: autocast the forward pass, master weights stay fp32. fp32: no-op."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def forward_logits(model, batch: dict, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits only where they are needed: (logits [R, K, V], targets [R, K]) for the K positions at which
-    some row has a target.
-
-    The output head and the softmax are the costliest part of the forward pass for real vocabularies
-    (150k × hidden for Qwen); prompt positions need neither. transformers' `logits_to_keep` takes the
-    position indices, so this works for any model that supports it (and through PEFT wrappers).
-    """
-    keep = (batch["targets"] != -100).any(0).nonzero().squeeze(-1)
-    with autocast(precision, batch["input_ids"].device):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                       position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep).logits
-    return logits, batch["targets"][:, keep]
-
-
-def padded_forward(model, examples: list[dict], pad_id: int, precision: str = "fp32") -> torch.Tensor:
-    """The model's output logits for tokenized examples, one per row, right-padded: [E, T, …] (a score head's
-    output for reward models). With causal attention, padding on the right changes no real token's output."""
-    device = device_of(model)
-    batch = collate(examples, pad_id=pad_id, packing=False)
-    with autocast(precision, device):
-        return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                     use_cache=False).logits
-
-
-def device_of(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def optimizer_step(model, optimizer, cfg, guard: "NonFiniteGuard", loss: float) -> float:
     """Clip the gradient norm (train.max_grad_norm; 0 = no clipping), step unless the step is bad — a non-finite
     loss or norm, or a norm above train.bad_grad_norm (the guard counts and eventually aborts) — and zero the
@@ -260,10 +226,6 @@ def start_training(cfg, model, world, run_dir, resume_from, num_steps: int, plan
     plan: (micro, accum, global) from batch_plan; data_summary: e.g. "900 training pairs (dropped 3 …)".
     Returns (model, optimizer, scheduler, start_step, tracker).
     """
-    from posttrain.config import to_dict
-    from posttrain.models.loading import count_parameters
-    from posttrain.track import Tracker
-
     micro, accum, global_batch = plan
     model = distributed.wrap(model.to(world.device).train(), world, cfg.train.strategy,
                              precision=cfg.train.precision, cpu_offload=cfg.train.fsdp_cpu_offload)
@@ -285,3 +247,28 @@ def start_training(cfg, model, world, run_dir, resume_from, num_steps: int, plan
                   f"accumulation × {world.world_size} process(es)); {trainable:,} of {total:,} parameters trainable"
                   + (f"; resuming at step {start_step}" if start_step else ""))
     return model, optimizer, scheduler, start_step, tracker
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints, the final model, the console line
+# ---------------------------------------------------------------------------------------------------------------------
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, cfg) -> Path:
+    """A checkpoint of a one-model loop (sft, rm, prm, distill): weights, optimizer, scheduler, RNGs and the step."""
+    return checkpoint.save(run_dir, step, lambda d: checkpoint.write_training_state(
+        d, model=model, optimizer=optimizer, scheduler=scheduler, state={"step": step}),
+        keep_last=cfg.checkpoint.keep_last)
+
+
+def save_final(run_dir: Path, model, tokenizer) -> Path:
+    """RUN_DIR/final: the model (HF layout, or the PEFT adapter) and tokenizer, written atomically."""
+    def write(directory: Path) -> None:
+        distributed.save_pretrained(model, directory)  # every rank (gathering is collective), rank 0 writes
+        if distributed.rank() == 0:
+            tokenizer.save_pretrained(directory)
+
+    return write_final(run_dir, write)
+
+
+def format_metrics(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())

@@ -46,13 +46,14 @@ from posttrain.algos.sft import token_cross_entropy
 from posttrain.config import DistillConfig, SFTConfig
 from posttrain.data import collate, load_rows, normalize
 from posttrain.errors import ConfigError, UserError
-from posttrain.generate import load_for_inference
+from posttrain.models.inference import load_for_inference
 from posttrain.models.loading import base_model_path, load_model, load_tokenizer
+from posttrain.models.logits import device_of, forward_logits
 from posttrain.run_dir import classify, lock, open_run
 from posttrain.rollout import HFEngine, SamplingParams, generate_text
 from posttrain.train import sft
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, forward_logits,
-                                    optimizer_step, prepare_run_dir, start_training, total_steps)
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, format_metrics, optimizer_step,
+                                    prepare_run_dir, save_checkpoint, save_final, start_training, total_steps)
 from posttrain.train.preflight import check_inputs
 
 
@@ -118,15 +119,15 @@ def run(cfg: DistillConfig) -> dict:
             tracker.log(done, metrics)
         tracker.advance()
         if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < num_steps:
-            sft.save_checkpoint(run_dir, done, model, optimizer, scheduler, cfg)
+            save_checkpoint(run_dir, done, model, optimizer, scheduler, cfg)
 
     # ---- outputs ----------------------------------------------------------------------------------------------------
     tracker.close()
-    sft.save_checkpoint(run_dir, num_steps, model, optimizer, scheduler, cfg)
-    sft.save_final(run_dir, model, tokenizer)
+    save_checkpoint(run_dir, num_steps, model, optimizer, scheduler, cfg)
+    save_final(run_dir, model, tokenizer)
     if world.is_main:
         shown = {k: v for k, v in metrics.items() if k in ("loss", "distill_loss") or k.startswith("eval/")}
-        print(f"done: {sft.format_metrics(shown)} — model in {run_dir / 'final'}", flush=True)
+        print(f"done: {format_metrics(shown)} — model in {run_dir / 'final'}", flush=True)
     return metrics
 
 

@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,18 +29,16 @@ from safetensors.torch import load_file, save_file
 
 from posttrain import checkpoint, distributed
 from posttrain.algos import preference as losses
-from posttrain.algos.logprobs import token_logprobs
 from posttrain.config import DPOConfig
 from posttrain.data import collate
-from posttrain.data.preference import build_preference_pairs, build_unpaired_examples
 from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer
-from posttrain.train.common import (NonFiniteGuard, autocast, batch_indices, batch_plan, device_of, optimizer_step,
-                                    prepare_run_dir, start_training, task_and_problems, total_steps,
-                                    train_and_eval_rows)
+from posttrain.models.logits import device_of, sequence_logps
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, format_metrics, optimizer_step,
+                                    prepare_run_dir, save_final, start_training, total_steps)
+from posttrain.train.pairs import PreferenceData, load_preference_data
 from posttrain.train.preflight import check_inputs
-from posttrain.train.sft import format_metrics, save_final
 
 REFERENCE_FILE = "reference_logps.safetensors"
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
@@ -148,21 +145,12 @@ def resolve_loss(cfg: DPOConfig):
 def response_logps(model, examples: list[dict], pad_id: int, packing: bool, precision: str = "fp32"):
     """Σ_t log π(response token t) and the response's token count, for each example → ([E], [E]).
 
-    One forward over the (packed) batch; log-probs only at labelled positions (logits_to_keep), summed per
-    example through seq_index.
+    One forward over the (packed) batch; log-probs only at labelled positions, summed per example
+    (models.logits.sequence_logps).
     """
     device = device_of(model)
     batch = {k: v.to(device) for k, v in collate(examples, pad_id=pad_id, packing=packing).items()}
-    keep = (batch["targets"] != -100).any(0).nonzero().squeeze(-1)
-    with autocast(precision, device):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                       position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep).logits
-    targets, seq = batch["targets"][:, keep], batch["seq_index"][:, keep]
-    mask = targets != -100
-    logps = token_logprobs(logits, targets)
-    sums = torch.zeros(len(examples), device=device, dtype=torch.float32).index_add(0, seq[mask], logps[mask])
-    counts = torch.zeros(len(examples), device=device).index_add(0, seq[mask], torch.ones_like(logps[mask]))
-    return sums, counts
+    return sequence_logps(model, batch, len(examples), precision)
 
 
 def pair_loss(model, reference_model, all_pairs: list[dict], indices: list[int], reference: dict | None, tokenizer,
@@ -288,54 +276,6 @@ def update_reference(reference_model, model, alpha: float) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # Data and the reference cache
 # ---------------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class PreferenceData:
-    train: list[dict]  # pairs {"chosen", "rejected", "margin"}, or (unpaired) {"completion", "mismatched", "desirable"}
-    eval: list[dict]
-    problems: list[dict]
-    score: object
-    use_chat_template: bool
-    report: str
-    unpaired: bool = False
-    reference: dict | None = None  # {"train": {name: [N] for name in responses}, "eval": {...}}
-
-    @property
-    def responses(self) -> tuple[str, str]:
-        """The two tokenized responses each item holds (the reference cache keeps log π_ref of both)."""
-        return ("completion", "mismatched") if self.unpaired else ("chosen", "rejected")
-
-    @property
-    def unit(self) -> str:
-        return "examples" if self.unpaired else "pairs"
-
-    @property
-    def reference_train(self):
-        return None if self.reference is None else self.reference["train"]
-
-    @property
-    def reference_eval(self):
-        return None if self.reference is None else self.reference["eval"]
-
-
-def load_preference_data(cfg: DPOConfig, tokenizer, unpaired: bool = False) -> PreferenceData:
-    """User files when data.train_path is set, else the task's pairs (correct vs. wrong final answer).
-
-    unpaired: build KTO's items (build_unpaired_examples) instead of pairs."""
-    task, problems = task_and_problems(cfg)
-    use_template = tokenizer.chat_template is not None
-
-    def build(rows):
-        builder = build_unpaired_examples if unpaired else build_preference_pairs
-        return builder(rows, tokenizer, max_length=cfg.data.max_length, policy=cfg.data.truncation,
-                       use_chat_template=use_template)
-
-    train_rows, eval_rows = train_and_eval_rows(cfg, task.preference_rows if task else None)
-    train, report = build(train_rows)
-    eval_pairs = build(eval_rows)[0] if eval_rows is not None else []
-    dropped = f" ({report.summary()})" if report.dropped else ""
-    return PreferenceData(train, eval_pairs, problems, task.score if task else None, use_template, dropped, unpaired)
-
 
 @torch.no_grad()
 def reference_logps(model, data: PreferenceData, tokenizer, cfg: DPOConfig, run_dir: Path,

@@ -4,20 +4,21 @@ Wang et al. 2023 (arXiv:2312.08935).
 
     data    prompt + completions (the steps) + labels (one per step) — or the task's solutions, half with an
             error, labelled 1 before it and 0 from it on — or (reward.labels=mc) a policy's own solutions labelled
-            by Monte-Carlo rollouts (data/prm_labels.py), sampled into RUN_DIR/prm_data.jsonl; tokenized by
+            by Monte-Carlo rollouts (rewards/step_labels.py), sampled into RUN_DIR/prm_data.jsonl; tokenized by
             data/process.py with the step separator after every step
     model   the causal-LM backbone with a scalar head on every token (AutoModelForTokenClassification,
             num_labels = 1), so `final/` loads in plain transformers; the logit z at the token that ends a step
             (its separator) is the step's score, σ(z) = P(the step is correct)
-    step    G solutions; per step the binary cross-entropy of z against the label y (algos.reward.prm_step_loss);
-            the loss is the mean over every step of the G solutions of all ranks — each micro-batch's sum is
-            divided by the whole batch's step count, known before the first forward, so accumulation is exact
+    step    G solutions; per step the binary cross-entropy of z against the label y (algos.reward.prm_step_loss;
+            z read by rewards.process.step_logits, as test-time search reads it); the loss is the mean over every
+            step of the G solutions of all ranks — each micro-batch's sum is divided by the whole batch's step
+            count, known before the first forward, so accumulation is exact
     log     loss, step_accuracy (σ(z) > 0.5 agrees with y ≥ 0.5)
     eval    the same on held-out solutions (eval/…), and eval/first_error_accuracy: the fraction of solutions
             whose first step scored σ(z) ≤ 0.5 is their first step labelled y < 0.5 — or, for a solution with no
             bad step, whose every step scored above 0.5. It is what step-level search needs: where it goes wrong.
 
-Test-time search scores a partial or complete solution with `step_scores(model, tokenizer, prompt, steps)`.
+Test-time search scores a partial or complete solution with `rewards.step_scores(model, tokenizer, prompt, steps)`.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ import torch
 from posttrain import distributed, tasks
 from posttrain.algos.reward import prm_step_loss
 from posttrain.config import RMConfig
-from posttrain.data import load_rows, prm_labels
-from posttrain.data.process import build_step_examples, step_example
+from posttrain.data import load_rows
+from posttrain.data.process import build_step_examples
 from posttrain.models.loading import load_model, load_tokenizer
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step, padded_forward,
-                                    prepare_run_dir, start_training, total_steps, train_and_eval_rows)
+from posttrain.rewards import step_labels
+from posttrain.rewards.process import step_logits, step_scores  # noqa: F401  (step_scores: importable from here, too)
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, format_metrics, optimizer_step,
+                                    prepare_run_dir, save_checkpoint, save_final, start_training, total_steps,
+                                    train_and_eval_rows)
 from posttrain.train.preflight import check_inputs
-from posttrain.train.sft import format_metrics, save_checkpoint, save_final
 
 METRICS = ("loss", "step_accuracy")
 
@@ -57,7 +60,7 @@ def run(cfg: RMConfig) -> dict:
     distributed.check_strategy(cfg.train, world)
     run_dir, resume_from = prepare_run_dir(cfg)
     if mc:
-        data = load_step_data(cfg, tokenizer, train_rows=prm_labels.rows_for_run(cfg, run_dir, world.device))
+        data = load_step_data(cfg, tokenizer, train_rows=step_labels.rows_for_run(cfg, run_dir, world.device))
         num_steps = total_steps(cfg.train, len(data.train), global_batch)
 
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed, head="token",
@@ -118,20 +121,6 @@ def run(cfg: RMConfig) -> dict:
 
 # ---- the algorithm ---------------------------------------------------------------------------------------------------
 
-def step_logits(model, examples: list[dict], pad_id: int, precision: str = "fp32"):
-    """The head's logit at every step's end: (logits [N], labels [N], solution index [N]), N = all steps of the
-    examples in order.
-
-    One right-padded forward (`padded_forward`).
-    """
-    logits = padded_forward(model, examples, pad_id, precision)
-    device = logits.device
-    solution = torch.tensor([i for i, e in enumerate(examples) for _ in e["step_positions"]], device=device)
-    position = torch.tensor([p for e in examples for p in e["step_positions"]], device=device)
-    labels = torch.tensor([y for e in examples for y in e["step_labels"]], device=device)
-    return logits[solution, position, 0].float(), labels, solution
-
-
 def step_sums(losses, logits, labels) -> torch.Tensor:
     """Sums over steps in METRICS order: loss, steps whose verdict (σ(z) > 0.5 ⇔ z > 0) matches y ≥ 0.5."""
     right = (logits.detach() > 0) == (labels >= 0.5)
@@ -168,23 +157,6 @@ def evaluate(model, examples: list[dict], pad_id: int, cfg: RMConfig) -> dict:
     model.train()
     out = {f"eval/{name}": (total / num_steps).item() for name, total in zip(METRICS, totals)}
     return {**out, "eval/first_error_accuracy": found / len(examples)}
-
-
-@torch.no_grad()
-def step_scores(model, tokenizer, prompt, steps: list[str], *, separator: str = "\n",
-                use_chat_template: bool | None = None) -> list[float]:
-    """σ(z) of each step of one (partial) solution: the PRM's probability that the step is correct.
-
-    prompt: a string or chat messages; steps: the solution's steps so far, without separators. Tokenized as in
-    training (data/process.py). A solution's score for best-of-N or step-level search is usually the minimum,
-    or the last, of these (Lightman et al. 2023 use the product). model: a trained PRM, e.g.
-    AutoModelForTokenClassification.from_pretrained(RUN_DIR / "final").
-
-    Example: step_scores(prm, tok, "47+85=", ["7+5=12 carry 1", "4+8+1=14 carry 1"]) → e.g. [0.97, 0.08].
-    """
-    example = step_example(prompt, steps, tokenizer, separator=separator, use_chat_template=use_chat_template)
-    logits, _, _ = step_logits(model, [example], tokenizer.pad_token_id)
-    return torch.sigmoid(logits).tolist()
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Reward modelling (`posttrain rm`): Bradley–Terry on preference pairs, the loop top to bottom.
 
     model   the causal-LM backbone with a scalar head on the last non-pad token
-            (AutoModelForSequenceClassification, num_labels = 1), so `final/` loads in plain transformers
+            (AutoModelForSequenceClassification, num_labels = 1), so `final/` loads in plain transformers; read
+            by rewards.model.scores, the function RL's ModelReward scores completions with
     step    G pairs; chosen and rejected responses in one padded forward → scores r_c, r_r; per pair
             −log σ(r_c − r_r − margin) (+ c·(r_c + r_r)² with reward centering); the mean over the G pairs
             of all ranks (sum ÷ G per micro-batch: accumulation is exact)
@@ -21,12 +22,12 @@ from posttrain import distributed
 from posttrain.algos.reward import bradley_terry, reward_centering
 from posttrain.config import RMConfig
 from posttrain.models.loading import load_model, load_tokenizer
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step, padded_forward,
-                                    prepare_run_dir, start_training, total_steps)
+from posttrain.rewards.model import scores
 from posttrain.train import process_reward
-from posttrain.train.preference import load_preference_data
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, format_metrics, optimizer_step,
+                                    prepare_run_dir, save_checkpoint, save_final, start_training, total_steps)
+from posttrain.train.pairs import load_preference_data
 from posttrain.train.preflight import check_inputs
-from posttrain.train.sft import format_metrics, save_checkpoint, save_final
 
 METRICS = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected")
 
@@ -101,11 +102,6 @@ def run(cfg: RMConfig) -> dict:
 
 
 # ---- the algorithm ---------------------------------------------------------------------------------------------------
-
-def scores(model, examples: list[dict], pad_id: int, precision: str = "fp32") -> torch.Tensor:
-    """The scalar reward of each tokenized response (right-padded; the head reads its last real token) → [E]."""
-    return padded_forward(model, examples, pad_id, precision)[:, 0].float()
-
 
 def pair_losses(model, pairs: list[dict], tokenizer, cfg: RMConfig):
     """Per-pair loss, chosen scores, rejected scores, each [P]."""

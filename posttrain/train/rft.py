@@ -55,12 +55,12 @@ from posttrain.config import RFTConfig, SFTConfig
 from posttrain.data import load_rows
 from posttrain.errors import DataError, UserError
 from posttrain.eval.accuracy import greedy_accuracy
-from posttrain.generate import load_for_inference
+from posttrain.models.inference import export_model, load_for_inference
 from posttrain.models.loading import load_tokenizer, resolve_model_path
 from posttrain.rollout import build_engine, generate_text
 from posttrain.track import Tracker
 from posttrain.train import sft
-from posttrain.train.common import batch_plan, prepare_run_dir, stream_indices
+from posttrain.train.common import batch_plan, format_metrics, prepare_run_dir, stream_indices
 from posttrain.train.preflight import check_inputs
 
 
@@ -128,7 +128,7 @@ def run(cfg: RFTConfig) -> dict:
             metrics.update(evaluate(model, tokenizer, data, cfg))
         metrics["round_s"] = time.perf_counter() - t0
         tracker.log(r, metrics)
-        tracker.write(f"round {r}: " + sft.format_metrics({k: v for k, v in metrics.items() if k != "round_s"}))
+        tracker.write(f"round {r}: " + format_metrics({k: v for k, v in metrics.items() if k != "round_s"}))
         checkpoint.save(run_dir, r, lambda d: (d / "trainer_state.json").write_text(json.dumps(state, indent=2)),
                         keep_last=cfg.checkpoint.keep_last)
 
@@ -137,7 +137,7 @@ def run(cfg: RFTConfig) -> dict:
     source = model_path(run_dir, state["model"])
     checkpoint.replace_dir(run_dir / "final.tmp", run_dir / "final",
                            lambda d: shutil.copytree(source, d, dirs_exist_ok=True))
-    print(f"done: {sft.format_metrics(metrics)} — model in {run_dir / 'final'}", flush=True)
+    print(f"done: {format_metrics(metrics)} — model in {run_dir / 'final'}", flush=True)
     return metrics
 
 
@@ -224,7 +224,6 @@ def round_model(cfg: RFTConfig, round_dir: Path) -> Path:
     from an adapter directory), is kept as it is: the next round trains it further."""
     if not cfg.lora.r:
         return round_dir / "sft" / "final"
-    from posttrain.export import export_model
     export_model(round_dir / "sft" / "final", round_dir / "model")
     return round_dir / "model"
 

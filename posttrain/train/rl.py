@@ -37,11 +37,11 @@ from posttrain.data import collate
 from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer, resolve_model_path
+from posttrain.models.logits import autocast, device_of
 from posttrain.train import rl_diagnostics as diagnostics, rollouts
-from posttrain.train.common import (NonFiniteGuard, autocast, build_optimizer, device_of, optimizer_step,
-                                    prepare_run_dir, start_training)
+from posttrain.train.common import (NonFiniteGuard, build_optimizer, format_metrics, optimizer_step, prepare_run_dir,
+                                    save_final, start_training)
 from posttrain.train.plan import advantage_arguments, loss_arguments, needs_reference, rl_plan
-from posttrain.train.sft import format_metrics, save_final
 from posttrain.train.preflight import check_inputs
 
 

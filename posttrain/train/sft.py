@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import torch
 
-from posttrain import checkpoint, distributed
+from posttrain import distributed
 from posttrain.algos.aggregate import aggregate
 from posttrain.algos.sft import token_cross_entropy
 from posttrain.config import SFTConfig
 from posttrain.data import build_sft_examples, collate, load_rows, normalize
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, device_of, forward_logits,
-                                    optimizer_step, prepare_run_dir, start_training, task_and_problems,
+from posttrain.models.logits import device_of, forward_logits
+# save_checkpoint, save_final and format_metrics live in train/common.py; the other loops that still import them
+# from here (preference, rl, distill, rft) get them through this import
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, format_metrics, optimizer_step,
+                                    prepare_run_dir, save_checkpoint, save_final, start_training, task_and_problems,
                                     total_steps)
 from posttrain.train.preflight import check_inputs
 
@@ -197,24 +199,3 @@ def evaluate(model, tokenizer, data: SFTData, cfg: SFTConfig) -> dict:
                                                       batch_size=cfg.eval.batch_size)
         model.train()
     return out
-
-
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, cfg: SFTConfig) -> Path:
-    return checkpoint.save(run_dir, step, lambda d: checkpoint.write_training_state(
-        d, model=model, optimizer=optimizer, scheduler=scheduler, state={"step": step}),
-        keep_last=cfg.checkpoint.keep_last)
-
-
-def save_final(run_dir: Path, model, tokenizer) -> Path:
-    """RUN_DIR/final: the model (HF layout, or the PEFT adapter) and tokenizer, written atomically."""
-    def write(directory: Path) -> None:
-        distributed.save_pretrained(model, directory)  # every rank (gathering is collective), rank 0 writes
-        if distributed.rank() == 0:
-            tokenizer.save_pretrained(directory)
-
-    checkpoint.replace_dir(run_dir / "final.tmp", run_dir / "final", write)
-    return run_dir / "final"
-
-
-def format_metrics(metrics: dict) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())

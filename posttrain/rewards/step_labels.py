@@ -1,5 +1,10 @@
-"""Process-reward data without human labels: Monte-Carlo step labels, as in Math-Shepherd (Wang et al. 2024,
+"""Process-reward labels without human labels: Monte-Carlo step labels, as in Math-Shepherd (Wang et al. 2024,
 "Math-Shepherd: Verify and Reinforce LLMs Step-by-step without Human Annotations", arXiv:2312.08935).
+
+A label here is a score: the verifier's verdict on rollouts from a prefix, an estimate of the prefix's value under the
+policy. It needs a policy (models), the rollout engine and the task's verifier, which is why it lives with the
+rewards and not with the data: what it writes is ordinary PRM data (prompt, completions, labels), which
+data/process.py tokenizes like any user file.
 
 A step is good when the policy, continuing from it, can still reach the right answer:
 
@@ -51,7 +56,9 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from posttrain import distributed, tasks
 from posttrain.errors import ConfigError, UserError
+from posttrain.models.inference import load_for_inference
 from posttrain.rollout import HFEngine, SamplingParams, format_prompt
 
 Prefix = tuple  # (prompt, text): the problem's prompt (a string or chat messages) and the solution so far
@@ -226,9 +233,6 @@ def rows_for_run(cfg, run_dir: Path, device) -> list[dict]:
     run keeps its data), else sampled from reward.label_policy on the task's training problems and written there,
     with RUN_DIR/prm_data_stats.json (counts, generated tokens, agreement with exact labels on arith). Rank 0
     samples; the other ranks wait and read the file."""
-    from posttrain import distributed, tasks
-    from posttrain.generate import load_for_inference
-
     path = Path(run_dir) / DATA_FILE
     if not path.is_file() and distributed.rank() == 0:
         r = cfg.reward
