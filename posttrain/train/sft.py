@@ -25,11 +25,9 @@ from posttrain.data import build_sft_examples, collate, load_rows, normalize
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.models.logits import device_of, forward_logits
-# save_checkpoint, save_final and format_metrics live in train/common.py; the other loops that still import them
-# from here (preference, rl, distill, rft) get them through this import
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, format_metrics, optimizer_step,
-                                    prepare_run_dir, save_checkpoint, save_final, start_training, task_and_problems,
-                                    total_steps)
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step, prepare_run_dir,
+                                    save_checkpoint, start_training, task_and_problems, total_steps)
+from posttrain.train.loop import StepEnd
 from posttrain.train.preflight import check_inputs
 
 
@@ -60,6 +58,9 @@ def run(cfg: SFTConfig) -> dict:
 
     # ---- loop -------------------------------------------------------------------------------------------------------
     guard = NonFiniteGuard(cfg.train.max_bad_steps)
+    end = StepEnd(cfg, num_steps, tracker, guard,
+                  save=lambda step: save_checkpoint(run_dir, step, model, optimizer, scheduler, cfg),
+                  evaluate=lambda: evaluate(model, tokenizer, data, cfg))
     per_rank = micro * accum
     metrics: dict = {}
     for step in range(start_step, num_steps):
@@ -75,24 +76,10 @@ def run(cfg: SFTConfig) -> dict:
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
                    "tokens_per_s": n_tokens / (time.perf_counter() - t0),
                    "epoch": done * global_batch / len(data.train)}
-        if guard.skipped:
-            metrics["skipped_steps"] = guard.skipped
-        if done == num_steps or (cfg.eval.every and done % cfg.eval.every == 0):
-            metrics.update(evaluate(model, tokenizer, data, cfg))
-        if done % cfg.log.every == 0 or done == num_steps:
-            tracker.log(done, metrics)
-        tracker.advance()
-        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < num_steps:
-            save_checkpoint(run_dir, done, model, optimizer, scheduler, cfg)
+        end.step(done, metrics)  # skipped_steps, eval, log, checkpoint when due (train/loop.py)
 
     # ---- outputs ----------------------------------------------------------------------------------------------------
-    tracker.close()
-    save_checkpoint(run_dir, num_steps, model, optimizer, scheduler, cfg)
-    save_final(run_dir, model, tokenizer)
-    if world.is_main:
-        shown = {k: v for k, v in metrics.items() if k in ("loss",) or k.startswith("eval/")}
-        print(f"done: {format_metrics(shown)} — model in {run_dir / 'final'}", flush=True)
-    return metrics
+    return end.finish(metrics, run_dir, model, tokenizer, world.is_main, shown=("loss",))
 
 
 def train_step(model, optimizer, micro_batches: list[dict], cfg: SFTConfig, guard: NonFiniteGuard):
