@@ -36,9 +36,10 @@ from posttrain.data.process import build_step_examples
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.rewards import step_labels
 from posttrain.rewards.process import step_logits, step_scores  # noqa: F401  (step_scores: importable from here, too)
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, format_metrics, optimizer_step,
-                                    prepare_run_dir, save_checkpoint, save_final, start_training, total_steps,
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step,
+                                    prepare_run_dir, save_checkpoint, start_training, total_steps,
                                     train_and_eval_rows)
+from posttrain.train.loop import StepEnd
 from posttrain.train.preflight import check_inputs
 
 METRICS = ("loss", "step_accuracy")
@@ -76,6 +77,9 @@ def run(cfg: RMConfig) -> dict:
 
     # ---- loop -------------------------------------------------------------------------------------------------------
     guard = NonFiniteGuard(cfg.train.max_bad_steps)
+    end = StepEnd(cfg, num_steps, tracker, guard,
+                  save=lambda step: save_checkpoint(run_dir, step, model, optimizer, scheduler, cfg),
+                  evaluate=(lambda: evaluate(model, data.eval, pad_id, cfg)) if data.eval else None)
     per_rank = micro * accum
     metrics: dict = {}
     for step in range(start_step, num_steps):
@@ -99,24 +103,11 @@ def run(cfg: RMConfig) -> dict:
         metrics = {**{name: v.item() for name, v in zip(METRICS, sums)}, "grad_norm": grad_norm,
                    "lr": scheduler.get_last_lr()[0], "solutions_per_s": global_batch / (time.perf_counter() - t0),
                    "epoch": done * global_batch / len(data.train)}
-        if guard.skipped:
-            metrics["skipped_steps"] = guard.skipped
-        if data.eval and (done == num_steps or (cfg.eval.every and done % cfg.eval.every == 0)):
-            metrics.update(evaluate(model, data.eval, pad_id, cfg))
-        if done % cfg.log.every == 0 or done == num_steps:
-            tracker.log(done, metrics)
-        tracker.advance()
-        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < num_steps:
-            save_checkpoint(run_dir, done, model, optimizer, scheduler, cfg)
+        end.step(done, metrics)  # skipped_steps, eval, log, checkpoint when due (train/loop.py)
 
     # ---- outputs ----------------------------------------------------------------------------------------------------
-    tracker.close()
-    save_checkpoint(run_dir, num_steps, model, optimizer, scheduler, cfg)
-    save_final(run_dir, model, tokenizer)
-    if world.is_main:
-        shown = {k: v for k, v in metrics.items() if k in METRICS or k.startswith("eval/")}
-        print(f"done: {format_metrics(shown)} — process reward model in {run_dir / 'final'}", flush=True)
-    return metrics
+    return end.finish(metrics, run_dir, model, tokenizer, world.is_main, shown=METRICS,
+                      what="process reward model")
 
 
 # ---- the algorithm ---------------------------------------------------------------------------------------------------
