@@ -35,8 +35,9 @@ from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.models.logits import device_of, sequence_logps
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, format_metrics, optimizer_step,
-                                    prepare_run_dir, save_final, start_training, total_steps)
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step,
+                                    prepare_run_dir, start_training, total_steps)
+from posttrain.train.loop import StepEnd
 from posttrain.train.pairs import PreferenceData, load_preference_data
 from posttrain.train.preflight import check_inputs
 
@@ -86,6 +87,9 @@ def run(cfg: DPOConfig) -> dict:
 
     # ---- loop -------------------------------------------------------------------------------------------------------
     guard = NonFiniteGuard(cfg.train.max_bad_steps)
+    end = StepEnd(cfg, num_steps, tracker, guard,
+                  save=lambda step: save_checkpoint(run_dir, step, model, reference_model, optimizer, scheduler, cfg),
+                  evaluate=lambda: evaluate(model, reference_model, tokenizer, data, cfg, loss_fn, loss_kwargs))
     per_rank = micro * accum
     metrics: dict = {}
     for step in range(start_step, num_steps):
@@ -103,24 +107,10 @@ def run(cfg: DPOConfig) -> dict:
         metrics = {**sums, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
                    f"{data.unit}_per_s": global_batch / (time.perf_counter() - t0),
                    "epoch": done * global_batch / len(data.train)}
-        if guard.skipped:
-            metrics["skipped_steps"] = guard.skipped
-        if done == num_steps or (cfg.eval.every and done % cfg.eval.every == 0):
-            metrics.update(evaluate(model, reference_model, tokenizer, data, cfg, loss_fn, loss_kwargs))
-        if done % cfg.log.every == 0 or done == num_steps:
-            tracker.log(done, metrics)
-        tracker.advance()
-        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < num_steps:
-            save_checkpoint(run_dir, done, model, reference_model, optimizer, scheduler, cfg)
+        end.step(done, metrics)  # skipped_steps, eval, log, checkpoint when due (train/loop.py)
 
     # ---- outputs ----------------------------------------------------------------------------------------------------
-    tracker.close()
-    save_checkpoint(run_dir, num_steps, model, reference_model, optimizer, scheduler, cfg)
-    save_final(run_dir, model, tokenizer)
-    if world.is_main:
-        shown = {k: v for k, v in metrics.items() if k in ("loss", "rewards/accuracies") or k.startswith("eval/")}
-        print(f"done: {format_metrics(shown)} — model in {run_dir / 'final'}", flush=True)
-    return metrics
+    return end.finish(metrics, run_dir, model, tokenizer, world.is_main, shown=("loss", "rewards/accuracies"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
