@@ -52,8 +52,9 @@ from posttrain.models.logits import device_of, forward_logits
 from posttrain.run_dir import classify, lock, open_run
 from posttrain.rollout import HFEngine, SamplingParams, generate_text
 from posttrain.train import sft
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, format_metrics, optimizer_step,
-                                    prepare_run_dir, save_checkpoint, save_final, start_training, total_steps)
+from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step,
+                                    prepare_run_dir, save_checkpoint, start_training, total_steps)
+from posttrain.train.loop import StepEnd
 from posttrain.train.preflight import check_inputs
 
 
@@ -90,6 +91,9 @@ def run(cfg: DistillConfig) -> dict:
 
     # ---- loop -------------------------------------------------------------------------------------------------------
     guard = NonFiniteGuard(cfg.train.max_bad_steps)
+    end = StepEnd(cfg, num_steps, tracker, guard,
+                  save=lambda step: save_checkpoint(run_dir, step, model, optimizer, scheduler, cfg),
+                  evaluate=lambda: evaluate(model, teacher, tokenizer, data, cfg, divergence, vocab))
     per_rank = micro * accum
     metrics: dict = {}
     for step in range(start_step, num_steps):
@@ -111,24 +115,10 @@ def run(cfg: DistillConfig) -> dict:
         metrics = {**sums, **sampled, "on_policy": float(on_policy), "grad_norm": grad_norm,
                    "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / (time.perf_counter() - t0),
                    "epoch": done * global_batch / len(data.train)}
-        if guard.skipped:
-            metrics["skipped_steps"] = guard.skipped
-        if done == num_steps or (cfg.eval.every and done % cfg.eval.every == 0):
-            metrics.update(evaluate(model, teacher, tokenizer, data, cfg, divergence, vocab))
-        if done % cfg.log.every == 0 or done == num_steps:
-            tracker.log(done, metrics)
-        tracker.advance()
-        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < num_steps:
-            save_checkpoint(run_dir, done, model, optimizer, scheduler, cfg)
+        end.step(done, metrics)  # skipped_steps, eval, log, checkpoint when due (train/loop.py)
 
     # ---- outputs ----------------------------------------------------------------------------------------------------
-    tracker.close()
-    save_checkpoint(run_dir, num_steps, model, optimizer, scheduler, cfg)
-    save_final(run_dir, model, tokenizer)
-    if world.is_main:
-        shown = {k: v for k, v in metrics.items() if k in ("loss", "distill_loss") or k.startswith("eval/")}
-        print(f"done: {format_metrics(shown)} — model in {run_dir / 'final'}", flush=True)
-    return metrics
+    return end.finish(metrics, run_dir, model, tokenizer, world.is_main, shown=("loss", "distill_loss"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
