@@ -39,8 +39,9 @@ from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer, resolve_model_path
 from posttrain.models.logits import autocast, device_of
 from posttrain.train import rl_diagnostics as diagnostics, rollouts
-from posttrain.train.common import (NonFiniteGuard, build_optimizer, format_metrics, optimizer_step, prepare_run_dir,
-                                    save_final, start_training)
+from posttrain.train.common import (NonFiniteGuard, build_optimizer, optimizer_step, prepare_run_dir,
+                                    start_training)
+from posttrain.train.loop import StepEnd
 from posttrain.train.plan import advantage_arguments, loss_arguments, needs_reference, rl_plan
 from posttrain.train.preflight import check_inputs
 
@@ -90,6 +91,10 @@ def run(cfg: RLConfig) -> dict:
     from posttrain.rewards import UnscorableGuard
     unscorable = UnscorableGuard(cfg.reward.max_unscored_fraction)
     watch = diagnostics.Watch(cfg)
+    end = StepEnd(cfg, plan.steps, tracker, guard,
+                  save=lambda step: save_checkpoint(run_dir, step, model, critic, optimizer, critic_optimizer,
+                                                    scheduler, controller, state, cfg),
+                  evaluate=lambda: evaluate(model, tokenizer, data, cfg))
     metrics: dict = {}
     try:
         for step in range(start_step, plan.steps):
@@ -107,29 +112,14 @@ def run(cfg: RLConfig) -> dict:
                             "lr": scheduler.get_last_lr()[0], "time/rollout": t1 - t0,
                             "time/update": time.perf_counter() - t1,
                             "samples_per_s": plan.samples / (time.perf_counter() - t0)})
-            if guard.skipped:
-                metrics["skipped_steps"] = guard.skipped
-            for message in watch.check(done, metrics, rollout):
+            for message in watch.check(done, metrics, rollout):  # reads the step's own metrics, not skipped_steps
                 tracker.write(f"warning (step {done}): {message}")
-            if done == plan.steps or (cfg.eval.every and done % cfg.eval.every == 0):
-                metrics.update(evaluate(model, tokenizer, data, cfg))
-            if done % cfg.log.every == 0 or done == plan.steps:
-                tracker.log(done, metrics)
-            tracker.advance()
-            if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < plan.steps:
-                save_checkpoint(run_dir, done, model, critic, optimizer, critic_optimizer, scheduler, controller,
-                                state, cfg)
+            end.step(done, metrics)  # skipped_steps, eval, log, checkpoint when due (train/loop.py)
     finally:
         rollouts.close_sources(sources)
 
     # ---- outputs ----------------------------------------------------------------------------------------------------
-    tracker.close()
-    save_checkpoint(run_dir, plan.steps, model, critic, optimizer, critic_optimizer, scheduler, controller, state, cfg)
-    save_final(run_dir, model, tokenizer)
-    if world.is_main:
-        shown = {k: v for k, v in metrics.items() if k in ("reward/mean", "kl") or k.startswith("eval/")}
-        print(f"done: {format_metrics(shown)} — model in {run_dir / 'final'}", flush=True)
-    return metrics
+    return end.finish(metrics, run_dir, model, tokenizer, world.is_main, shown=("reward/mean", "kl"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
