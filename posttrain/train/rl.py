@@ -39,8 +39,7 @@ from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer, resolve_model_path
 from posttrain.models.logits import autocast, device_of
 from posttrain.train import rl_diagnostics as diagnostics, rollouts
-from posttrain.train.common import (NonFiniteGuard, build_optimizer, optimizer_step, prepare_run_dir,
-                                    start_training)
+from posttrain.train.common import NonFiniteGuard, build_optimizer, optimizer_step, prepare_run_dir, start_training
 from posttrain.train.loop import StepEnd
 from posttrain.train.plan import advantage_arguments, loss_arguments, needs_reference, rl_plan
 from posttrain.train.preflight import check_inputs
