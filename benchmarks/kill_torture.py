@@ -4,14 +4,14 @@ every metrics line and the final weights must equal those of the same run left a
     python benchmarks/kill_torture.py                    # 30 kills over sft, dpo, rm, grpo, ppo, dqn
     python benchmarks/kill_torture.py --kills 3 --commands sft,dqn
 
-Each command runs a tiny configuration (a few dozen steps, a checkpoint every few) once uninterrupted, then
-again under fire: an attempt is started with checkpoint.resume=auto and killed either during its start-up (a
-random moment before its first new metrics line) or at a random moment after a randomly chosen step was logged
-(mid-step, mid-evaluation, mid-checkpoint; the steps are drawn so that the kills spread over the whole run); killed attempts are restarted with the same command until one
-finishes. A run that finishes before its share of kills was delivered is followed by a new one in a fresh
-directory. Timing metrics (time, *_per_s, sps, time/*) are left out of the comparison. grpo and ppo are scored by
-kill_torture_reward.py in the reward worker; a second after every kill, the processes still running that file are
-counted (left behind: they must be 0). Prints a table:
+Each command runs a tiny configuration (a few dozen steps, a checkpoint every few) once uninterrupted, then again
+under fire: an attempt is started with checkpoint.resume=auto and killed either during its start-up (a random moment
+before its first new metrics line) or at a random moment after a randomly chosen step was logged (mid-step,
+mid-evaluation, mid-checkpoint; the steps are drawn so that the kills spread over the whole run); killed attempts
+are restarted with the same command until one finishes. A run that finishes before its share of kills was delivered
+is followed by a new one in a fresh directory. Timing metrics (time, *_per_s, sps, time/*) are left out of the
+comparison. grpo and ppo are scored by kill_torture_reward.py in the reward worker; a second after every kill, the
+processes still running that file are counted (left behind: they must be 0). Prints a table:
 
     command   kills  runs  equal metrics  equal weights  left behind
 """

@@ -51,3 +51,20 @@ def varied_rows():
         rows.append({"messages": [{"role": "user", "content": user},
                                   {"role": "assistant", "content": str(a + b) + "!" * (i % 4)}]})
     return rows
+
+
+@pytest.fixture(scope="session")
+def small_policy(tmp_path_factory) -> Path:
+    """The tiny model after 120 SFT steps on 1-digit sums written in steps (about a sixth of its samples at
+    T = 0.7 right): a policy whose samples are sometimes correct. Built once per session (test_rft and
+    test_prm_labels use it)."""
+    from posttrain import cli
+
+    path = tmp_path_factory.getbasetemp() / "small_policy"
+    if not (path / "final" / "config.json").is_file():
+        code = cli.main(["sft", "task.max_digits=1", "task.steps=true", "task.num_train=2000", "task.num_eval=20",
+                         "train.max_steps=120", "train.micro_batch_size=32", "train.lr=3e-3", "train.warmup_steps=10",
+                         "eval.num_samples=4", "eval.max_new_tokens=24", f"output_dir={path}", "overwrite=true",
+                         "log.progress=false", "threads=1"])
+        assert code == 0
+    return path / "final"

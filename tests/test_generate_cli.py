@@ -74,7 +74,7 @@ def test_generate_with_beam_search_equals_hf_beam_search(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None and torch.cuda.is_available(),
-                    reason="vLLM and a GPU are here: tests/test_vllm.py runs the real engine")
+                    reason="vLLM and a GPU are here: tests/rollout/test_vllm.py runs the real engine")
 def test_vllm_engine_without_vllm_or_gpu_exits_2_with_the_fix(tmp_path, capsys):
     assert cli.main(["generate", f"output={tmp_path}/v.jsonl", "rollout.engine=vllm", "num_prompts=1"]) == 2
     err = capsys.readouterr().err

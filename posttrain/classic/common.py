@@ -41,7 +41,7 @@ class GridWorld(gym.Env):
     are terminal, actions up/right/down/left (0..3), reward −1 per step, a move off the grid stays put.
     `P[s][a]` lists (probability, next state, reward, terminated) like FrozenLake's, so the planning methods
     read both the same way. Under the uniform random policy with γ = 1 the state values are the book's
-    0, −14, −20, −22, … (tests/test_classic_tabular.py checks them)."""
+    0, −14, −20, −22, … (tests/classic/test_classic_tabular.py checks them)."""
 
     metadata = {"render_modes": []}
 

@@ -18,7 +18,7 @@ or `posttrain classic td3`, fixes DDPG's overestimation with three changes:
   - delayed policy updates: the actor and the targets move once per `policy_delay` (2) critic updates.
 Worked numbers (Pendulum, actions in [−2, 2], half range 2): σ̃ = 0.2·2 = 0.4, c = 0.5·2 = 1; with μ'(s') = 1.8
 and ε = 3 the noise 1.2 is clipped to 1.0 and the action 2.8 to 2.0; with Q'₁ = 5, Q'₂ = 3, r = −1, γ = 0.99 the
-target is −1 + 0.99·3 = 1.97 (tests/test_classic_ddpg.py).
+target is −1 + 0.99·3 = 1.97 (tests/classic/test_classic_ddpg.py).
 
 Termination versus truncation: Pendulum never terminates; its 200-step time limit truncates. A truncated
 episode's last state still has a future, so its target bootstraps (d = 0); only `terminated` zeroes it.
@@ -31,7 +31,7 @@ resumed run continues exactly.
 Reaches (the defaults, 10,000 steps, 20 evaluation episodes; random is about −1200, the scripted swing-up in
 bc.py about −130): DDPG −110 / −133 / −132 and TD3 −114 / −137 / −201 on seeds 0 / 1 / 2, 1–1.5 minutes each
 on one shared CPU thread (TD3, whose actor moves half as often, starts slower: seed 2 needs more steps).
-DDPG already evaluates at about −100 after 5,000 steps (the learning check in tests/test_classic_ddpg.py).
+DDPG already evaluates at about −100 after 5,000 steps (the learning check in tests/classic/test_classic_ddpg.py).
 """
 
 from __future__ import annotations

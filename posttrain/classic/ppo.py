@@ -11,7 +11,7 @@ Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv:1707.0634
 The math is not re-derived here: GAE is `posttrain.algos.advantages.get("gae")`, the surrogate is
 `posttrain.algos.policy.get("ppo_clip")`, the critic's loss `posttrain.algos.policy.value_loss` and every
 reduction `posttrain.algos.aggregate.aggregate` — the same objects `posttrain rl` (train/rl.py) calls for LLM
-PPO (tests/test_classic_ppo.py checks that both loops reach them). To hand a rollout to the LLM-shaped GAE we
+PPO (tests/classic/test_classic_ppo.py checks that both loops reach them). To hand a rollout to the LLM-shaped GAE we
 lay it out the way the LLM loop lays out responses: every environment's stretch of the rollout is cut into
 episode segments, one row each, right-padded, `mask` 1 on real steps, and the value after a row's last step
 (`bootstrap`) is

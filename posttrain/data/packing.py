@@ -15,7 +15,7 @@ Loss convention (the trainer applies no further shift):
 
     F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
 
-`tests/test_packing.py` checks that per-example losses and all gradients match the unpacked computation.
+`tests/data/test_packing.py` checks that per-example losses and all gradients match the unpacked computation.
 """
 
 from __future__ import annotations

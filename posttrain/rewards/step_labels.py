@@ -22,7 +22,7 @@ Worked example, m = 4, problem 47+85= (answer 132), a solution whose second line
     s₁  "7+5=12 carry 1"       rollouts answer 132, 132, 142, 132     c = 3  →  hard 1, soft 0.75
     s₂  "4+8+1=14 carry 1"     rollouts answer 142, 142, 142, 142     c = 0  →  hard 0, soft 0.0
     s₃  "answer: 142"          the solution's own answer is wrong            →  hard 0, soft 0.0
-(tests/test_prm_labels.py builds exactly this with a scripted policy.)
+(tests/rewards/test_prm_labels.py builds exactly this with a scripted policy.)
 
 Each step is labelled on its own evidence, as in Math-Shepherd; a 0 is not carried forward to the later steps
 (PRM800K's convention, "false from the first error on", is what the task's exact labels use). The label

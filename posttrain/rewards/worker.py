@@ -15,7 +15,7 @@ this; code that does that deliberately belongs in posttrain.sandbox, whose PID n
 
 The worker interpreter runs `from posttrain.rewards.worker import _worker_main; _worker_main()`. What that imports —
 this module, the contract, posttrain.rewards' own __init__ — imports no torch, so a worker starts in a fraction of a
-second instead of several, which matters each time a hang restarts it (tests/test_reward_worker.py checks it).
+second instead of several, which matters each time a hang restarts it (tests/rewards/test_reward_worker.py checks it).
 """
 
 from __future__ import annotations

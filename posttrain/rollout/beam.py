@@ -20,7 +20,7 @@ scores included — the rules below are HF's, written out as one readable loop:
 
 HF quirk kept: with early_stopping=False the stop test assumes the beams do not get longer, which is only a
 bound when length_penalty ≤ 0 — a long hypothesis that would have won with length_penalty > 0 can be cut off
-(tests/test_beam.py shows one on a bigram model). `early_stopping="never"` is the exact search.
+(tests/rollout/test_beam.py shows one on a bigram model). `early_stopping="never"` is the exact search.
 
 One deliberate difference: HF starts with num_beams copies of the prompt (all but one scored -1e9) and pads
 with -1e9 placeholder beams when too few candidates stay unfinished; here the search starts with one beam and

@@ -18,7 +18,7 @@ A step finishes a solution when it holds the final-answer marker, ends at eos, o
 (policy.py). Finished beams stay in the pool and compete with the new candidates, so a good early answer is
 not displaced by worse longer ones.
 
-Worked example (B = 2, k = 3, "47+85="; scores are the PRM's, tests/test_search.py checks exactly this):
+Worked example (B = 2, k = 3, "47+85="; scores are the PRM's, tests/search/test_search.py checks exactly this):
     round 1  "" → "7+5=12 carry 1" (twice: kept once, 0.9), "7+5=11 carry 1" (0.2)        → both
     round 2  the 0.9 beam → "4+8+1=13 carry 1" (0.85, twice), "4+8+1=14 carry 1" (0.3);
              the 0.2 beam → "4+8+1=13 carry 1" (0.2), "answer: 121" (0.1, finished, twice)   → 0.85, 0.3

@@ -1,4 +1,4 @@
-"""Monte-Carlo step labels (posttrain/rewards/step_labels.py): the module's worked example by hand, hard vs soft, a 0 not
+"""Monte-Carlo step labels (rewards/step_labels.py): the module's worked example by hand, hard vs soft, a 0 not
 carried forward, shared prefixes rolled out once; a scripted policy that continues correctly exactly from correct
 prefixes reproduces the task's exact labels; the model-backed completer is seeded, batch-invariant and continues a
 prefix exactly; and `posttrain rm reward.mode=prm reward.labels=mc` end to end on a small trained policy."""
@@ -15,7 +15,6 @@ from posttrain.models.inference import load_for_inference
 from posttrain.rewards.step_labels import (PolicyCompleter, agreement, arith_exact_labels, mc_labels, rows_for_run,
                                            split_steps, step_prefixes)
 from posttrain.tasks.arith import ArithTask
-from test_rft import small_policy  # noqa: F401  (a pytest fixture: a tiny model SFT'd on 1-digit sums, in steps)
 
 TASK = ArithTask(max_digits=2, ops="+-", steps=True)
 
@@ -109,7 +108,7 @@ def test_agreement_worked_example():
     assert stats["steps"] == 3
 
 
-def test_completer_is_seeded_batch_invariant_and_continues_a_prefix_exactly(small_policy):  # noqa: F811
+def test_completer_is_seeded_batch_invariant_and_continues_a_prefix_exactly(small_policy):
     model, tok, _ = load_for_inference("tiny")
     prefixes = [("3+4=", ""), ("12+5=", "2+5=7\n"), ("3+4=", "3+4=7\n")]
 
@@ -141,7 +140,7 @@ ARGS = ["reward.mode=prm", "reward.labels=mc", "task.max_digits=1", "task.num_tr
 
 
 @pytest.mark.parametrize("target", ["hard", "soft"])
-def test_rm_prm_with_mc_labels_end_to_end(small_policy, tmp_path, target):  # noqa: F811
+def test_rm_prm_with_mc_labels_end_to_end(small_policy, tmp_path, target):
     out = tmp_path / "prm"
     code = cli.main(["rm", *ARGS, f"reward.label_policy={small_policy}", f"reward.mc_target={target}",
                      f"output_dir={out}"])

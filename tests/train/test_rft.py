@@ -18,21 +18,6 @@ from posttrain.tasks.arith import ArithTask
 from posttrain.train.rft import keep_correct, round_sft_config
 
 
-@pytest.fixture(scope="session")
-def small_policy(tmp_path_factory) -> Path:
-    """The tiny model after 120 SFT steps on 1-digit sums written in steps (about a sixth of its samples at
-    T = 0.7 right): a policy whose samples are sometimes correct. Built once per session (test_prm_labels uses
-    it too)."""
-    path = tmp_path_factory.getbasetemp() / "small_policy"
-    if not (path / "final" / "config.json").is_file():
-        code = cli.main(["sft", "task.max_digits=1", "task.steps=true", "task.num_train=2000", "task.num_eval=20",
-                         "train.max_steps=120", "train.micro_batch_size=32", "train.lr=3e-3", "train.warmup_steps=10",
-                         "eval.num_samples=4", "eval.max_new_tokens=24", f"output_dir={path}", "overwrite=true",
-                         "log.progress=false", "threads=1"])
-        assert code == 0
-    return path / "final"
-
-
 # ---- the algorithm by hand -------------------------------------------------------------------------------------------
 
 def test_keep_correct_worked_example():

@@ -15,7 +15,7 @@ import pytest
 from posttrain.errors import UserError
 from posttrain.rewards import FileReward
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path, source: str, name: str = "leaky_reward.py") -> Path:
