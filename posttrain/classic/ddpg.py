@@ -169,6 +169,7 @@ def learn(nets: Nets, b: dict, cfg: ClassicConfig, actor_turn: bool) -> tuple[fl
 # The loop
 # ---------------------------------------------------------------------------------------------------------------------
 
+# One function on purpose (≈85 lines): the whole algorithm reads top to bottom, CleanRL-style (DESIGN §4).
 def run(cfg: ClassicConfig) -> dict:
     d = cfg.ddpg
     if cfg.num_envs != 1:

@@ -196,6 +196,7 @@ def _check(cfg: ClassicConfig, env) -> None:
         raise ConfigError(f"dqn.buffer_size ({d.buffer_size}) must hold at least one batch ({d.batch_size})")
 
 
+# One function on purpose (≈86 lines): the whole algorithm reads top to bottom, CleanRL-style (DESIGN §4).
 def run(cfg: ClassicConfig) -> dict:
     d = cfg.dqn
     random.seed(cfg.seed)
