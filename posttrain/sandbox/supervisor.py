@@ -124,7 +124,12 @@ def _prepare_files(spec: dict, private_fs: bool, root: bool) -> str:
 def _private_file_system(prefixes: list[str], root: bool, size_mb: int) -> bool:
     """In the new mount namespace: every mount read-only (mount_setattr, Linux 5.12+), then fresh writable tmpfs
     mounts on the world-writable directories. As root, first open the way to the Python installation for the
-    code's own uid (_open_the_way). False, with nothing changed, when the kernel cannot make the mounts read-only."""
+    code's own uid (_open_the_way). A Python installation inside one of those directories (a virtual environment
+    made in /tmp) is bound back, read-only, at its own path. False, with nothing changed, when the kernel cannot make
+    the mounts read-only."""
+    masked = [d for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(d) and not os.path.islink(d)]
+    inside = sorted({p for p in prefixes if os.path.isdir(p) and any(p.startswith(d + "/") for d in masked)})
+    inside = [p for p in inside if not any(p.startswith(q + "/") for q in inside)]  # outermost only
     try:
         if root:
             _open_the_way(prefixes)
@@ -132,9 +137,13 @@ def _private_file_system(prefixes: list[str], root: bool, size_mb: int) -> bool:
         if _libc().syscall(_SYS_MOUNT_SETATTR, -100, b"/", _AT_RECURSIVE, ctypes.byref(attr),
                            ctypes.sizeof(attr)) != 0:
             return False
-        for directory in ("/tmp", "/var/tmp", "/dev/shm"):
-            if os.path.isdir(directory) and not os.path.islink(directory):
-                _mount("tmpfs", directory, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size_mb}m,mode=1777")
+        kept = [(path, os.open(path, os.O_PATH)) for path in inside]  # before the tmpfs hides them
+        for directory in masked:
+            _mount("tmpfs", directory, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size_mb}m,mode=1777")
+        for path, fd in kept:  # a bind of a read-only mount stays read-only
+            os.makedirs(path, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
+            os.close(fd)
     except OSError:
         return False
     return True
