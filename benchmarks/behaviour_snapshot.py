@@ -6,7 +6,9 @@
 Runs `posttrain demo --quick` (seed 0) and five short runs — sft, dpo, grpo, ppo and classic ppo, a few steps each,
 fixed seeds, one thread — and collects every number of the demo's summary.json and of each run's metrics.jsonl,
 leaving out wall-clock ones (time, *_per_s, *_s, *seconds, sps, time/* and the demo's "time (s)" columns). `compare`
-runs them again and lists each number that differs (bitwise: floats are compared as written). The numbers are
+runs them again and lists each number that differs (bitwise: floats are compared as written). One demo table
+follows the wall clock by design — `scarce_demonstrations`: its SFT arms train for as many steps as fit in GRPO's
+measured seconds — so an accuracy there may differ between any two runs. The numbers are
 this machine's: float results can differ across CPUs and library versions, so record and compare on one machine.
 """
 
