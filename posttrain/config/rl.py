@@ -22,8 +22,8 @@ class AlgoConfig(Config):
     """The preset: ppo, grpo, dr_grpo, dapo, rloo, reinforce_pp, reinforce_pp_baseline, gspo, remax, reinforce, …
     (also `posttrain rl --algo NAME`; `--print-config` shows what it expands to; `posttrain explain` lists all)."""
     advantage: str | None = None
-    """Advantage estimator (posttrain.algos.advantages): gae, grpo, dr_grpo, rloo, reinforce_pp,
-    reinforce_pp_baseline, remax, reinforce. Unset: the preset's."""
+    """Advantage estimator (posttrain.algos.advantages): gae, grpo, dr_grpo, rloo, … (`posttrain explain` lists all).
+    Unset: the preset's."""
     policy_loss: str | None = None
     """Policy loss (posttrain.algos.policy): ppo_clip, gspo, vanilla, … (`posttrain explain` lists all). Unset: the
     preset's."""
