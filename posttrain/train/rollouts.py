@@ -31,7 +31,7 @@ from posttrain.config import RLConfig
 from posttrain.data import load_rows
 from posttrain.data.tokenize import DropReport
 from posttrain.errors import DataError, UserError
-from posttrain.rollout import build_engine, format_prompt
+from posttrain.rollout import build_engine, cut_at_stop, format_prompt, stop_check
 from posttrain.train.common import stream_indices
 
 
@@ -209,8 +209,9 @@ def _generate_and_score(cfg, engine, params, tokenizer, data, sources, step, cur
     positions = list(range(cursor, cursor + count))[rank::world]
     indices = [stream_indices(p, 1, len(data.rows), cfg.seed)[0] for p in positions]
     gens = engine.generate([data.prompt_ids[i] for i in indices], params, seed=cfg.seed, step=step,
-                           example_ids=positions, stop_sequence=_stop_sequence(cfg, tokenizer))
-    texts = [_decode(tokenizer, g, cfg.sampling.stop_strings) for g in gens]
+                           example_ids=positions, stop_sequence=stop_check(tokenizer, cfg.sampling.stop_strings))
+    texts = [cut_at_stop(tokenizer.decode(g.completion_ids, skip_special_tokens=True), cfg.sampling.stop_strings)
+             for g in gens]
     rows = [data.rows[indices[g.prompt_index]] for g in gens]
     scored = score_all(sources, [r["prompt"] for r in rows], texts, [_columns(r) for r in rows])
     G = params.n
@@ -265,25 +266,13 @@ def _greedy_baseline(cfg, engine, tokenizer, data, sources, groups, step) -> tor
 
     indices = [g["index"] for g in groups]
     gens = engine.generate([data.prompt_ids[i] for i in indices], _sampling_params(cfg, greedy=True),
-                           seed=cfg.seed, step=step, stop_sequence=_stop_sequence(cfg, tokenizer))
-    texts = [_decode(tokenizer, g, cfg.sampling.stop_strings) for g in gens]
+                           seed=cfg.seed, step=step, stop_sequence=stop_check(tokenizer, cfg.sampling.stop_strings))
+    texts = [cut_at_stop(tokenizer.decode(g.completion_ids, skip_special_tokens=True), cfg.sampling.stop_strings)
+             for g in gens]
     rows = [data.rows[i] for i in indices]
     scored = score_all(sources, [r["prompt"] for r in rows], texts, [_columns(r) for r in rows])
     baseline = torch.where(scored.scored, scored.rewards, torch.zeros_like(scored.rewards))
     return baseline.repeat_interleave(cfg.rl.generations)
-
-
-def _stop_sequence(cfg, tokenizer):
-    stops = list(cfg.sampling.stop_strings)
-    if not stops:
-        return None
-    return lambda ids: any(s in tokenizer.decode(ids[-32:], skip_special_tokens=True) for s in stops)
-
-
-def _decode(tokenizer, generation, stop_strings) -> str:
-    text = tokenizer.decode(generation.completion_ids, skip_special_tokens=True)
-    cut = [text.find(s) for s in stop_strings if s in text]
-    return text[:min(cut)] if cut else text
 
 
 def _columns(row: dict) -> dict:
