@@ -215,6 +215,22 @@ def test_blow_up_abort_is_one_line_and_the_last_good_checkpoint_resumes(tmp_path
     assert all(torch.equal(a, b) for a, b in zip(weights(run).values(), weights(straight).values()))
 
 
+def test_skipped_step_counts_carry_across_a_resume(tmp_path):
+    """Every step is skipped (a tiny train.bad_grad_norm) and the limit is 3 in a row. Uninterrupted, the run logs
+    skipped_steps 1, 2 and aborts at step 3; rewound to its step-2 checkpoint and resumed, it must do the same —
+    a guard that restarts its counts at 0 would log skipped_steps 1 at step 3 and never abort."""
+    run = tmp_path / "run"
+    bad = ["train.max_steps=4", "checkpoint.every=2", "log.every=1", "train.bad_grad_norm=1e-9",
+           "train.max_bad_steps=3"]
+    one_error_line(sft(run, *bad), "3 consecutive steps")
+    def skipped():
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(m["step"], m["skipped_steps"]) for m in lines if "skipped_steps" in m]
+    assert skipped() == [(1, 1), (2, 2)] and checkpoint.latest(run).name == "step_000002"
+    one_error_line(sft(run, *bad, "checkpoint.resume=true"), "3 consecutive steps")
+    assert skipped() == [(1, 1), (2, 2)]
+
+
 def test_guard_counts_a_finite_blow_up_like_a_non_finite_step():
     from posttrain.train.common import NonFiniteGuard, TrainingDiverged
     guard = NonFiniteGuard(limit=2)

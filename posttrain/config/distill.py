@@ -67,10 +67,12 @@ class DistillConfig(SFTConfig):
         if d.mode != "cot" and d.loss not in divergences.DISTILL_LOSSES:
             raise ConfigError(f"distill.loss = {d.loss!r} is not a distillation loss — valid: "
                               f"{', '.join(sorted(divergences.DISTILL_LOSSES))}")
+        loss = divergences.DISTILL_LOSSES.entry(d.loss) if d.mode != "cot" else None
         checks = [
             ("temperature", d.temperature > 0, "must be > 0 (1: the models' own distributions)"),
-            ("beta", d.loss != "jsd" or 0 < d.beta < 1, "must be in (0, 1) for jsd (its limits are forward_kl at 0 "
-                                                       "and reverse_kl at 1: use those losses)"),
+            ("beta", loss is None or "beta" not in loss.hparams or 0 < d.beta < 1,
+             f"must be in (0, 1) for {d.loss} (at 0 or 1 the mixture equals one side and the loss is 0: use "
+             "forward_kl or reverse_kl)"),
             ("alpha", 0 <= d.alpha <= 1, "must be in [0, 1]"),
             ("lam", 0 <= d.lam <= 1, "must be in [0, 1]"),
             ("sample_temperature", d.sample_temperature >= 0, "must be ≥ 0 (0: greedy)"),

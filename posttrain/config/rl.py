@@ -66,8 +66,9 @@ class AlgoConfig(Config):
 class KLSection(Config):
     """The KL penalty against the frozen reference model (posttrain.algos.kl)."""
 
-    estimator: Literal["k1", "k2", "k3"] | None = None
-    """Per-token estimator: k1 (log-ratio), k2 (½ log-ratio²), k3 ((r − 1) − log r). Unset: the preset's."""
+    estimator: str | None = None
+    """Per-token estimator (posttrain.algos.kl): k1 (log-ratio), k2 (½ log-ratio²), k3 ((r − 1) − log r), … (`posttrain
+    explain` lists all). Unset: the preset's."""
     where: Literal["reward", "loss", "none"] | None = None
     """reward: subtract β·KL per token from the reward (PPO); loss: add β·KL to the loss (GRPO); none: no
     reference model at all. Unset: the preset's."""

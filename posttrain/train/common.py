@@ -196,8 +196,14 @@ class NonFiniteGuard:
     written, so the last checkpoint, saved after good steps only, stays intact and resumable.
     """
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, state: dict | None = None):
         self.limit, self.in_a_row, self.skipped = limit, 0, 0
+        if state:  # resumed: the counts go on from the checkpoint's, as if the run had not stopped
+            self.in_a_row, self.skipped = state["in_a_row"], state["skipped"]
+
+    def state_dict(self) -> dict:
+        """The counts a checkpoint keeps (trainer_state.json's "guard")."""
+        return {"in_a_row": self.in_a_row, "skipped": self.skipped}
 
     def ok(self, loss: torch.Tensor | float, grad_norm: torch.Tensor | float, bound: float = 0.0) -> bool:
         loss, grad_norm = float(loss), float(grad_norm)
@@ -224,17 +230,18 @@ def start_training(cfg, model, world, run_dir, resume_from, num_steps: int, plan
     restore them on resume (or seed a fresh run), open the tracker and write the run's one-line summary.
 
     plan: (micro, accum, global) from batch_plan; data_summary: e.g. "900 training pairs (dropped 3 …)".
-    Returns (model, optimizer, scheduler, start_step, tracker).
+    Returns (model, optimizer, scheduler, start_step, tracker, guard): the NonFiniteGuard goes on with the
+    checkpoint's counts.
     """
     micro, accum, global_batch = plan
     model = distributed.wrap(model.to(world.device).train(), world, cfg.train.strategy,
                              precision=cfg.train.precision, cpu_offload=cfg.train.fsdp_cpu_offload)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, num_steps)
-    start_step = 0
+    start_step, guard_state = 0, None
     if resume_from is not None:
-        start_step = checkpoint.read_training_state(resume_from, optimizer=optimizer, scheduler=scheduler,
-                                                    model=model)["step"]
+        state = checkpoint.read_training_state(resume_from, optimizer=optimizer, scheduler=scheduler, model=model)
+        start_step, guard_state = state["step"], state.get("guard")
         if start_step > num_steps:  # a shorter run than the checkpoint (train.epochs lowered): refuse, save nothing
             raise ConfigError(f"cannot resume {run_dir} at step {start_step}: the run now has {num_steps} steps — "
                               f"fix: train.max_steps={start_step} or more")
@@ -246,17 +253,18 @@ def start_training(cfg, model, world, run_dir, resume_from, num_steps: int, plan
     tracker.write(f"{data_summary}; {num_steps} steps of {global_batch} {unit} ({micro} per micro-batch × {accum} "
                   f"accumulation × {world.world_size} process(es)); {trainable:,} of {total:,} parameters trainable"
                   + (f"; resuming at step {start_step}" if start_step else ""))
-    return model, optimizer, scheduler, start_step, tracker
+    return model, optimizer, scheduler, start_step, tracker, NonFiniteGuard(cfg.train.max_bad_steps, guard_state)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Checkpoints, the final model, the console line
 # ---------------------------------------------------------------------------------------------------------------------
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, cfg) -> Path:
-    """A checkpoint of a one-model loop (sft, rm, prm, distill): weights, optimizer, scheduler, RNGs and the step."""
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, guard: NonFiniteGuard, cfg) -> Path:
+    """A checkpoint of a one-model loop (sft, rm, prm, distill): weights, optimizer, scheduler, RNGs, the step and
+    the guard's counts."""
     return checkpoint.save(run_dir, step, lambda d: checkpoint.write_training_state(
-        d, model=model, optimizer=optimizer, scheduler=scheduler, state={"step": step}),
+        d, model=model, optimizer=optimizer, scheduler=scheduler, state={"step": step, "guard": guard.state_dict()}),
         keep_last=cfg.checkpoint.keep_last)
 
 

@@ -52,7 +52,7 @@ from posttrain.models.logits import device_of, forward_logits
 from posttrain.run_dir import classify, lock, open_run
 from posttrain.rollout import HFEngine, SamplingParams, generate_text
 from posttrain.train import sft
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step,
+from posttrain.train.common import (batch_indices, batch_plan, optimizer_step,
                                     prepare_run_dir, save_checkpoint, start_training, total_steps)
 from posttrain.train.loop import StepEnd
 from posttrain.train.preflight import check_inputs
@@ -82,7 +82,7 @@ def run(cfg: DistillConfig) -> dict:
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
                        weights_dir=resume_from / "model" if resume_from else None,
                        disable_dropout=cfg.train.disable_dropout)
-    model, optimizer, scheduler, start_step, tracker = start_training(
+    model, optimizer, scheduler, start_step, tracker, guard = start_training(
         cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
         f"{len(data.train)} training examples{data.report}; {cfg.distill.mode} distillation from {teacher_dir} "
         f"({cfg.distill.loss}, τ = {cfg.distill.temperature})")
@@ -90,9 +90,8 @@ def run(cfg: DistillConfig) -> dict:
         tracker.log(0, evaluate(model, teacher, tokenizer, data, cfg, divergence, vocab))
 
     # ---- loop -------------------------------------------------------------------------------------------------------
-    guard = NonFiniteGuard(cfg.train.max_bad_steps)
     end = StepEnd(cfg, num_steps, tracker, guard,
-                  save=lambda step: save_checkpoint(run_dir, step, model, optimizer, scheduler, cfg),
+                  save=lambda step: save_checkpoint(run_dir, step, model, optimizer, scheduler, guard, cfg),
                   evaluate=lambda: evaluate(model, teacher, tokenizer, data, cfg, divergence, vocab))
     per_rank = micro * accum
     metrics: dict = {}

@@ -24,7 +24,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from posttrain.algos import advantages, aggregate, policy
+from posttrain.algos import advantages, aggregate, kl, policy
 from posttrain.algos.registry import Entry
 from posttrain.config import AlgoConfig, RLConfig
 from posttrain.errors import ConfigError
@@ -111,8 +111,10 @@ def rl_plan(cfg: RLConfig, world_size: int = 1, num_prompts: int | None = None,
 def check_pieces(cfg: RLConfig) -> None:
     """Combinations that cannot train: each error names the knob and the fix."""
     algo, rl = cfg.algo, cfg.rl
-    for key, registry in (("algo.advantage", advantages.ADVANTAGES), ("algo.policy_loss", policy.POLICY_LOSSES)):
-        name = getattr(algo, key.split(".")[1])
+    for key, registry in (("algo.advantage", advantages.ADVANTAGES), ("algo.policy_loss", policy.POLICY_LOSSES),
+                          ("kl.estimator", kl.ESTIMATORS)):
+        section, attr = key.split(".")
+        name = getattr(getattr(cfg, section), attr)
         if name not in registry:
             raise ConfigError(f"{key} = '{name}' is not registered — valid: {', '.join(sorted(registry))}")
     if algo.aggregate not in aggregate.AGGREGATIONS:

@@ -35,7 +35,7 @@ from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.models.logits import device_of, sequence_logps
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step,
+from posttrain.train.common import (batch_indices, batch_plan, optimizer_step,
                                     prepare_run_dir, start_training, total_steps)
 from posttrain.train.loop import StepEnd
 from posttrain.train.pairs import PreferenceData, load_preference_data
@@ -79,16 +79,16 @@ def run(cfg: DPOConfig) -> dict:
         reference_model.requires_grad_(False)
     elif losses.LOSSES.entry(cfg.preference.loss).needs_reference:
         data.reference = reference_logps(model, data, tokenizer, cfg, run_dir, resume_from)
-    model, optimizer, scheduler, start_step, tracker = start_training(
+    model, optimizer, scheduler, start_step, tracker, guard = start_training(
         cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
         f"{len(data.train)} training {data.unit}{data.report}; loss {cfg.preference.loss}", unit=data.unit)
     if cfg.eval.at_start and start_step == 0:
         tracker.log(0, evaluate(model, reference_model, tokenizer, data, cfg, loss_fn, loss_kwargs))
 
     # ---- loop -------------------------------------------------------------------------------------------------------
-    guard = NonFiniteGuard(cfg.train.max_bad_steps)
     end = StepEnd(cfg, num_steps, tracker, guard,
-                  save=lambda step: save_checkpoint(run_dir, step, model, reference_model, optimizer, scheduler, cfg),
+                  save=lambda step: save_checkpoint(run_dir, step, model, reference_model, optimizer, scheduler, guard,
+                                                    cfg),
                   evaluate=lambda: evaluate(model, reference_model, tokenizer, data, cfg, loss_fn, loss_kwargs))
     per_rank = micro * accum
     metrics: dict = {}
@@ -339,10 +339,10 @@ def evaluate(model, reference_model, tokenizer, data: PreferenceData, cfg: DPOCo
     return out
 
 
-def save_checkpoint(run_dir: Path, step: int, model, reference_model, optimizer, scheduler, cfg) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, reference_model, optimizer, scheduler, guard, cfg) -> Path:
     def write(directory: Path) -> None:
         checkpoint.write_training_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
-                                        state={"step": step})
+                                        state={"step": step, "guard": guard.state_dict()})
         if reference_model is not None and distributed.rank() == 0:
             save_file({k: v.detach().clone().contiguous() for k, v in reference_model.state_dict().items()},
                       str(directory / "reference_model.safetensors"))

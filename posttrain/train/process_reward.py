@@ -36,7 +36,7 @@ from posttrain.data.process import build_step_examples
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.rewards import step_labels
 from posttrain.rewards.process import step_logits, step_scores  # noqa: F401  (step_scores: importable from here, too)
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step,
+from posttrain.train.common import (batch_indices, batch_plan, optimizer_step,
                                     prepare_run_dir, save_checkpoint, start_training, total_steps,
                                     train_and_eval_rows)
 from posttrain.train.loop import StepEnd
@@ -68,7 +68,7 @@ def run(cfg: RMConfig) -> dict:
                        weights_dir=resume_from / "model" if resume_from else None,
                        disable_dropout=cfg.train.disable_dropout)
     labelled = sum(len(e["step_labels"]) for e in data.train)
-    model, optimizer, scheduler, start_step, tracker = start_training(
+    model, optimizer, scheduler, start_step, tracker, guard = start_training(
         cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
         f"{len(data.train)} training solutions, {labelled} labelled steps{data.report}", unit="solutions")
     pad_id = tokenizer.pad_token_id
@@ -76,9 +76,8 @@ def run(cfg: RMConfig) -> dict:
         tracker.log(0, evaluate(model, data.eval, pad_id, cfg))
 
     # ---- loop -------------------------------------------------------------------------------------------------------
-    guard = NonFiniteGuard(cfg.train.max_bad_steps)
     end = StepEnd(cfg, num_steps, tracker, guard,
-                  save=lambda step: save_checkpoint(run_dir, step, model, optimizer, scheduler, cfg),
+                  save=lambda step: save_checkpoint(run_dir, step, model, optimizer, scheduler, guard, cfg),
                   evaluate=(lambda: evaluate(model, data.eval, pad_id, cfg)) if data.eval else None)
     per_rank = micro * accum
     metrics: dict = {}

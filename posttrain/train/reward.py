@@ -24,7 +24,7 @@ from posttrain.config import RMConfig
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.rewards.model import scores
 from posttrain.train import process_reward
-from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step,
+from posttrain.train.common import (batch_indices, batch_plan, optimizer_step,
                                     prepare_run_dir, save_checkpoint, start_training, total_steps)
 from posttrain.train.loop import StepEnd
 from posttrain.train.pairs import load_preference_data
@@ -54,16 +54,15 @@ def run(cfg: RMConfig) -> dict:
                        weights_dir=resume_from / "model" if resume_from else None,
                        disable_dropout=cfg.train.disable_dropout)
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last token that is not padding
-    model, optimizer, scheduler, start_step, tracker = start_training(
+    model, optimizer, scheduler, start_step, tracker, guard = start_training(
         cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
         f"{len(train_pairs)} training pairs{report}", unit="pairs")
     if cfg.eval.at_start and start_step == 0 and eval_pairs:
         tracker.log(0, evaluate(model, eval_pairs, tokenizer, cfg))
 
     # ---- loop -------------------------------------------------------------------------------------------------------
-    guard = NonFiniteGuard(cfg.train.max_bad_steps)
     end = StepEnd(cfg, num_steps, tracker, guard,
-                  save=lambda step: save_checkpoint(run_dir, step, model, optimizer, scheduler, cfg),
+                  save=lambda step: save_checkpoint(run_dir, step, model, optimizer, scheduler, guard, cfg),
                   evaluate=(lambda: evaluate(model, eval_pairs, tokenizer, cfg)) if eval_pairs else None)
     per_rank = micro * accum
     metrics: dict = {}

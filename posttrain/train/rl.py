@@ -39,7 +39,7 @@ from posttrain.eval.accuracy import greedy_accuracy
 from posttrain.models.loading import load_model, load_tokenizer, resolve_model_path
 from posttrain.models.logits import autocast, device_of
 from posttrain.train import rl_diagnostics as diagnostics, rollouts
-from posttrain.train.common import NonFiniteGuard, build_optimizer, optimizer_step, prepare_run_dir, start_training
+from posttrain.train.common import build_optimizer, optimizer_step, prepare_run_dir, start_training
 from posttrain.train.loop import StepEnd
 from posttrain.train.plan import advantage_arguments, loss_arguments, needs_reference, rl_plan
 from posttrain.train.preflight import check_inputs
@@ -73,7 +73,7 @@ def run(cfg: RLConfig) -> dict:
     critic = critic_optimizer = None
     if cfg.algo.critic == "value":
         critic, critic_optimizer = load_critic(cfg, world, resume_from)
-    model, optimizer, scheduler, start_step, tracker = start_training(
+    model, optimizer, scheduler, start_step, tracker, guard = start_training(
         cfg, model, world, run_dir, resume_from, plan.steps,
         (plan.micro_batch, plan.accumulation, plan.mini_batch),
         f"{len(data.rows)} prompts{data.report}; {cfg.algo.name}: {plan.prompts} prompts × {plan.generations} "
@@ -86,13 +86,12 @@ def run(cfg: RLConfig) -> dict:
         tracker.log(0, evaluate(model, tokenizer, data, cfg))
 
     # ---- loop -------------------------------------------------------------------------------------------------------
-    guard = NonFiniteGuard(cfg.train.max_bad_steps)
     from posttrain.rewards import UnscorableGuard
     unscorable = UnscorableGuard(cfg.reward.max_unscored_fraction)
     watch = diagnostics.Watch(cfg)
     end = StepEnd(cfg, plan.steps, tracker, guard,
                   save=lambda step: save_checkpoint(run_dir, step, model, critic, optimizer, critic_optimizer,
-                                                    scheduler, controller, state, cfg),
+                                                    scheduler, controller, guard, state, cfg),
                   evaluate=lambda: evaluate(model, tokenizer, data, cfg))
     metrics: dict = {}
     try:
@@ -426,11 +425,11 @@ def evaluate(model, tokenizer, data: rollouts.PromptData, cfg: RLConfig) -> dict
 
 
 def save_checkpoint(run_dir: Path, step: int, model, critic, optimizer, critic_optimizer, scheduler, controller,
-                    state: dict, cfg: RLConfig) -> Path:
+                    guard, state: dict, cfg: RLConfig) -> Path:
     def write(directory: Path) -> None:
         checkpoint.write_training_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
                                         state={"step": step, "cursor": state["cursor"],
-                                               "kl_controller": controller.state_dict()})
+                                               "kl_controller": controller.state_dict(), "guard": guard.state_dict()})
         if critic is not None:
             distributed.save_pretrained(critic, directory / "critic")
             if distributed.rank() == 0:

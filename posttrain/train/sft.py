@@ -50,16 +50,15 @@ def run(cfg: SFTConfig) -> dict:
     model = load_model(cfg.model, cfg.lora, seed=cfg.seed,
                        weights_dir=resume_from / "model" if resume_from else None,
                        disable_dropout=cfg.train.disable_dropout)
-    model, optimizer, scheduler, start_step, tracker = start_training(
+    model, optimizer, scheduler, start_step, tracker, guard = start_training(
         cfg, model, world, run_dir, resume_from, num_steps, (micro, accum, global_batch),
         f"{len(data.train)} training examples{data.report}")
     if cfg.eval.at_start and start_step == 0:
         tracker.log(0, evaluate(model, tokenizer, data, cfg))
 
     # ---- loop -------------------------------------------------------------------------------------------------------
-    guard = NonFiniteGuard(cfg.train.max_bad_steps)
     end = StepEnd(cfg, num_steps, tracker, guard,
-                  save=lambda step: save_checkpoint(run_dir, step, model, optimizer, scheduler, cfg),
+                  save=lambda step: save_checkpoint(run_dir, step, model, optimizer, scheduler, guard, cfg),
                   evaluate=lambda: evaluate(model, tokenizer, data, cfg))
     per_rank = micro * accum
     metrics: dict = {}

@@ -149,6 +149,19 @@ def test_every_preset_passes_the_piece_checks(name):
     assert not entry.needs_groups or cfg.rl.generations >= 2
 
 
+@pytest.mark.parametrize("key, value", [("algo.advantage", "gea"), ("algo.policy_loss", "ppo_clap"),
+                                        ("kl.estimator", "k4")])
+def test_piece_checks_name_the_unregistered_piece_and_the_registered_ones(key, value):
+    cfg = presets.expand(C.RLConfig(algo=C.AlgoConfig(name="grpo")))
+    section, attr = key.split(".")
+    setattr(getattr(cfg, section), attr, value)
+    with pytest.raises(ConfigError, match=f"{key} = '{value}' is not registered — valid: ") as err:
+        plan.check_pieces(cfg)
+    registry = {"algo.advantage": advantages.ADVANTAGES, "algo.policy_loss": policy.POLICY_LOSSES,
+                "kl.estimator": kl.ESTIMATORS}[key]
+    assert all(name in str(err.value) for name in registry)
+
+
 # ---- hyperparameters: algo fields, algo.loss_args, declared defaults ------------------------------------------------
 
 def expanded(name: str, **algo) -> C.RLConfig:
