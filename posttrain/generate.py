@@ -27,7 +27,7 @@ def run_generate(cfg) -> Path:
         rows = list(normalize(conversation_prompts(load_rows(cfg.data_path)), kind="prompt"))
         score = None
     else:
-        task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
+        task = tasks.from_config(cfg.task)
         rows, score = task.rows("eval", cfg.task.num_eval, cfg.seed), task.score
     rows = rows[:cfg.num_prompts] if cfg.num_prompts else rows
     model, tokenizer, path = load_for_inference(cfg.model)

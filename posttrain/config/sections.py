@@ -78,14 +78,19 @@ class LoraConfig(Config):
 class TaskConfig(Config):
     name: str = "arith"
     """Built-in task used when data.train_path is empty (and for task accuracy at evaluation): 'arith' (column
-    addition/subtraction, one correct solution each), 'sums' (3..6 terms added in any order, many correct solutions)
-    or 'code' (32 Python functions to write, scored by hidden unit tests in the sandbox)."""
+    addition/subtraction, one correct solution each), 'sums' (3..6 terms added in any order, many correct solutions),
+    'code' (32 Python functions to write, scored by hidden unit tests in the sandbox) or 'word' (arithmetic word
+    problems in English at five levels for instruct models, the final number of a free-form answer verified;
+    accuracy reported per level)."""
     max_digits: int = 3
     """Each operand (sums: each term, 1..3) has 1..max_digits digits, the digit count drawn uniformly."""
     ops: str = "+"
     """arith: operators to draw from, a subset of '+-'."""
     steps: bool = False
     """arith: write solutions with one intermediate step per line (scorable by a process reward model)."""
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    """word: the levels to draw, taken in turn — 1: 2-digit + and −, 2: 3-digit + and −, 3: 2-digit × 1-digit,
+    4: 2-digit × 2-digit, 5: two steps (a + b − c, a − b + c, a × b ± c). E.g. task.levels=1,2,3."""
     format: Literal["chat", "text"] = "chat"
     """Training rows the task produces: 'chat' (user/assistant messages) or 'text' (a plain corpus)."""
     num_train: int = 20000

@@ -3,6 +3,7 @@ sampled, scored completions (the raw material of verified preference pairs, reje
 
 from __future__ import annotations
 
+from posttrain.eval.metrics import by_group
 from posttrain.rollout import HFEngine, SamplingParams, generate_text
 
 
@@ -38,6 +39,14 @@ def greedy_accuracy(model, tokenizer, rows: list[dict], score, *, use_chat_templ
         samples.append({"prompt": row["prompt"], "completion": completion, "score": s})
     accuracy = sum(s["score"] or 0.0 for s in samples) / max(1, len(samples))
     return accuracy, samples
+
+
+def greedy_accuracy_metrics(model, tokenizer, rows: list[dict], score, **options) -> dict[str, float]:
+    """The trainers' eval metrics of greedy_accuracy (same options): {"eval/accuracy": …}, and when rows carry a
+    `level` (the word task's), the accuracy per level too: "eval/accuracy/level_1", "eval/accuracy/level_2", …"""
+    accuracy, samples = greedy_accuracy(model, tokenizer, rows, score, **options)
+    per_level = by_group(rows, [s["score"] for s in samples])
+    return {"eval/accuracy": accuracy, **{f"eval/accuracy/{group}": value for group, value in per_level.items()}}
 
 
 def sampled_completions(model, tokenizer, rows: list[dict], score, *, n: int, temperature: float = 1.0,

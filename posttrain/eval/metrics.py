@@ -1,6 +1,7 @@
 """Evaluation metrics over sampled solutions: accuracy, pass@k (the unbiased estimator) and maj@k.
 
     accuracy([1.0, 0.0, None, 1.0])              → 0.5     (None = unscorable, counts as wrong)
+    by_group(rows, [1.0, 0.0, 1.0])              → {"level_1": 1.0, "level_2": 0.5}  per value of rows' `level`
     pass_at_k(n=4, c=1, k=2)                     → 0.5     P(at least one of k draws is right)
     maj_at_k(["5", "7", "5"], [1, 0, 1], k=3)    → 1.0     the majority answer's verdict
     paired_sign_test([0, 0, 1], [1, 1, 1])       → 0.5     is one strategy's lead over another chance?
@@ -74,6 +75,27 @@ def mean_over_problems(per_problem: Sequence[float]) -> float:
     return sum(per_problem) / len(per_problem) if per_problem else 0.0
 
 
+GROUP_FIELD = "level"  # rows that carry it (the word task's difficulty levels) get their metrics per value too
+
+
+def by_group(rows: Sequence[dict], values: Sequence[float | None], field: str = GROUP_FIELD) -> dict[str, float]:
+    """The mean of per-problem `values` (None counts as 0, as in accuracy) over the rows of each value of
+    rows[i][field], keyed "<field>_<value>" in the order of the values (numbers numerically); rows without the field
+    are left out, and no row with it gives {} — so a data set without levels reports nothing more.
+
+    Example: rows with levels [1, 2, 2], values [1.0, 0.0, 1.0] → {"level_1": 1.0, "level_2": 0.5}.
+    """
+    if len(rows) != len(values):
+        raise ValueError(f"by_group needs one value per row, got {len(rows)} rows and {len(values)} values")
+    groups: dict = {}
+    for row, value in zip(rows, values):
+        if row.get(field) is not None:
+            groups.setdefault(row[field], []).append(value or 0.0)
+    numeric = [g for g in groups if isinstance(g, (int, float))]
+    order = sorted(numeric) + sorted((g for g in groups if g not in numeric), key=str)
+    return {f"{field}_{g}": sum(groups[g]) / len(groups[g]) for g in order}
+
+
 def correct_counts(scores: Sequence[Sequence[float | None]], threshold: float = 1.0) -> list[tuple[int, int]]:
     """(n, c) per problem from per-sample verifier scores: c counts the samples scored ≥ threshold.
 
@@ -106,4 +128,5 @@ def paired_sign_test(a: Sequence[float], b: Sequence[float]) -> float:
     return min(1.0, 2 * tail / 2 ** m)
 
 
-__all__ = ["accuracy", "correct_counts", "maj_at_k", "mean_over_problems", "paired_sign_test", "pass_at_k"]
+__all__ = ["accuracy", "by_group", "correct_counts", "maj_at_k", "mean_over_problems", "paired_sign_test",
+           "pass_at_k"]

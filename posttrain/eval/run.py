@@ -19,7 +19,9 @@ index), so their differences are the choice rule's alone. Step beam search and M
 problem may spend what best-of-n spent on it (search.budget_tokens=0), or search.budget_tokens. A strategy whose
 model was not given is listed as skipped, with what to pass. Every strategy that picks one completion per problem
 is compared with greedy on the same problems: the accuracy difference and the exact sign test's p-value
-(`eval.metrics.paired_sign_test`), so a lead of a few problems is not read as a win.
+(`eval.metrics.paired_sign_test`), so a lead of a few problems is not read as a win. When the problems carry a
+`level` (task.name=word, or a data file with that column), every row also gets its accuracy per level
+(`accuracy_by_level` in results.json, a second table in results.md).
 
 Writes OUTPUT_DIR/results.json (the rows and the config), results.md (the table) and completions.jsonl (every
 chosen completion with its tokens and verdict).
@@ -36,8 +38,8 @@ from posttrain import tasks
 from posttrain.config import EvaluateConfig, to_dict
 from posttrain.data import load_rows, normalize
 from posttrain.errors import DataError
-from posttrain.eval.metrics import (accuracy, correct_counts, maj_at_k, mean_over_problems, paired_sign_test,
-                                    pass_at_k)
+from posttrain.eval.metrics import (accuracy, by_group, correct_counts, maj_at_k, mean_over_problems,
+                                    paired_sign_test, pass_at_k)
 from posttrain.models.inference import load_for_inference
 from posttrain.rollout import inference_engine, use_template
 from posttrain.search import (Policy, SearchResult, choose_best, choose_by_vote, load_outcome_rm, load_prm,
@@ -50,7 +52,8 @@ from posttrain.search.scorers import Verifier
 class Row:
     """One line of the table; accuracy None = skipped (the note says why). per_problem: the chosen completion's
     verdict on each problem (None for rows that average over samples); vs_greedy: (accuracy − greedy's, the sign
-    test's p-value), filled in by `compare_with_greedy`."""
+    test's p-value), filled in by `compare_with_greedy`; accuracy_by_level: {"level_1": …} when the problems carry
+    a `level` (eval.metrics.by_group), else None."""
 
     strategy: str
     scorer: str
@@ -60,12 +63,13 @@ class Row:
     note: str = ""
     per_problem: list[float] | None = field(default=None, repr=False)
     vs_greedy: tuple[float, float] | None = None
+    accuracy_by_level: dict[str, float] | None = None
 
 
 def run(cfg: EvaluateConfig) -> dict:
     # ---- setup: every check on user input happens before anything is generated -----------------------------------
     search = cfg.validate().search
-    task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
+    task = tasks.from_config(cfg.task)
     problems = load_problems(cfg, task)
     rm = load_outcome_rm(cfg.reward_model, field="reward_model") if cfg.reward_model else None
     prm = load_prm(cfg.prm, aggregate=search.prm_aggregate, field="prm") if cfg.prm else None
@@ -102,7 +106,7 @@ def run(cfg: EvaluateConfig) -> dict:
     table = markdown_table(rows, cfg, len(problems))
     print("\n" + table, flush=True)
     results = {"model": str(path), "problems": len(problems), "config": to_dict(cfg),
-               "rows": [{k: v for k, v in asdict(r).items() if k != "per_problem"} for r in rows]}
+               "rows": [row_record(r) for r in rows]}
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     (out / "results.md").write_text(table + "\n")
     write_completions(out / "completions.jsonl", problems, chosen, verifier)
@@ -129,20 +133,23 @@ def sampled_rows(cfg: EvaluateConfig, problems: list[dict], samples: list, sampl
     per_sample = mean_over_problems([sum(s.num_tokens for s in c) / n for c in samples])
     rows = []
     if "sampling" in wanted:
-        rows.append(Row(f"sampling (T={cfg.search.temperature:g})", "—", mean_over_problems(
-            [accuracy(v) for v in verdicts]), per_sample, note=f"one sample; mean over the {n} samples"))
+        values = [accuracy(v) for v in verdicts]
+        rows.append(Row(f"sampling (T={cfg.search.temperature:g})", "—", mean_over_problems(values), per_sample,
+                        note=f"one sample; mean over the {n} samples", accuracy_by_level=by_level(problems, values)))
     if "pass@k" in wanted:
         counts = correct_counts(verdicts)
         for k in sorted(set(cfg.search.pass_k) | {n}):
-            value = mean_over_problems([pass_at_k(m, c, k) for m, c in counts])
-            rows.append(Row(f"pass@{k}", "verifier (oracle)", value, k * per_sample,
-                            note="upper bound: needs the reference answer"))
+            values = [pass_at_k(m, c, k) for m, c in counts]
+            rows.append(Row(f"pass@{k}", "verifier (oracle)", mean_over_problems(values), k * per_sample,
+                            note="upper bound: needs the reference answer",
+                            accuracy_by_level=by_level(problems, values)))
     answers = [[extract_answer(t) for t in ts] for ts in texts]
     if "maj@k" in wanted:  # the first k samples vote; ties go to the answer seen first
         for k in sorted({k for k in cfg.search.pass_k if k > 1} | {n}):
             per_problem = [maj_at_k(a, v, k) for a, v in zip(answers, verdicts)]
             rows.append(Row(f"maj@{k}", "—", mean_over_problems(per_problem), k * per_sample,
-                            note="self-consistency", per_problem=per_problem))
+                            note="self-consistency", per_problem=per_problem,
+                            accuracy_by_level=by_level(problems, per_problem)))
     scorers = [s for s in (rm, prm) if s is not None]
     for name, label in (("best_of_n", f"best-of-{n}"), ("weighted_vote", f"weighted vote@{n}")):
         if name not in wanted:
@@ -202,7 +209,13 @@ def result_row(strategy: str, scorer: str, results: list[SearchResult], problems
     verdicts = [verifier.scores(p, [r.completion])[0] for p, r in zip(problems, results)]
     chosen[f"{strategy} | {scorer}"] = results
     return Row(strategy, scorer, accuracy(verdicts), mean_over_problems([r.generated_tokens for r in results]),
-               seconds, note, per_problem=[v or 0.0 for v in verdicts])
+               seconds, note, per_problem=[v or 0.0 for v in verdicts],
+               accuracy_by_level=by_level(problems, verdicts))
+
+
+def by_level(problems: list[dict], values: list[float | None]) -> dict[str, float] | None:
+    """The per-problem values' mean per level ({"level_1": …}), or None when the problems carry no level."""
+    return by_group(problems, values) or None
 
 
 def compare_with_greedy(rows: list[Row]) -> None:
@@ -241,6 +254,13 @@ def load_problems(cfg: EvaluateConfig, task) -> list[dict]:
     return rows
 
 
+def row_record(row: Row) -> dict:
+    """A row of results.json: the Row's fields without per_problem (and without accuracy_by_level when the problems
+    have no levels)."""
+    return {k: v for k, v in asdict(row).items()
+            if k != "per_problem" and not (k == "accuracy_by_level" and v is None)}
+
+
 def markdown_table(rows: list[Row], cfg: EvaluateConfig, num_problems: int) -> str:
     s = cfg.search
     budget = (f"{s.budget_tokens} generated tokens per problem" if s.budget_tokens
@@ -257,7 +277,25 @@ def markdown_table(rows: list[Row], cfg: EvaluateConfig, num_problems: int) -> s
         versus = "—" if r.vs_greedy is None else f"{r.vs_greedy[0]:+.3f} ({r.vs_greedy[1]:.2g})"
         tokens = "—" if r.tokens_per_problem is None else f"{r.tokens_per_problem:.1f}"
         lines.append(f"| {r.strategy} | {r.scorer} | {acc} | {versus} | {tokens} | {r.seconds:.1f} | {r.note} |")
-    return "\n".join(lines)
+    return "\n".join(lines + level_table(rows))
+
+
+def level_table(rows: list[Row]) -> list[str]:
+    """The lines of the accuracy-per-level table (after a blank line), or none when no row has levels.
+
+    Example, two levels: | strategy | scored by | level 1 | level 2 | / | greedy | — | 0.500 | 0.250 |
+    """
+    groups = list(dict.fromkeys(g for r in rows if r.accuracy_by_level for g in r.accuracy_by_level))
+    if not groups:
+        return []
+    lines = ["", "Accuracy per level (the problems' `level`):", "",
+             "| strategy | scored by | " + " | ".join(g.replace("_", " ") for g in groups) + " |",
+             "|---|---|" + "---:|" * len(groups)]
+    for r in rows:
+        if r.accuracy_by_level:
+            cells = [f"{r.accuracy_by_level[g]:.3f}" if g in r.accuracy_by_level else "—" for g in groups]
+            lines.append(f"| {r.strategy} | {r.scorer} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_completions(path: Path, problems: list[dict], chosen: dict, verifier: Verifier) -> None:

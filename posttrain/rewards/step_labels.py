@@ -236,7 +236,7 @@ def rows_for_run(cfg, run_dir: Path, device) -> list[dict]:
     path = Path(run_dir) / DATA_FILE
     if not path.is_file() and distributed.rank() == 0:
         r = cfg.reward
-        task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=True)
+        task = tasks.from_config(cfg.task, steps=True)
         model, tokenizer, _ = load_for_inference(r.label_policy)
         complete = PolicyCompleter(model.to(device), tokenizer, temperature=r.mc_temperature,
                                    max_new_tokens=r.mc_max_new_tokens, seed=cfg.seed, batch_size=cfg.eval.batch_size)

@@ -3,9 +3,12 @@
     task = tasks.get("arith", max_digits=2, ops="+-")
     task.rows("train", 1000)          # [{"prompt": "47+85=", "answer": "132"}, ...]
     task.score("47+85=", "132")       # 1.0 — the reward contract fn(prompt, completion, **row)
+    tasks.from_config(cfg.task)       # the task a command's task.* section names, with the options it declares
 
-    arith  column addition/subtraction        sums  3..6 terms in any order        code  Python functions with
-    hidden unit tests, scored in the sandbox (posttrain.tasks.code)
+    arith  column addition/subtraction        sums  3..6 terms in any order
+    code   Python functions with hidden unit tests, scored in the sandbox (posttrain.tasks.code)
+    word   arithmetic word problems in English at five levels, for instruct models in chat format; the verifier
+           reads the final number of a free-form answer (posttrain.tasks.word)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from posttrain.errors import ConfigError
 from posttrain.tasks.arith import ArithTask
 from posttrain.tasks.code import CodeTask
 from posttrain.tasks.sums import SumsTask
+from posttrain.tasks.word import WordTask
 
 
 class Task(Protocol):
@@ -32,7 +36,7 @@ class Task(Protocol):
     def score(self, prompt: str, completion: str, **row) -> float | None: ...
 
 
-_TASKS: dict[str, type] = {"arith": ArithTask, "code": CodeTask, "sums": SumsTask}
+_TASKS: dict[str, type] = {"arith": ArithTask, "code": CodeTask, "sums": SumsTask, "word": WordTask}
 
 
 def names() -> list[str]:
@@ -51,3 +55,13 @@ def get(name: str, **options) -> Task:
     if unknown:
         raise ConfigError(f"task '{name}' has no option(s) {unknown}; valid options: {', '.join(valid)}")
     return cls(**options)
+
+
+def from_config(task_cfg, **overrides) -> Task:
+    """The task `task_cfg.name` (a TaskConfig: the task.* section), built from the settings its class declares —
+    arith, sums and code take max_digits, ops and steps; word takes levels — with `overrides` winning, e.g.
+    from_config(cfg.task, steps=True). A setting the task does not declare is not passed: it does not apply."""
+    cls = _TASKS.get(task_cfg.name)
+    declared = [f.name for f in dataclasses.fields(cls)] if cls is not None else []
+    options = {name: getattr(task_cfg, name) for name in declared if hasattr(task_cfg, name)}
+    return get(task_cfg.name, **{**options, **overrides})

@@ -41,7 +41,7 @@ def task_and_problems(cfg) -> tuple[object | None, list[dict]]:
     wanted = cfg.eval.task_accuracy if cfg.eval.task_accuracy is not None else cfg.data.train_path is None
     if cfg.data.train_path is not None and cfg.data.eval_path is not None and not wanted:
         return None, []
-    task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
+    task = tasks.from_config(cfg.task)
     problems = task.rows("eval", min(cfg.eval.num_samples, cfg.task.num_eval), cfg.seed) if wanted else []
     return task, problems
 

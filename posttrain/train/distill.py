@@ -250,7 +250,7 @@ def run_cot(cfg: DistillConfig, world) -> dict:
 def cot_prompts(cfg: DistillConfig) -> tuple[object, list[dict]]:
     """The task (its verifier) and the prompts the teacher solves: data.train_path rows with a `prompt` (and the
     columns the verifier reads, e.g. `answer`), else the task's training problems."""
-    task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
+    task = tasks.from_config(cfg.task)
     if cfg.data.train_path is None:
         return task, task.rows("train", cfg.task.num_train, cfg.seed)
     return task, list(normalize(load_rows(cfg.data.train_path, columns=cfg.data.columns), kind="prompt"))

@@ -32,7 +32,7 @@ from posttrain.algos import preference as losses
 from posttrain.config import DPOConfig
 from posttrain.data import collate
 from posttrain.errors import ConfigError
-from posttrain.eval.accuracy import greedy_accuracy
+from posttrain.eval.accuracy import greedy_accuracy_metrics
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.models.logits import device_of, sequence_logps
 from posttrain.train.common import (batch_indices, batch_plan, optimizer_step,
@@ -331,10 +331,9 @@ def evaluate(model, reference_model, tokenizer, data: PreferenceData, cfg: DPOCo
                 totals += pair_sums(result, logps)
             out.update({f"eval/{name}": (total / len(data.eval)).item() for name, total in zip(METRICS, totals)})
         if data.problems:
-            out["eval/accuracy"], _ = greedy_accuracy(distributed.unwrap(model), tokenizer, data.problems, data.score,
-                                                      use_chat_template=data.use_chat_template,
-                                                      max_new_tokens=cfg.eval.max_new_tokens,
-                                                      batch_size=cfg.eval.batch_size)
+            out.update(greedy_accuracy_metrics(distributed.unwrap(model), tokenizer, data.problems, data.score,
+                                               use_chat_template=data.use_chat_template,
+                                               max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size))
         model.train()
     return out
 

@@ -164,7 +164,7 @@ def load_step_data(cfg: RMConfig, tokenizer, train_rows: list[dict] | None = Non
     elsewhere (the MC labels), held out as usual: data.eval_path, else the task's exactly labelled solutions."""
     task = None
     if cfg.data.train_path is None or cfg.data.eval_path is None:
-        task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=True)
+        task = tasks.from_config(cfg.task, steps=True)
 
     def build(rows):
         return build_step_examples(rows, tokenizer, max_length=cfg.data.max_length, policy=cfg.data.truncation,

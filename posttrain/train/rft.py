@@ -54,7 +54,7 @@ from posttrain import checkpoint, config as C, distributed, tasks
 from posttrain.config import RFTConfig, SFTConfig
 from posttrain.data import load_rows
 from posttrain.errors import DataError, UserError
-from posttrain.eval.accuracy import greedy_accuracy
+from posttrain.eval.accuracy import greedy_accuracy_metrics
 from posttrain.models.inference import export_model, load_for_inference
 from posttrain.models.loading import load_tokenizer, resolve_model_path
 from posttrain.rollout import build_engine, generate_text
@@ -230,10 +230,11 @@ def round_model(cfg: RFTConfig, round_dir: Path) -> Path:
 
 @torch.no_grad()
 def evaluate(model, tokenizer, data: "RFTData", cfg: RFTConfig) -> dict:
-    """eval/accuracy: greedy accuracy on the held-out rows, scored by the verifier."""
-    accuracy, _ = greedy_accuracy(model, tokenizer, data.held_out, data.score, use_chat_template=data.use_chat_template,
-                                  max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
-    return {"eval/accuracy": accuracy}
+    """eval/accuracy: greedy accuracy on the held-out rows, scored by the verifier (and eval/accuracy/level_N per
+    level when the rows carry one)."""
+    return greedy_accuracy_metrics(model, tokenizer, data.held_out, data.score,
+                                   use_chat_template=data.use_chat_template, max_new_tokens=cfg.eval.max_new_tokens,
+                                   batch_size=cfg.eval.batch_size)
 
 
 # ---- setup -----------------------------------------------------------------------------------------------------------
@@ -250,7 +251,7 @@ class RFTData:
 def load_rft_data(cfg: RFTConfig) -> RFTData:
     """The task's problems, or prompt rows from data.train_path (held out: data.eval_path, or the task's problems
     when eval.task_accuracy is true). User rows need an `answer` for the task's verifier."""
-    task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps)
+    task = tasks.from_config(cfg.task)
     if cfg.data.train_path is None:
         train, source = task.rows("train", cfg.task.num_train, cfg.seed), f"task '{cfg.task.name}'"
     else:

@@ -35,7 +35,7 @@ from posttrain.algos.logprobs import token_entropy, token_logprobs
 from posttrain.config import LoraConfig, RLConfig
 from posttrain.data import collate
 from posttrain.errors import ConfigError
-from posttrain.eval.accuracy import greedy_accuracy
+from posttrain.eval.accuracy import greedy_accuracy_metrics
 from posttrain.models.loading import load_model, load_tokenizer, resolve_model_path
 from posttrain.models.logits import autocast, device_of
 from posttrain.train import rl_diagnostics as diagnostics, rollouts
@@ -417,11 +417,11 @@ def evaluate(model, tokenizer, data: rollouts.PromptData, cfg: RLConfig) -> dict
     if not data.problems:
         return {}
     with torch.random.fork_rng(devices=[]):
-        accuracy, _ = greedy_accuracy(distributed.unwrap(model), tokenizer, data.problems, data.task.score,
-                                      use_chat_template=data.use_chat_template,
-                                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+        metrics = greedy_accuracy_metrics(distributed.unwrap(model), tokenizer, data.problems, data.task.score,
+                                          use_chat_template=data.use_chat_template,
+                                          max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
     model.train()
-    return {"eval/accuracy": accuracy}
+    return metrics
 
 
 def save_checkpoint(run_dir: Path, step: int, model, critic, optimizer, critic_optimizer, scheduler, controller,

@@ -59,8 +59,7 @@ def load_prompts(cfg: RLConfig, tokenizer) -> PromptData:
     drop and count)."""
     wanted = cfg.eval.task_accuracy if cfg.eval.task_accuracy is not None else cfg.data.train_path is None
     needs_task = cfg.data.train_path is None or cfg.reward.verifier or wanted
-    task = tasks.get(cfg.task.name, max_digits=cfg.task.max_digits, ops=cfg.task.ops, steps=cfg.task.steps) \
-        if needs_task else None
+    task = tasks.from_config(cfg.task) if needs_task else None
     source = cfg.data.train_path or f"task '{cfg.task.name}'"
     raw = load_rows(cfg.data.train_path, columns=cfg.data.columns) if cfg.data.train_path else \
         task.rows("train", cfg.task.num_train, cfg.seed)

@@ -22,7 +22,7 @@ from posttrain.algos.aggregate import aggregate
 from posttrain.algos.sft import token_cross_entropy
 from posttrain.config import SFTConfig
 from posttrain.data import build_sft_examples, collate, load_rows, normalize
-from posttrain.eval.accuracy import greedy_accuracy
+from posttrain.eval.accuracy import greedy_accuracy_metrics
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.models.logits import device_of, forward_logits
 from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step, prepare_run_dir,
@@ -179,9 +179,8 @@ def evaluate(model, tokenizer, data: SFTData, cfg: SFTConfig) -> dict:
             out["eval/loss"] = (loss_sum / max(count, 1)).item()
             out["eval/ppl"] = math.exp(min(out["eval/loss"], 50.0))
         if data.problems:
-            out["eval/accuracy"], _ = greedy_accuracy(distributed.unwrap(model), tokenizer, data.problems, data.score,
-                                                      use_chat_template=data.use_chat_template,
-                                                      max_new_tokens=cfg.eval.max_new_tokens,
-                                                      batch_size=cfg.eval.batch_size)
+            out.update(greedy_accuracy_metrics(distributed.unwrap(model), tokenizer, data.problems, data.score,
+                                               use_chat_template=data.use_chat_template,
+                                               max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size))
         model.train()
     return out
