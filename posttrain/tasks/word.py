@@ -35,8 +35,10 @@ The verifier (`extract_answer`, then `score`) finds the final number of a free-f
    b. the sentence after the last answer marker ("answer is", "answer:", "answer =", "answer was/would be/will
       be", "####"), when it holds a number: an explicit answer statement is what the model commits to, and the
       sentences after it are explanation whose numbers are its intermediate values;
-   c. the last sentence that holds a number. Sentences end at "." or "!" followed by a space, and at line breaks;
-      not at "?": a number put as a question is no answer by itself, so "47? Maybe 52." is one sentence.
+   c. the last sentence that holds a number.
+   Sentences end at ".", "!" or "?" followed by a space, and at line breaks. A bare number put as a question
+   ("47?") is a tentative answer, not a sentence of its own: it joins the sentence after it, so "47? Maybe 52."
+   is one sentence, while "What is 6 × 12? It is 72." is two.
 3. In the segment, when text after its last "=" holds a number, keep only that text: a restated calculation
    ("47 + 0 = 47", "6 × 12 = 72 apples") answers with its result.
 4. Numbers: an optional sign ("-" not after a letter, digit or bracket, so "72-9" is 72 and 9), digits with
@@ -52,6 +54,7 @@ The verifier (`extract_answer`, then `score`) finds the final number of a free-f
     "The answer is 47. I used 12 and 35."      → "47"      (the marker wins over later numbers)
     "It is 47 or 48."                          → None      (conflict)
     "47? Maybe 52."                            → None      (one sentence: conflict)
+    "What is 6 × 12? It is 72."                → "72"      (the question is a sentence of its own)
     "47 + 0 = 47"                              → "47"      (after "=")
     "It's 47.5"                                → "47.5"    (scores 0 against 47)
 
@@ -315,7 +318,7 @@ _CLEAN = [(re.compile(r"\*\*|__|\$|\\[()\[\]]|\\text\s*"), ""), (re.compile(r"\\
           (re.compile("\u2212"), "-"), (re.compile(r"(?<=\d)(?:\{,\}|\\,)(?=\d{3})"), ",")]
 _BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
 _MARKER = re.compile(r"answer\s*(?:is|was|would be|will be|:|=)|####", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"(?<=[.!])\s+|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 _NUMBER = re.compile(r"(?<![A-Za-z_\d.])(?:(?<![\w)\]}])-)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
 
 
@@ -333,14 +336,29 @@ def final_number(completion: str) -> str | None:
         return _agreed(boxed[-1])
     markers = list(_MARKER.finditer(text))
     if markers:
-        after = text[markers[-1].end():].lstrip(" \t\n:*")
-        sentence = _SENTENCE_END.split(after, maxsplit=1)[0]
-        if _NUMBER.search(sentence):
-            return _agreed(sentence)
-    for sentence in reversed(_SENTENCE_END.split(text)):
+        after = _sentences(text[markers[-1].end():].lstrip(" \t\n:"))  # "Answer:\n\n47": the 47
+        if after and _NUMBER.search(after[0]):
+            return _agreed(after[0])
+    for sentence in reversed(_sentences(text)):
         if _NUMBER.search(sentence):
             return _agreed(sentence)
     return None
+
+
+def _sentences(text: str) -> list[str]:
+    """The non-empty sentences of `text`, a bare number with a question mark joined to the sentence after it:
+    "Sum: 5. 47? Maybe 52." → ["Sum: 5.", "47? Maybe 52."]."""
+    out, pending = [], ""
+    for sentence in _SENTENCE_END.split(text):
+        sentence = pending + sentence.strip()
+        if not sentence:
+            continue
+        pending = ""
+        if sentence.endswith("?") and not _NUMBER.sub("", sentence).strip(" ?"):
+            pending = sentence + " "  # a tentative "47?": it belongs to what follows
+        else:
+            out.append(sentence)
+    return out + [pending.strip()] if pending else out
 
 
 def _agreed(segment: str) -> str | None:

@@ -1,12 +1,13 @@
-"""eval.metrics: pass@k against the closed form and brute force, maj@k, accuracy — each docstring example."""
+"""eval.metrics: pass@k against the closed form and brute force, maj@k, accuracy, accuracy per level — each docstring
+example."""
 
 import itertools
 import math
 
 import pytest
 
-from posttrain.eval.metrics import (accuracy, correct_counts, maj_at_k, mean_over_problems, paired_sign_test,
-                                     pass_at_k)
+from posttrain.eval.metrics import (accuracy, by_group, correct_counts, maj_at_k, mean_over_problems,
+                                     paired_sign_test, pass_at_k)
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
@@ -88,3 +89,15 @@ def test_sign_test_matches_enumeration():
 def test_sign_test_rejects_unpaired_scores():
     with pytest.raises(ValueError, match="one score per problem"):
         paired_sign_test([1, 0], [1])
+
+
+def test_by_group_docstring_example_and_its_edges():
+    assert by_group([{"level": 1}, {"level": 2}, {"level": 2}], [1.0, 0.0, 1.0]) == {"level_1": 1.0, "level_2": 0.5}
+    # numeric levels in numeric order (10 after 2), None counted as wrong, rows without a level left out
+    rows = [{"level": 10}, {"level": 2}, {"level": 2}, {"prompt": "no level"}, {"level": 10}]
+    assert by_group(rows, [1.0, None, 1.0, 1.0, 0.0]) == {"level_2": 0.5, "level_10": 0.5}
+    assert by_group([{"prompt": "a"}, {"prompt": "b"}], [1.0, 0.0]) == {}  # no levels: nothing more reported
+    assert by_group([{"difficulty": "hard"}, {"difficulty": "easy"}], [1.0, 0.0], field="difficulty") == \
+        {"difficulty_easy": 0.0, "difficulty_hard": 1.0}
+    with pytest.raises(ValueError, match="one value per row"):
+        by_group([{"level": 1}], [])
