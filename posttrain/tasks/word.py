@@ -3,12 +3,12 @@
     level  arithmetic                                   example
     1      2-digit + and −                              Maya has 47 stickers. Ben gives Maya 85 more. How many …
     2      3-digit + and −                              A shop had 604 eggs. It sold 259 of them. How many …
-    3      ×, 2-digit by 1-digit                        Sam buys 7 boxes of marbles. Each box holds 23 marbles. …
+    3      ×, 2-digit by 1-digit                        Sam buys 7 boxes of marbles. Each of the boxes holds 23 …
     4      ×, 2-digit by 2-digit                        A hall has 34 rows of chairs with 27 chairs in each row. …
     5      two steps: a + b − c, a − b + c, a × b ± c   Ava had 52 coins, bought 19 more, and then gave 33 to …
 
-Every answer is a non-negative integer (a subtraction takes the smaller number from the larger; a two-step problem
-never gives away more than there is). Each level has several story templates, and each story draws a name, a
+Every answer is a positive integer (a subtraction takes the smaller number from the larger; a two-step problem
+never gives away all there is). Each level has several story templates, and each story draws a name, a
 friend, an object and a container, so a model cannot key on one sentence. The prompt is the story and the line
 "Give the final answer as a number."; rows carry `answer` ("132") and `level` (1..5), so evaluation reports the
 accuracy per level (eval/accuracy/level_N; see posttrain.eval.accuracy).
@@ -19,8 +19,8 @@ same whichever other levels are selected.
 
 Splits. A problem is "eval" iff blake2b("level:kind:template:numbers") mod 10 == 0 (arith's stable hash). The
 key leaves out the names and objects: a held-out story is not in the training split under another name. The same
-arithmetic may appear in both splits in different stories (level 3 has only 720 products of 2-digit by 1-digit
-numbers; a split on the numbers alone would leave 72 held-out ones).
+arithmetic may appear in both splits in different stories (level 3 has only 720 pairs of a 2-digit number and a
+factor 2..9; a split on the numbers alone would leave 72 held-out ones).
 
 Solutions (sft_rows): one or two worked lines ending in "The answer is N.":
     "Maya starts with 47 stickers and gets 85 more: 47 + 85 = 132. The answer is 132."
@@ -64,6 +64,7 @@ value); None when the row has no `answer` (the story cannot be parsed back into 
 
 from __future__ import annotations
 
+import operator
 import random
 import re
 from dataclasses import dataclass, field
@@ -73,8 +74,8 @@ from posttrain.errors import ConfigError
 from posttrain.tasks.arith import draw_problems, split_by_hash
 
 LEVELS = (1, 2, 3, 4, 5)
-KINDS = {1: ("add", "sub"), 2: ("add", "sub"), 3: ("mul",), 4: ("mul",), 5: ("add_sub", "sub_add", "mul_add",
-                                                                          "mul_sub")}
+KINDS = {1: ("add", "sub"), 2: ("add", "sub"), 3: ("mul",), 4: ("mul",),
+         5: ("add_sub", "sub_add", "mul_add", "mul_sub")}  # level → the kinds of problem it draws from
 INSTRUCTION = "Give the final answer as a number."
 
 NAMES = ("Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jack", "Kira", "Liam", "Maya",
@@ -145,14 +146,15 @@ TEMPLATES: dict[str, list[tuple[str, str]]] = {
 }
 
 
+_APPLY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul}
+
+
 def evaluate(kind: str, numbers: tuple[int, ...]) -> tuple[int, int]:
-    """(the first step's result, the answer) of `kind` on `numbers`: evaluate("mul_sub", (12, 6, 9)) → (72, 63)."""
-    a, b, *rest = numbers
-    first = {"add": a + b, "sub": a - b, "mul": a * b, "add_sub": a + b, "sub_add": a - b, "mul_add": a * b,
-             "mul_sub": a * b}[kind]
-    if not rest:
-        return first, first
-    return first, first + rest[0] if kind.endswith("_add") else first - rest[0]
+    """(the first step's result, the answer) of `kind` ("mul", or two steps "mul_sub": (a × b) − c) on `numbers`:
+    evaluate("mul_sub", (12, 6, 9)) → (72, 63); evaluate("add", (47, 85)) → (132, 132)."""
+    first_op, *second_op = kind.split("_")
+    first = _APPLY[first_op](numbers[0], numbers[1])
+    return (first, _APPLY[second_op[0]](first, numbers[2])) if second_op else (first, first)
 
 
 def draw_numbers(level: int, kind: str, rng: random.Random) -> tuple[int, ...]:
@@ -174,8 +176,10 @@ def draw_numbers(level: int, kind: str, rng: random.Random) -> tuple[int, ...]:
         b = rng.randint(10, a - 1)
     else:
         a, b = rng.randint(10, 99), rng.randint(10, 99)
-    first, _ = evaluate(kind, (a, b))
-    return a, b, rng.randint(10, 99) if kind.endswith("_add") else rng.randint(10, min(99, first - 1))
+    if kind.endswith("_add"):
+        return a, b, rng.randint(10, 99)
+    first = _APPLY[kind.split("_")[0]](a, b)
+    return a, b, rng.randint(10, min(99, first - 1))  # something is left after giving c away
 
 
 @dataclass(frozen=True)
@@ -317,7 +321,7 @@ class WordTask:
 _CLEAN = [(re.compile(r"\*\*|__|\$|\\[()\[\]]|\\text\s*"), ""), (re.compile(r"\\times|\\cdot"), " × "),
           (re.compile("\u2212"), "-"), (re.compile(r"(?<=\d)(?:\{,\}|\\,)(?=\d{3})"), ",")]
 _BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
-_MARKER = re.compile(r"answer\s*(?:is|was|would be|will be|:|=)|####", re.IGNORECASE)
+_MARKER = re.compile(r"\banswer\s*(?:(?:is|was|would be|will be)\b|[:=])|####", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 _NUMBER = re.compile(r"(?<![A-Za-z_\d.])(?:(?<![\w)\]}])-)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
 
@@ -374,8 +378,9 @@ def _agreed(segment: str) -> str | None:
 
 
 def _value(number: str) -> Decimal | None:
-    """"1,234.50" → Decimal("1234.50"); None when it is no number."""
+    """"1,234.50" → Decimal("1234.50"); None when it is no finite number ("n/a", "NaN")."""
     try:
-        return Decimal(number.strip().replace(",", ""))
+        value = Decimal(number.strip().replace(",", ""))
     except InvalidOperation:
         return None
+    return value if value.is_finite() else None

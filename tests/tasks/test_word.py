@@ -214,6 +214,7 @@ VERIFIER_TABLE = [
     ("", None),
     ("I don't know.", None),
     ("The answer is unclear.", None),
+    ("The answer island is 5 miles away. It has 3 huts.", "3"),  # "answer is…" inside a word is no marker
 ]
 
 
@@ -232,6 +233,7 @@ def test_final_number_table(completion, expected):
     ("no idea", "132", 0.0),
     ("The answer is 132.", None, None),         # no reference: unscorable
     ("The answer is 132.", "n/a", None),
+    ("The answer is 132.", "NaN", None),
 ])
 def test_score_follows_the_reward_contract(completion, answer, expected):
     assert WordTask().score("prompt", completion, answer=answer, level=1) == expected
