@@ -115,6 +115,7 @@ def gguf_model_dir(file: Path) -> Path:
         print(f"converting {file.name} to a Hugging Face directory (once; cached in {final})", flush=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
+            staging.chmod(0o755)  # mkdtemp's 0700 would hide the cache from other users of a shared home
             convert(file, staging)
             source = {"gguf": str(file.resolve()), "sha256": digest}  # what this folder was made from
             (staging / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")

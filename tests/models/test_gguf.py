@@ -160,6 +160,7 @@ def test_f32_conversion_gives_the_source_models_logits(home, tmp_path, tie, caps
     digest = gguf.file_sha256(file)
     assert directory.parent == home / "models" and directory.name == f"gguf-{digest[:16]}"
     assert json.loads((directory / "gguf_source.json").read_text()) == {"gguf": str(file), "sha256": digest}
+    assert directory.stat().st_mode & 0o777 == 0o755  # readable by others sharing the cache, like any folder
     assert (directory / "model.safetensors").is_file() and "quantization_config" not in (directory /
                                                                                          "config.json").read_text()
     assert model.config.tie_word_embeddings == tie and model.config.num_key_value_heads == 2
