@@ -16,8 +16,9 @@ class DistillSection(Config):
     """What the student learns from the teacher, and how (posttrain/train/distill.py, posttrain.algos.distill)."""
 
     teacher: str = ""
-    """The teacher: a model directory or a run directory (its final/). Required. logit and on_policy compare the two
-    models token by token, so they must share the student's tokenizer (their padded vocabularies may differ)."""
+    """The teacher: a model directory, a run directory (its final/) or a .gguf file. Required. logit and on_policy
+    compare the two models token by token, so they must share the student's tokenizer (their padded vocabularies may
+    differ)."""
     mode: Literal["logit", "on_policy", "cot"] = "logit"
     """logit: the student matches the teacher's next-token distributions on the data's completions (+ CE);
     on_policy: GKD — on a fraction `lam` of steps the student samples the completions and the teacher scores them;

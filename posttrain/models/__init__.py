@@ -5,4 +5,5 @@
     logits.py      forward_logits, sequence_logps, padded_forward, autocast: the forward passes loops and scorers share
     inference.py   load_for_inference (frozen, eval mode), export_model (a plain Hugging Face directory)
     tiny.py        the embedded ~1.1M-parameter Llama and its character-level tokenizer
+    gguf.py        .gguf files and named models (NAMED_MODELS), converted once to a cached Hugging Face directory
 """

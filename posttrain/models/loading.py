@@ -14,16 +14,21 @@ import torch
 
 from posttrain import checkpoint
 from posttrain.errors import ConfigError, UserError
+from posttrain.models import gguf
 from posttrain.models.heads import HEADS, head_of
 
 
 def resolve_model_path(name_or_path: str) -> str:
     """Where a model named by the user lives: 'tiny' → the embedded model's cached directory (built on first use);
-    a run directory → its final/, else its latest checkpoint's model/; anything else (a model or adapter directory,
-    a hub id) unchanged. Every command that takes a model path resolves it here."""
+    a .gguf file or a named model (models/gguf.py: 'smollm2-135m-instruct') → its converted Hugging Face directory
+    (fetched and converted on first use); a run directory → its final/, else its latest checkpoint's model/;
+    anything else (a model or adapter directory, a hub id) unchanged. Every command that takes a model path
+    resolves it here."""
     if name_or_path == "tiny":
         from posttrain.models.tiny import tiny_path  # it imports transformers, which this module loads lazily
         return str(tiny_path())
+    if gguf.is_gguf(name_or_path) or gguf.is_named(name_or_path):
+        return str(gguf.model_dir(name_or_path))
     path = Path(name_or_path)
     if path.is_dir() and not is_model_dir(path):
         if (path / "final").is_dir():
@@ -65,12 +70,14 @@ def check_model_path(name_or_path: str) -> None:
     """A model named by a path must exist. Said in our words: for a missing path the Hub's loader explains what a
     repo id may look like instead. 'org/name' (or a bare 'name') that is no local directory may still be a Hub id
     in the local cache, so only what cannot be a repo id is checked here."""
-    if name_or_path == "tiny" or Path(name_or_path).expanduser().exists():
+    if name_or_path == "tiny" or gguf.is_named(name_or_path) or Path(name_or_path).expanduser().exists():
         return
+    if gguf.is_gguf(name_or_path):
+        raise UserError(f"no such file: {name_or_path} — fix: set model.name_or_path to an existing .gguf file")
     cannot_be_repo_id = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
     if cannot_be_repo_id:
         raise UserError(f"no such directory: {name_or_path} — fix: set model.name_or_path to a Hugging Face model "
-                        "directory, a run directory, or 'tiny'")
+                        "directory, a run directory, a .gguf file, or 'tiny'")
 
 
 # attn_implementation → (module it needs, how to install it)
