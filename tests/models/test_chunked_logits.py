@@ -127,6 +127,23 @@ def test_chunked_values_and_gradients_equal_the_full_logits(arch, packing):
         assert any("lm_head" in name and "lora_B" in name for name in grads)
 
 
+def test_bf16_autocast_gives_the_same_values_and_gradients_within_bf16_rounding():
+    """The head's matmul runs under the forward's autocast, in the forward and in the backward's recomputation (which
+    would otherwise fail checkpoint's check that it recomputed the same tensors, or give fp32 logits)."""
+    model, batch = qwen2(), batch_for(packing=True)
+    grads = []
+    for chunk in (0, 4):
+        model.zero_grad(set_to_none=True)
+        out = target_logprobs(model, batch, "bf16", chunk=chunk, entropy=True)
+        (out.logps.sum() + out.entropy.sum()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        if chunk == 0:
+            want = out.logps.detach(), out.entropy.detach()
+    torch.testing.assert_close(out.logps.detach(), want[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.entropy.detach(), want[1], rtol=1e-6, atol=1e-6)
+    assert ((grads[1] - grads[0]).norm() / grads[0].norm()).item() < 2e-2  # bf16 weight gradients, summed per chunk
+
+
 def test_chunk_zero_is_the_full_logits_path_and_sequence_sums_agree():
     model, batch = tiny_llama(), batch_for(packing=False)
     out = target_logprobs(model, batch, chunk=0)
