@@ -46,10 +46,12 @@ OWN_ENTRIES = (MARKER, CONFIG, METRICS, checkpoint.CHECKPOINTS, FINAL, FINAL + "
                "student")
 
 # Settings a resumed run may change freely: how long it runs, how often it evaluates, logs and saves, how it
-# reports, how many threads it uses, its guard rails. (The invocation keys are not settings of the run at all.)
+# reports, how many threads it uses, how many positions' logits it holds at once, its guard rails. (The invocation
+# keys are not settings of the run at all.)
 MAY_CHANGE = {"train.max_steps", "train.epochs", "total_steps", "rft.rounds", "eval.every", "eval.batch_size",
               "eval_every", "eval_episodes", "log.every", "log.report_to", "log.progress", "checkpoint.every",
-              "checkpoint.keep_last", "threads", "train.max_bad_steps", "train.bad_grad_norm"}
+              "checkpoint.keep_last", "threads", "train.max_bad_steps", "train.bad_grad_norm",
+              "train.logits_chunk"}
 INVOCATION = {"output_dir", "overwrite", "checkpoint.resume", "checkpoint.allow_changes"}
 # Settings the checkpoint's weights and state are shaped by: no resume can change them.
 FIXED = {"model.name_or_path", "model.init", "lora.r", "lora.target_modules", "algo", "algo.name", "algo.critic",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from posttrain.algos.logprobs import LOGITS_CHUNK
 from posttrain.errors import ConfigError
 
 
@@ -159,6 +160,12 @@ class TrainConfig(Config):
     """Clip the global gradient norm to this value; 0 disables clipping."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute precision: bf16 runs forward/backward under autocast with fp32 master weights."""
+    logits_chunk: int = LOGITS_CHUNK
+    """Token positions whose vocabulary-wide logits exist at once when computing log-probs, entropy, cross-entropy
+    and distillation divergences: the output layer runs on this many positions at a time and the backward
+    recomputes them, so no [batch, length, vocabulary] float32 tensor is built (for one more output-layer matmul
+    per backward). 0: one forward with the full logits. Models whose logits are not their output layer's output
+    (Gemma-2's soft-capping, logit scaling) always use the full logits."""
     max_bad_steps: int = 5
     """Abort after this many consecutive bad steps (each is skipped): a non-finite loss or gradient, or a gradient
     norm above train.bad_grad_norm."""
@@ -273,6 +280,7 @@ class LLMConfig(RunConfig):
             "eval.every": self.eval.every, "checkpoint.every": self.checkpoint.every, "lora.r": self.lora.r or 0,
             "train.max_grad_norm": train.max_grad_norm, "data.pack_length": data.pack_length,
             "train.weight_decay": train.weight_decay, "train.global_batch_size": train.global_batch_size,
+            "train.logits_chunk": train.logits_chunk,
         }
         for key, value in non_negative.items():
             if value < 0:

@@ -42,13 +42,15 @@ import torch
 from posttrain import checkpoint, config as C, distributed, tasks
 from posttrain.algos import distill as divergences
 from posttrain.algos.aggregate import aggregate
+from posttrain.algos.logprobs import IGNORE_INDEX, logprobs_and_entropy
 from posttrain.algos.sft import token_cross_entropy
 from posttrain.config import DistillConfig, SFTConfig
 from posttrain.data import collate, load_rows, normalize
 from posttrain.errors import ConfigError, UserError
 from posttrain.models.inference import load_for_inference
 from posttrain.models.loading import base_model_path, load_model, load_tokenizer
-from posttrain.models.logits import device_of, forward_logits
+from posttrain.models.logits import (chunkable_head, device_of, forward_logits, hidden_at_targets, reduce_at_targets,
+                                     target_positions)
 from posttrain.run_dir import classify, lock, open_run
 from posttrain.rollout import HFEngine, SamplingParams, generate_text
 from posttrain.train import sft
@@ -140,13 +142,9 @@ def accumulate_gradients(model, teacher, micro_batches: list[dict], cfg: Distill
     for i, mb in enumerate(micro_batches):
         mb = {k: v.to(device) for k, v in mb.items()}
         with distributed.gradient_sync(model, enabled=i == len(micro_batches) - 1):
-            logits, targets = forward_logits(model, mb, cfg.train.precision)
-            with torch.no_grad():
-                teacher_logits, _ = forward_logits(teacher, mb, cfg.train.precision)
-            mask = targets != -100
-            distill_loss = aggregate(divergence(logits[..., :vocab], teacher_logits[..., :vocab], mask), mask,
-                                     "token_mean", num_tokens=num_tokens)
-            ce_loss = aggregate(token_cross_entropy(logits, targets)[0], mask, "token_mean", num_tokens=num_tokens)
+            divergence_tokens, ce_tokens, mask = token_losses(model, teacher, mb, cfg, divergence, vocab)
+            distill_loss = aggregate(divergence_tokens, mask, "token_mean", num_tokens=num_tokens)
+            ce_loss = aggregate(ce_tokens, mask, "token_mean", num_tokens=num_tokens)
             loss = alpha * distill_loss + (1 - alpha) * ce_loss
             (loss * distributed.world_size()).backward()
         totals += torch.tensor([loss.item(), distill_loss.item(), ce_loss.item()], dtype=torch.float64)
@@ -156,6 +154,42 @@ def accumulate_gradients(model, teacher, micro_batches: list[dict], cfg: Distill
     if not on_policy:  # the NLL of the student's own samples says nothing; the data's CE does
         out["ce_loss"] = ce_loss
     return out
+
+
+def token_losses(model, teacher, batch: dict, cfg: DistillConfig, divergence, vocab: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(D(teacher ‖ student), the student's cross-entropy, mask), each [R, K] at the positions with a target; the
+    teacher without gradient.
+
+    With train.logits_chunk > 0 (and two models whose logits are their output layer's output): the teacher's final
+    hidden states at those positions first, then one student forward in which both output layers run on
+    logits_chunk positions at a time and each chunk is reduced to its two numbers at once (models/logits.py) —
+    neither model's [R, K, V] logits exist. Otherwise both models' full logits, sliced to the shared vocabulary.
+    """
+    precision, chunk = cfg.train.precision, cfg.train.logits_chunk
+    teacher_head = chunkable_head(teacher) if chunk > 0 and chunkable_head(model) is not None else None
+    if teacher_head is None:
+        logits, targets = forward_logits(model, batch, precision)
+        with torch.no_grad():
+            teacher_logits, _ = forward_logits(teacher, batch, precision)
+        mask = targets != IGNORE_INDEX
+        return (divergence(logits[..., :vocab], teacher_logits[..., :vocab], mask),
+                token_cross_entropy(logits, targets)[0], mask)
+
+    def reduce(logits: torch.Tensor, teacher_hidden: torch.Tensor, targets: torch.Tensor):  # one chunk: [n, V] → [n]
+        with torch.no_grad():
+            teacher_logits = teacher_head(teacher_hidden)
+        every = torch.ones(1, len(targets), dtype=torch.bool, device=logits.device)
+        logp, = logprobs_and_entropy(logits, targets)
+        return divergence(logits[None, :, :vocab], teacher_logits[None, :, :vocab], every)[0], -logp
+
+    targets = batch["targets"][:, target_positions(batch["targets"])]
+    mask = targets != IGNORE_INDEX
+    with torch.no_grad():
+        teacher_hidden = hidden_at_targets(teacher, batch, precision)
+    divergence_tokens, ce_tokens = reduce_at_targets(model, batch, reduce, columns=(teacher_hidden, targets[mask]),
+                                                     chunk=chunk, precision=precision)
+    return divergence_tokens, ce_tokens, mask
 
 
 def student_samples_this_step(cfg: DistillConfig, step: int) -> bool:
@@ -202,10 +236,8 @@ def evaluate(model, teacher, tokenizer, data: sft.SFTData, cfg: DistillConfig, d
         batch = collate(data.eval[start:start + cfg.eval.batch_size], pad_id=tokenizer.pad_token_id,
                         packing=cfg.data.packing, pack_length=cfg.data.pack_length or None)
         batch = {k: v.to(device_of(model)) for k, v in batch.items()}
-        logits, targets = forward_logits(model, batch, cfg.train.precision)
-        teacher_logits, _ = forward_logits(teacher, batch, cfg.train.precision)
-        mask = targets != -100
-        total += divergence(logits[..., :vocab], teacher_logits[..., :vocab], mask).sum().item()
+        divergence_tokens, _, mask = token_losses(model, teacher, batch, cfg, divergence, vocab)
+        total += divergence_tokens.sum().item()
         count += int(mask.sum())
     model.train()
     out["eval/distill_loss"] = total / max(count, 1)

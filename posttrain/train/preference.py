@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from posttrain import checkpoint, distributed
 from posttrain.algos import preference as losses
+from posttrain.algos.logprobs import LOGITS_CHUNK
 from posttrain.config import DPOConfig
 from posttrain.data import collate
 from posttrain.errors import ConfigError
@@ -132,15 +133,16 @@ def resolve_loss(cfg: DPOConfig):
     return entry.fn, {"beta": cfg.preference.beta, **kwargs}
 
 
-def response_logps(model, examples: list[dict], pad_id: int, packing: bool, precision: str = "fp32"):
+def response_logps(model, examples: list[dict], pad_id: int, packing: bool, precision: str = "fp32",
+                   chunk: int = LOGITS_CHUNK):
     """Σ_t log π(response token t) and the response's token count, for each example → ([E], [E]).
 
-    One forward over the (packed) batch; log-probs only at labelled positions, summed per example
-    (models.logits.sequence_logps).
+    One forward over the (packed) batch; log-probs only at labelled positions, the output layer applied `chunk`
+    positions at a time (train.logits_chunk), summed per example (models.logits.sequence_logps).
     """
     device = device_of(model)
     batch = {k: v.to(device) for k, v in collate(examples, pad_id=pad_id, packing=packing).items()}
-    return sequence_logps(model, batch, len(examples), precision)
+    return sequence_logps(model, batch, len(examples), precision, chunk)
 
 
 def pair_loss(model, reference_model, all_pairs: list[dict], indices: list[int], reference: dict | None, tokenizer,
@@ -151,13 +153,14 @@ def pair_loss(model, reference_model, all_pairs: list[dict], indices: list[int],
     reference-free loss)."""
     pairs = [all_pairs[i] for i in indices]
     examples = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    sums, counts = response_logps(model, examples, tokenizer.pad_token_id, cfg.data.packing, cfg.train.precision)
+    sums, counts = response_logps(model, examples, tokenizer.pad_token_id, cfg.data.packing, cfg.train.precision,
+                                  cfg.train.logits_chunk)
     n = len(pairs)
     ref_chosen = ref_rejected = None
     if reference_model is not None:
         with torch.no_grad():
             ref_sums, _ = response_logps(reference_model, examples, tokenizer.pad_token_id, cfg.data.packing,
-                                         cfg.train.precision)
+                                         cfg.train.precision, cfg.train.logits_chunk)
         ref_chosen, ref_rejected = ref_sums[:n], ref_sums[n:]
     elif reference is not None:
         index = torch.tensor(indices)
@@ -203,7 +206,7 @@ def kto_reference_point(model, items: list[dict], micro_batches: list[list[int]]
     with torch.no_grad():
         for indices in micro_batches:
             sums, _ = response_logps(model, [items[i]["mismatched"] for i in indices], tokenizer.pad_token_id,
-                                     cfg.data.packing, cfg.train.precision)
+                                     cfg.data.packing, cfg.train.precision, cfg.train.logits_chunk)
             log_ratio = sums.double().cpu() - reference["mismatched"][torch.tensor(indices)].double()
             totals += torch.tensor([log_ratio.sum().item(), len(indices)], dtype=torch.float64)
     totals = distributed.all_reduce_tensor(totals)
@@ -214,7 +217,7 @@ def unpaired_loss(model, items: list[dict], indices: list[int], reference: dict,
                   loss_fn, loss_kwargs):
     """The KTO loss on items[indices] against the step's z0 → (PreferenceLoss, log π [B], desirable [B])."""
     sums, _ = response_logps(model, [items[i]["completion"] for i in indices], tokenizer.pad_token_id,
-                             cfg.data.packing, cfg.train.precision)
+                             cfg.data.packing, cfg.train.precision, cfg.train.logits_chunk)
     ref = reference["completion"][torch.tensor(indices)].to(sums.device)
     desirable = torch.tensor([items[i]["desirable"] for i in indices], device=sums.device)
     return loss_fn(sums, ref, desirable, z0.to(sums.device), **loss_kwargs), sums, desirable
@@ -290,7 +293,8 @@ def reference_logps(model, data: PreferenceData, tokenizer, cfg: DPOConfig, run_
         for start in mine:
             chunk = items[start:start + cfg.eval.batch_size]
             examples = [item[first] for item in chunk] + [item[second] for item in chunk]
-            sums, _ = response_logps(model, examples, tokenizer.pad_token_id, cfg.data.packing, cfg.train.precision)
+            sums, _ = response_logps(model, examples, tokenizer.pad_token_id, cfg.data.packing, cfg.train.precision,
+                                     cfg.train.logits_chunk)
             values[0, start:start + len(chunk)] = sums[:len(chunk)].double().cpu()
             values[1, start:start + len(chunk)] = sums[len(chunk):].double().cpu()
         values = distributed.all_reduce_tensor(values).float()

@@ -31,13 +31,12 @@ import torch
 from posttrain import checkpoint, distributed, presets
 from posttrain.algos import advantages as estimators, kl as kl_algos, policy as policy_losses
 from posttrain.algos.aggregate import aggregate
-from posttrain.algos.logprobs import token_entropy, token_logprobs
 from posttrain.config import LoraConfig, RLConfig
 from posttrain.data import collate
 from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy_metrics
 from posttrain.models.loading import load_model, load_tokenizer, resolve_model_path
-from posttrain.models.logits import autocast, device_of
+from posttrain.models.logits import autocast, device_of, target_logprobs
 from posttrain.train import rl_diagnostics as diagnostics, rollouts
 from posttrain.train.common import build_optimizer, optimizer_step, prepare_run_dir, start_training
 from posttrain.train.loop import StepEnd
@@ -126,24 +125,20 @@ def run(cfg: RLConfig) -> dict:
 
 def forward_tokens(model, prompt_ids, completion_ids, width: int, cfg: RLConfig, *, entropy: bool = False):
     """log π(token) of every completion token of each sample at the sampling temperature → [b, width]
-    (0 past a completion's end), and the policy's entropy at those positions ([b, width] or None)."""
+    (0 past a completion's end), and the policy's entropy at those positions ([b, width] or None), the output
+    layer applied train.logits_chunk positions at a time (models/logits.target_logprobs)."""
     device = device_of(model)
     batch = _sample_batch(prompt_ids, completion_ids, device, cfg.data.packing)
-    keep = (batch["targets"] != -100).any(0).nonzero().squeeze(-1)
-    with autocast(cfg.train.precision, device):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                       position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep).logits
-    if cfg.sampling.temperature != 1.0:
-        logits = logits.float() / cfg.sampling.temperature  # the policy is the distribution we sample from
-    targets = batch["targets"][:, keep]
-    seq, pos = _completion_positions(batch, keep, targets != -100, prompt_ids)
+    # the policy is the distribution sampled from: softmax(logits / T); the entropy carries a gradient only when
+    # the entropy bonus is in the loss, otherwise it is just logged
+    out = target_logprobs(model, batch, cfg.train.precision, chunk=cfg.train.logits_chunk,
+                          temperature=cfg.sampling.temperature, entropy=entropy,
+                          entropy_grad=cfg.algo.entropy_coef > 0)
+    found = out.targets != -100
+    seq, pos = _completion_positions(batch, out.keep, found, prompt_ids)
     shape = (len(prompt_ids), width)
-    found = targets != -100
-    logps = torch.zeros(shape, device=device).index_put((seq, pos), token_logprobs(logits, targets)[found])
-    ent = None
-    if entropy:  # with gradient only when the entropy bonus is in the loss; otherwise it is just logged
-        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.algo.entropy_coef > 0):
-            ent = torch.zeros(shape, device=device).index_put((seq, pos), token_entropy(logits[found]))
+    logps = torch.zeros(shape, device=device).index_put((seq, pos), out.logps[found])
+    ent = None if out.entropy is None else torch.zeros(shape, device=device).index_put((seq, pos), out.entropy[found])
     return logps, ent
 
 

@@ -19,12 +19,12 @@ import torch
 
 from posttrain import distributed
 from posttrain.algos.aggregate import aggregate
-from posttrain.algos.sft import token_cross_entropy
+from posttrain.algos.logprobs import IGNORE_INDEX, LOGITS_CHUNK
 from posttrain.config import SFTConfig
 from posttrain.data import build_sft_examples, collate, load_rows, normalize
 from posttrain.eval.accuracy import greedy_accuracy_metrics
 from posttrain.models.loading import load_model, load_tokenizer
-from posttrain.models.logits import device_of, forward_logits
+from posttrain.models.logits import device_of, target_logprobs
 from posttrain.train.common import (NonFiniteGuard, batch_indices, batch_plan, optimizer_step, prepare_run_dir,
                                     save_checkpoint, start_training, task_and_problems, total_steps)
 from posttrain.train.loop import StepEnd
@@ -84,18 +84,21 @@ def run(cfg: SFTConfig) -> dict:
 def train_step(model, optimizer, micro_batches: list[dict], cfg: SFTConfig, guard: NonFiniteGuard):
     """One optimizer step over this rank's micro-batches. Returns (loss, grad_norm, input tokens), each for
     the whole step over all ranks."""
-    loss = accumulate_gradients(model, micro_batches, cfg.train.precision)
+    loss = accumulate_gradients(model, micro_batches, cfg.train.precision, cfg.train.logits_chunk)
     grad_norm = optimizer_step(model, optimizer, cfg, guard, loss)
     n_tokens = distributed.all_reduce_sum(sum(int((mb["seq_index"] >= 0).sum()) for mb in micro_batches))
     return loss, grad_norm, n_tokens
 
 
-def accumulate_gradients(model, micro_batches: list[dict], precision: str = "fp32") -> float:
+def accumulate_gradients(model, micro_batches: list[dict], precision: str = "fp32",
+                         logits_chunk: int = LOGITS_CHUNK) -> float:
     """Backward over every micro-batch; the gradients equal those of the token-mean loss of the whole step.
 
-    Each micro-batch's summed token losses are divided by the loss-token count of ALL micro-batches on ALL
-    ranks, so the sum over micro-batches and ranks is the global token mean, whatever the split. DDP and FSDP
-    average gradients over ranks, hence the × world size. Returns that global loss (a float).
+    The per-token loss is the cross-entropy −log π(target) (`token_losses`), computed from the output layer
+    logits_chunk positions at a time (models/logits.target_logprobs; 0: from the full logits). Each micro-batch's
+    summed token losses are divided by the loss-token count of ALL micro-batches on ALL ranks, so the sum over
+    micro-batches and ranks is the global token mean, whatever the split. DDP and FSDP average gradients over
+    ranks, hence the × world size. Returns that global loss (a float).
     """
     local_tokens = sum(int((mb["targets"] != -100).sum()) for mb in micro_batches)
     num_loss_tokens = distributed.all_reduce_sum(local_tokens)
@@ -104,12 +107,18 @@ def accumulate_gradients(model, micro_batches: list[dict], precision: str = "fp3
     local_loss = torch.zeros((), device=device)
     for i, mb in enumerate(micro_batches):
         with distributed.gradient_sync(model, enabled=i == len(micro_batches) - 1):
-            logits, targets = forward_logits(model, {k: v.to(device) for k, v in mb.items()}, precision)
-            token_loss, mask = token_cross_entropy(logits, targets)
+            token_loss, mask = token_losses(model, {k: v.to(device) for k, v in mb.items()}, precision, logits_chunk)
             loss = aggregate(token_loss, mask, "token_mean", num_tokens=num_loss_tokens)
             (loss * world_size).backward()
         local_loss += loss.detach()
     return distributed.all_reduce_sum(local_loss.item())
+
+
+def token_losses(model, batch: dict, precision: str, logits_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cross-entropy of each target (the same numbers as algos.sft.token_cross_entropy on the full logits) and
+    its mask, both [R, K] at the positions with a target."""
+    out = target_logprobs(model, batch, precision, chunk=logits_chunk)
+    return -out.logps, out.targets != IGNORE_INDEX
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -171,9 +180,8 @@ def evaluate(model, tokenizer, data: SFTData, cfg: SFTConfig) -> dict:
             for start in range(0, len(data.eval), cfg.eval.batch_size):
                 batch = collate(data.eval[start:start + cfg.eval.batch_size], pad_id=tokenizer.pad_token_id,
                                 packing=cfg.data.packing, pack_length=cfg.data.pack_length or None)
-                logits, targets = forward_logits(model, {k: v.to(device) for k, v in batch.items()},
-                                                 cfg.train.precision)
-                token_loss, mask = token_cross_entropy(logits, targets)
+                token_loss, mask = token_losses(model, {k: v.to(device) for k, v in batch.items()},
+                                                cfg.train.precision, cfg.train.logits_chunk)
                 loss_sum += token_loss.sum()
                 count += int(mask.sum())
             out["eval/loss"] = (loss_sum / max(count, 1)).item()
