@@ -3,8 +3,10 @@
 
     python benchmarks/generation.py                    # tiny model (1.1M) and a ~30M model built from a config
     python benchmarks/generation.py --models tiny --batch 64 --new-tokens 48 --top-p 1.0
+    python benchmarks/generation.py --models smollm2-135m-instruct --batch 32 --new-tokens 64 --top-p 1.0
 
-Same model, same prompts (64 arith prompts through the chat template, left-padded), sampling at temperature 1.0 from
+Same model, same prompts (64 arith prompts through the chat template, left-padded; for any other model name — a
+model directory, a .gguf file or a named model such as smollm2-135m-instruct — the word task's prompts), sampling at temperature 1.0 from
 the full distribution (top-p 1.0: what RL rollouts sample from) and with top-p 0.95, the same number of new tokens
 (`min_new_tokens` = `max_new_tokens` for HF and no stop token for ours, so both generate exactly batch × new-tokens
 tokens and the work is identical), fp32, 2 threads. Tokens/s = generated tokens / wall time of the call; each tool
@@ -30,8 +32,11 @@ import torch  # noqa: E402
 def build(name: str, workdir: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from posttrain.models.tiny import save_tiny, tiny_path
+    from posttrain.models.loading import resolve_model_path
     if name == "tiny":
         path = tiny_path()
+    elif name != "30m":  # a real model: a directory, a .gguf file or a named model
+        path = resolve_model_path(name)
     else:  # ~30M parameters: hidden 512, 8 layers, MLP 2048, same tokenizer
         path = save_tiny(os.path.join(workdir, name), hidden_size=512, num_hidden_layers=8,
                          intermediate_size=2048, num_attention_heads=8, num_key_value_heads=8)
@@ -39,10 +44,10 @@ def build(name: str, workdir: str):
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def prompts(tokenizer, n: int) -> list[list[int]]:
+def prompts(tokenizer, n: int, task: str = "arith") -> list[list[int]]:
     from posttrain import tasks
     from posttrain.rollout import format_prompt
-    rows = tasks.get("arith", max_digits=3).rows("train", n, seed=0)
+    rows = (tasks.get("arith", max_digits=3) if task == "arith" else tasks.get(task)).rows("train", n, seed=0)
     return [format_prompt(tokenizer, r["prompt"], use_chat_template=True) for r in rows]
 
 
@@ -89,7 +94,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models.split(","):
             model, tokenizer = build(name, workdir)
-            ids = prompts(tokenizer, args.batch)
+            ids = prompts(tokenizer, args.batch, "arith" if name in ("tiny", "30m") else "word")
             for top_p in map(float, args.top_p.split(",")):
                 run_ours(model, tokenizer, ids, 4, top_p), run_hf(model, tokenizer, ids, 4, top_p)  # warmup
                 compile_seconds = run_ours(model, tokenizer, ids, args.new_tokens, top_p, compile=True)
