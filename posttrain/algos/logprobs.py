@@ -38,13 +38,11 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int 
     Example: logits [[0, ln 3]] over a 2-token vocabulary, target 1 → log(3/4) = −0.2877.
     """
     flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-    safe = flat_targets.clamp(min=0)
-    out = torch.empty(flat_targets.shape, dtype=torch.float32, device=logits.device)
-    for start in range(0, flat_logits.shape[0], chunk_rows):
-        rows = slice(start, start + chunk_rows)
-        logp = F.log_softmax(flat_logits[rows].float(), dim=-1)
-        out[rows] = logp.gather(-1, safe[rows, None]).squeeze(-1)
-    return out.masked_fill(flat_targets == IGNORE_INDEX, 0.0).view(targets.shape)
+    parts = [logprobs_and_entropy(flat_logits[start:start + chunk_rows], flat_targets[start:start + chunk_rows])[0]
+             for start in range(0, flat_logits.shape[0], chunk_rows)]
+    if not parts:
+        return flat_logits.new_zeros(targets.shape, dtype=torch.float32)
+    return torch.cat(parts).view(targets.shape)
 
 
 def token_entropy(logits: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
@@ -54,11 +52,14 @@ def token_entropy(logits: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
     Example: uniform logits over V = 4 tokens → ln 4 = 1.3863.
     """
     flat = logits.reshape(-1, logits.shape[-1])
-    parts = []
-    for start in range(0, flat.shape[0], chunk_rows):
-        logp = F.log_softmax(flat[start:start + chunk_rows].float(), dim=-1)
-        parts.append(-(logp.exp() * logp).sum(-1))
+    parts = [_entropy(F.log_softmax(flat[start:start + chunk_rows].float(), dim=-1))
+             for start in range(0, flat.shape[0], chunk_rows)]
     return torch.cat(parts).view(logits.shape[:-1]) if parts else flat.new_zeros(logits.shape[:-1])
+
+
+def _entropy(logp: torch.Tensor) -> torch.Tensor:
+    """−Σ p log p over the last dimension, from log-probabilities."""
+    return -(logp.exp() * logp).sum(-1)
 
 
 def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
@@ -78,7 +79,7 @@ def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, *, tempera
     if not entropy:
         return (picked,)
     with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
-        ent = -(logp.exp() * logp).sum(-1)
+        ent = _entropy(logp)
     return picked, ent
 
 
