@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-real test bench clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/posttrain demo
+
+demo-real: $(STAMP)
+	$(VENV)/bin/posttrain demo model=smollm2-135m-instruct output_dir=runs/demo-real
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile

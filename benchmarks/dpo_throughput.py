@@ -4,6 +4,7 @@
     python benchmarks/dpo_throughput.py                      # tiny model, 200 steps, 8 pairs a step, 2 threads
     python benchmarks/dpo_throughput.py --steps 20           # a quick smoke run
     python benchmarks/dpo_throughput.py --hidden-size 256 --layers 4   # a larger model built from the tiny config
+    python benchmarks/dpo_throughput.py --model smollm2-135m-instruct --task word --steps 30   # a real model
 
 What is compared (every row: same model directory, fp32, sdpa attention, DPO sigmoid loss with beta 0.1, AdamW
 lr/betas/weight decay, grad-norm clip 1.0, cosine schedule to 0.1·lr, no warmup, micro-batch = --batch-size pairs
@@ -100,6 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="arith responses: written-out column steps (~28-78 tokens a sequence) or the bare answer")
     p.add_argument("--rows", type=int, default=0,
                    help="training pairs; 0: steps × batch-size (no repeats; a warmup run gets its own first rows)")
+    p.add_argument("--task", choices=["arith", "word"], default="arith",
+                   help="the pairs: arith (the tiny model's task) or word (worked solutions to word problems of all "
+                        "five levels, rejected = a wrong final answer; for instruct models)")
     add_shared_arguments(p, [*OURS_VARIANTS, *TRL_VARIANTS], DEFAULT_VARIANTS)
     args = p.parse_args(argv)
     check_shared_arguments(p, args, [*OURS_VARIANTS, *TRL_VARIANTS])
@@ -107,10 +111,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def prepare_pairs(args) -> list[dict]:
-    """The arith task's preference pairs in conversational form (one user turn, one assistant turn each)."""
+    """The task's preference pairs in conversational form (one user turn, one assistant turn each)."""
     from posttrain import tasks
 
-    task = tasks.get("arith", max_digits=args.max_digits, ops="+", steps=args.solution == "steps")
+    task = (tasks.get("word") if args.task == "word"
+            else tasks.get("arith", max_digits=args.max_digits, ops="+", steps=args.solution == "steps"))
     n = args.rows or args.steps * args.batch_size
     return [{"prompt": [{"role": "user", "content": r["prompt"]}],
              "chosen": [{"role": "assistant", "content": r["chosen"]}],
@@ -259,7 +264,7 @@ def main(argv=None) -> int:
         model_dir, model_desc = prepare_model(args, workdir)
         pairs = prepare_pairs(args)
         print(f"model: {model_desc}")
-        print(f"data: {len(pairs)} arith preference pairs; batch {args.batch_size} pairs, {args.steps} steps "
+        print(f"data: {len(pairs)} {args.task} preference pairs; batch {args.batch_size} pairs, {args.steps} steps "
               f"(timed: steps 2..{args.steps}), reference precompute in batches of {args.ref_batch_size}, "
               f"threads {args.threads}, cpu count {os.cpu_count()}")
 

@@ -15,6 +15,10 @@ runs --rounds times alternately after one warmup call, and the best is reported.
 Two of ours: the default engine (DynamicCache, eager) and `compile=True` (static cache, torch.compile'd decode
 step). The compiled one's warmup call pays the one-time compilation, reported separately ("compile s"); the
 compiled step is cached per model, so a training run pays it once.
+
+--profile: after the timed rounds, one call of our eager engine under torch.profiler: the operators by self CPU
+time, the share of the matrix products (aten::mm/addmm/bmm and the attention kernel), and, for scale, the
+machine's fp32 and bf16 GEMM rates at the decode step's shapes (batch rows × hidden → each projection).
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top-p", default="1.0,0.95", help="comma-separated top-p values, one row each")
+    p.add_argument("--profile", action="store_true", help="profile one eager call per model (see the docstring)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import transformers
@@ -110,6 +115,45 @@ def main(argv=None) -> None:
                       f"{tokens / best['ours']:>11.0f} {best['hf'] / best['ours']:>6.2f} "
                       f"{tokens / best['compiled']:>15.0f} {best['hf'] / best['compiled']:>6.2f} "
                       f"{compile_seconds - best['compiled']:>10.1f}", flush=True)
+            if args.profile:
+                profile(model, tokenizer, ids, args.new_tokens)
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
+
+
+def profile(model, tokenizer, ids, new_tokens: int) -> None:
+    """Where one eager call's time goes, and what the GEMMs of its decode step could do in bf16."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        seconds = run_ours(model, tokenizer, ids, new_tokens, 1.0)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    print(f"\nprofile of one eager call ({seconds:.2f} s; profiler overhead included): matrix products "
+          f"{matmul / total:.0%} of self CPU time")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
+        print(f"  {e.key:<60} {e.self_cpu_time_total / total:6.1%}  {e.count:>7} calls")
+    config, rows = model.config, len(ids)
+    hidden, inter = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * (hidden // config.num_attention_heads)
+    shapes = {"q/o": (hidden, hidden), "k/v": (hidden, kv), "gate/up": (hidden, inter), "down": (inter, hidden),
+              "head": (hidden, config.vocab_size)}
+    print(f"GEMM rates at the decode step's shapes ({rows} rows), GFLOP/s fp32 → bf16:")
+    for name, (k, n) in shapes.items():
+        rates = []
+        for dtype in (torch.float32, torch.bfloat16):
+            x, w = torch.randn(rows, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            torch.mm(x, w)
+            best = min(_timed(lambda: torch.mm(x, w)) for _ in range(20))
+            rates.append(2 * rows * k * n / best / 1e9)
+        print(f"  {name:<8} {rows}×{k} · {k}×{n}: {rates[0]:7.1f} → {rates[1]:7.1f}")
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

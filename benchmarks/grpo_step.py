@@ -5,6 +5,8 @@
     python benchmarks/grpo_step.py --steps 3 --rounds 1      # a quick smoke run
     python benchmarks/grpo_step.py --beta 0.04               # with the KL term (a reference model in both)
     python benchmarks/grpo_step.py --hidden-size 256 --layers 4   # a larger model built from the tiny config
+    python benchmarks/grpo_step.py --model smollm2-135m-instruct --task word --beta 0.04 --micro-batch 16 \
+        --steps 5 --rounds 1 --warmup 0                      # a real instruct model on word problems
 
 What is compared: one on-policy GRPO step — generate --prompts × --generations completions (sampling at
 temperature 1.0 from the full distribution: no top-k/top-p, at most --max-new-tokens each, stopping at eos),
@@ -37,8 +39,11 @@ frozen reference over every completion before the update.
                   its fused LM-head path (`fused_lm_head=True`, no full logits); entropy is computed in both
                   (both log it)
 
-Data: --steps × --prompts problems of the arith task (max_digits 3, '+', written-out steps: the verifier reads the
-number after "answer:"), given to both as conversational prompts {"prompt": [{"role": "user", "content":
+--task word: the `word` task's problems (levels 1 and 3, where a small instruct model is right often enough for
+groups to have mixed rewards) with its verifier, for pretrained instruct models, which need no warm start.
+
+Data: by default --steps × --prompts problems of the arith task (max_digits 3, '+', written-out steps: the
+verifier reads the number after "answer:"), given to both as conversational prompts {"prompt": [{"role": "user", "content":
 "47+85="}], "answer": "132"}: posttrain reads them from a jsonl file (data.train_path; eval.task_accuracy=false,
 so no held-out problems and no evaluation), TRL gets the same list as a `datasets.Dataset`. Both render the chat
 template with the generation prompt and generate from the same prompt token ids (checked on every prompt of step
@@ -134,9 +139,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "per_device_train_batch_size); 0: all of the step's completions in one")
     p.add_argument("--lr", type=float, default=1e-6, help="peak learning rate")
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient (0: no reference model in either)")
-    p.add_argument("--sft-steps", type=int, default=300,
+    p.add_argument("--sft-steps", type=int, default=None,
                    help="first fine-tune the model on the task for this many steps (the demo's SFT recipe), so "
-                        "completions earn rewards; 0: use the model as it is")
+                        "completions earn rewards; 0: use the model as it is (default: 300 for arith, 0 for word)")
+    p.add_argument("--task", choices=["arith", "word"], default="arith",
+                   help="the prompts and verifier: arith (the tiny model's task) or word (instruct models)")
     p.add_argument("--rows", type=int, default=0, help="prompt rows; 0: steps × prompts (no repeats)")
     p.add_argument("--profile", action="store_true", help="after the timed rounds, run each variant once more under "
                                                          "cProfile (steps 2..N) and print the top functions")
@@ -151,8 +158,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--generations must be at least 2 (a group baseline needs two completions; TRL refuses fewer)")
     if args.samples % args.micro:
         p.error(f"--micro-batch {args.micro} must divide the {args.samples} completions of a step")
+    if args.sft_steps is None:
+        args.sft_steps = 300 if args.task == "arith" else 0
     if args.max_new_tokens < 1 or args.sft_steps < 0:
         p.error("--max-new-tokens must be ≥ 1 and --sft-steps ≥ 0")
+    if args.task == "word" and args.sft_steps:
+        p.error("--sft-steps is the arith warm start; with --task word use --sft-steps 0 (an instruct model)")
     return args
 
 
@@ -160,16 +171,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 # Setup: model (optionally fine-tuned on the task first) and prompts, shared by both tools
 # ---------------------------------------------------------------------------------------------------------------------
 
-def arith_task(args):
+def task_config(args):
+    from posttrain import config as C
+    if args.task == "word":
+        return C.TaskConfig(name="word", levels=[1, 3])
+    return C.TaskConfig(name="arith", max_digits=args.max_digits, ops="+", steps=True)
+
+
+def bench_task(args):
     from posttrain import tasks
-    return tasks.get("arith", max_digits=args.max_digits, ops="+", steps=True)
+    return tasks.from_config(task_config(args))
 
 
 def prepare_prompts(args) -> list[dict]:
-    """The arith task's RL rows in conversational form: {"prompt": [user turn], "answer": "132"}."""
+    """The task's RL rows in conversational form: {"prompt": [user turn], "answer": "132"}."""
     n = args.rows or args.steps * args.prompts
     return [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
-            for r in arith_task(args).rows("train", n, seed=args.seed)]
+            for r in bench_task(args).rows("train", n, seed=args.seed)]
 
 
 def warm_start(args, model_dir: str, workdir: Path) -> str:
@@ -245,7 +263,7 @@ def run_ours(args, model_dir: str, prompts: list[dict], rollout: dict, steps: in
         sampling=C.SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens),
         rollout=C.RolloutConfig(engine="hf", batch_size=args.samples, **rollout),
         model=C.ModelConfig(name_or_path=model_dir, attn_implementation="sdpa"),
-        task=C.TaskConfig(name="arith", max_digits=args.max_digits, ops="+", steps=True),
+        task=task_config(args),
         data=C.DataConfig(train_path=str(data_path)),
         train=C.TrainConfig(lr=args.lr, max_steps=steps, micro_batch_size=args.micro, grad_accum=1,
                             precision="fp32", schedule="cosine", warmup_steps=0, weight_decay=0.0,
@@ -318,9 +336,9 @@ def run_trl(args, model_dir: str, prompts: list[dict], overrides: dict, steps: i
     if unexpected:
         print("\n".join(unexpected), file=sys.stderr)
 
-    task = arith_task(args)
+    task = bench_task(args)
 
-    def arith_verifier(prompts, completions, answer, **kwargs) -> list[float | None]:
+    def verifier(prompts, completions, answer, **kwargs) -> list[float | None]:
         return [task.score(p, c[0]["content"] if isinstance(c, list) else c, answer=a)
                 for p, c, a in zip(prompts, completions, answer, strict=True)]
 
@@ -357,7 +375,7 @@ def run_trl(args, model_dir: str, prompts: list[dict], overrides: dict, steps: i
             if profiler is not None and len(marks) in (1, steps):  # on for steps 2..N only
                 profiler.enable() if len(marks) == 1 else profiler.disable()
 
-    trainer = Trainer(model=model, reward_funcs=[arith_verifier], args=grpo_config,
+    trainer = Trainer(model=model, reward_funcs=[verifier], args=grpo_config,
                       train_dataset=datasets.Dataset.from_list(prompts), processing_class=tokenizer,
                       callbacks=[Stamp()])
     a = trainer.args
@@ -422,7 +440,7 @@ def main(argv=None) -> int:
             model_dir = warm_start(args, model_dir, workdir)
             print(f"warm start: {args.sft_steps} SFT steps on the task ({time.perf_counter() - t0:.0f} s, untimed)")
         prompts = prepare_prompts(args)
-        print(f"data: {len(prompts)} arith prompts; {args.prompts} prompts × {args.generations} generations = "
+        print(f"data: {len(prompts)} {args.task} prompts; {args.prompts} prompts × {args.generations} generations = "
               f"{args.samples} completions per step, ≤ {args.max_new_tokens} new tokens, micro-batch {args.micro}, "
               f"beta {args.beta}, lr {args.lr:g}; {args.steps} steps (timed: steps 2..{args.steps}), "
               f"threads {args.threads}, cpu count {os.cpu_count()}")

@@ -4,6 +4,8 @@
     python benchmarks/sft_throughput.py                      # tiny model, 200 steps, batch 32, 2 threads
     python benchmarks/sft_throughput.py --steps 20           # a quick smoke run
     python benchmarks/sft_throughput.py --hidden-size 256 --layers 4   # a larger model built from the tiny config
+    python benchmarks/sft_throughput.py --model smollm2-135m-instruct --task word --batch-size 8 --steps 20
+                                                             # a real model on its chat task (--precision bf16)
 
 What is compared (every row: same model directory, fp32, sdpa attention, AdamW lr/betas/weight decay, grad-norm
 clip 1.0, cosine schedule to 0.1·lr, no warmup, micro-batch = --batch-size examples, grad accumulation 1, no
@@ -21,11 +23,22 @@ gradient checkpointing, no evaluation, no saving during the run, no progress bar
                       examples of the other rows) — a different amount of work per step, hence not a like-for-like
                       row; add it with --variants to see it.
 
-Data: the `arith` task's SFT rows (max_digits 3, '+'; by default with written-out steps, as the demo trains, so
-lengths vary from ~20 to ~70 tokens; --solution answer for the bare answers), as conversational prompt-completion rows
+--precision bf16: both tools run forward and backward under CPU bf16 autocast with fp32 master weights
+(posttrain train.precision=bf16; TRL bf16=True, which accelerate turns into the same autocast).
+
+MFU (model FLOPs utilization) is printed against this machine's fp32 matmul peak, measured first: the best of
+several 2048×2048 fp32 matrix products with --threads threads. Model FLOPs per trained token = 6 × the weights
+that take part in matrix products (all but the input embedding; a tied output head counts once); attention's
+score and value products are left out (a few percent at these lengths), as are the tokens a tool skips (the
+output head at prompt positions) — MFU counts the work of the model, not what each tool chooses to compute.
+
+Data: by default the `arith` task's SFT rows (max_digits 3, '+'; by default with written-out steps, as the demo
+trains, so lengths vary from ~20 to ~70 tokens; --solution answer for the bare answers); --task word: the `word`
+task's worked solutions to word problems of all five levels, for instruct models. As conversational
+prompt-completion rows
     {"prompt": [{"role": "user", ...}], "completion": [{"role": "assistant", ...}]}
-and given unchanged to both: posttrain reads them from a jsonl file (data.train_path, so it has no eval set and
-evaluates nothing), TRL gets the same list as a `datasets.Dataset`. Both train on the completion only and both
+they are given unchanged to both: posttrain reads them from a jsonl file (data.train_path, so it has no eval set
+and evaluates nothing), TRL gets the same list as a `datasets.Dataset`. Both train on the completion only and both
 tokenize a row to the same input ids (the chat template rendered once); data order differs (each tool's own shuffle).
 
 How it measures (the same for every row):
@@ -84,7 +97,8 @@ DEFAULT_VARIANTS = "ours,ours-padded,trl,trl-padding-free"
 
 def add_shared_arguments(p: argparse.ArgumentParser, variants: list[str], default_variants: str) -> None:
     """The options every throughput benchmark takes: model, threads, rounds, variants."""
-    p.add_argument("--model", default="tiny", help="'tiny' or a Hugging Face model directory")
+    p.add_argument("--model", default="tiny", help="'tiny', a Hugging Face model directory, a .gguf file or a "
+                                                   "named model (smollm2-135m-instruct; converted once, cached)")
     p.add_argument("--hidden-size", type=int, default=None,
                    help="build a model from the tiny config with this hidden size (intermediate = 4x) instead")
     p.add_argument("--layers", type=int, default=None, help="layers of the built model (with --hidden-size)")
@@ -121,6 +135,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="arith completions: written-out column steps (what the demo trains on; 20-70 tokens, "
                         "lengths vary) or the bare answer (~18 tokens, nearly uniform)")
     p.add_argument("--rows", type=int, default=0, help="training rows; 0: steps × batch-size (no repeats)")
+    p.add_argument("--task", choices=["arith", "word"], default="arith", help="the rows: arith (the tiny model's "
+                                                                              "task) or word (instruct models)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32, or bf16 autocast with fp32 master weights (both tools)")
     add_shared_arguments(p, [*OURS_VARIANTS, *TRL_VARIANTS], DEFAULT_VARIANTS)
     args = p.parse_args(argv)
     check_shared_arguments(p, args, [*OURS_VARIANTS, *TRL_VARIANTS])
@@ -141,20 +159,38 @@ def prepare_model(args, workdir: Path) -> tuple[str, str]:
     elif args.model == "tiny":
         path = tiny_path(seed=args.seed)
     else:
-        path = Path(args.model)
+        from posttrain.models.loading import resolve_model_path
+        path = Path(resolve_model_path(args.model))
     from transformers import AutoConfig, AutoModelForCausalLM
     config = AutoConfig.from_pretrained(path)
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        model = AutoModelForCausalLM.from_config(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    args.matmul_params = n_params - model.get_input_embeddings().weight.numel() + (
+        model.get_output_embeddings().weight.numel() if config.tie_word_embeddings else 0)
     desc = (f"{path} ({config.model_type}, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
             f"{n_params / 1e6:.2f}M parameters)")
     return str(path), desc
 
 
+def matmul_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    """This machine's fp32 matmul FLOP/s: the best of `repeats` n×n products (after one warmup)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
 def prepare_rows(args) -> list[dict]:
     from posttrain import tasks
 
-    task = tasks.get("arith", max_digits=args.max_digits, ops="+", steps=args.solution == "steps")
+    task = (tasks.get("word") if args.task == "word"
+            else tasks.get("arith", max_digits=args.max_digits, ops="+", steps=args.solution == "steps"))
     n = args.rows or args.steps * args.batch_size
     rows = []
     for r in task.sft_rows("train", n, seed=args.seed):
@@ -184,7 +220,7 @@ def run_ours(args, model_dir: str, data_path: str, packing: bool, steps: int, ou
         model=C.ModelConfig(name_or_path=model_dir, attn_implementation="sdpa"),
         data=C.DataConfig(train_path=data_path, max_length=args.max_length, packing=packing),
         train=C.TrainConfig(lr=args.lr, max_steps=steps, micro_batch_size=args.batch_size, grad_accum=1,
-                            precision="fp32", schedule="cosine", warmup_steps=0, weight_decay=0.0,
+                            precision=args.precision, schedule="cosine", warmup_steps=0, weight_decay=0.0,
                             adam_beta1=0.9, adam_beta2=0.99, max_grad_norm=1.0, min_lr_ratio=0.1),
         eval=C.EvalConfig(every=0),
         checkpoint=C.CheckpointConfig(every=0, keep_last=1),
@@ -252,7 +288,8 @@ def run_trl(args, model_dir: str, rows: list[dict], overrides: dict, steps: int,
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     torch.set_num_threads(args.threads)
-    sft_config = trl_config(trl.SFTConfig, args, out_dir, steps, dict(packing=False, padding_free=False), overrides)
+    sft_config = trl_config(trl.SFTConfig, args, out_dir, steps, dict(packing=False, padding_free=False),
+                            {"bf16": getattr(args, "precision", "fp32") == "bf16", **overrides})
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -274,8 +311,8 @@ def run_trl(args, model_dir: str, rows: list[dict], overrides: dict, steps: int,
 
     trainer = Trainer(model=model, args=sft_config, train_dataset=datasets.Dataset.from_list(rows),
                       processing_class=tokenizer, callbacks=[Stamp()])
-    if trainer.args.gradient_checkpointing or trainer.args.bf16:
-        raise RuntimeError("TRL run is not plain fp32 without activation checkpointing")
+    if trainer.args.gradient_checkpointing or trainer.args.bf16 != (args.precision == "bf16"):
+        raise RuntimeError(f"TRL run is not {args.precision} without activation checkpointing")
     trainer.train()
     return window(marks, steps)
 
@@ -365,8 +402,12 @@ def main(argv=None) -> int:
         data_path = workdir / "train.jsonl"
         data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"model: {model_desc}")
-        print(f"data: {len(rows)} arith prompt-completion rows; batch {args.batch_size}, {args.steps} steps "
-              f"(timed: steps 2..{args.steps}), threads {args.threads}, cpu count {os.cpu_count()}")
+        print(f"data: {len(rows)} {args.task} prompt-completion rows; batch {args.batch_size}, {args.steps} steps "
+              f"(timed: steps 2..{args.steps}), {args.precision}, threads {args.threads}, cpu count "
+              f"{os.cpu_count()}")
+        peak = matmul_peak(args.threads)
+        print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s (2048² products, {args.threads} threads); model FLOPs "
+              f"per token: 6 × {args.matmul_params / 1e6:.1f}M")
         results, failed = run_rounds(
             args, lambda name, steps: run_variant(name, args, model_dir, rows, str(data_path), steps, workdir),
             lambda res: f"{res['tokens'] / res['seconds']:10.0f} tok/s", width=17)
@@ -375,14 +416,16 @@ def main(argv=None) -> int:
     rate = {v: b["tokens"] / b["seconds"] for v, b in best.items()}
     print()
     print(f"best of {args.rounds} (tokens = non-padding input tokens; ratio = ours tok/s ÷ row tok/s)")
-    print(f"{'tool':18s} {'steps':>6s} {'seconds':>9s} {'tok/step':>9s} {'tokens/s':>10s} {'ratio':>7s}")
+    print(f"{'tool':18s} {'steps':>6s} {'seconds':>9s} {'tok/step':>9s} {'tokens/s':>10s} {'MFU':>6s} {'ratio':>7s}")
     for v in args.variant_list:
         if v in failed:
             print(f"{v:18s} failed: {failed[v]}")
             continue
         b = best[v]
         ratio = f"{rate['ours'] / rate[v]:7.2f}" if "ours" in rate else f"{'-':>7s}"
-        print(f"{v:18s} {b['steps']:6d} {b['seconds']:9.2f} {b['tokens'] / b['steps']:9.0f} {rate[v]:10.0f} {ratio}")
+        mfu = 6 * args.matmul_params * rate[v] / peak
+        print(f"{v:18s} {b['steps']:6d} {b['seconds']:9.2f} {b['tokens'] / b['steps']:9.0f} {rate[v]:10.0f} "
+              f"{mfu:6.1%} {ratio}")
     pairs = [("ours", "trl", "default vs default"), ("ours-padded", "trl", "padded vs padded"),
              ("ours", "trl-padding-free", "unpadded vs unpadded")]
     shown = [f"{what} ({a}/{b}) {rate[a] / rate[b]:.2f}" for a, b, what in pairs if a in rate and b in rate]

@@ -22,7 +22,7 @@ from posttrain.errors import EXIT_USER_ERROR, ConfigError, UserError
 
 # command → (config class, "module:function", one-line description)
 COMMANDS: dict[str, tuple[type, str, str]] = {
-    "demo": (C.DemoConfig, "posttrain.demo:run", "train the tiny model on arithmetic; before/after table"),
+    "demo": (C.DemoConfig, "posttrain.demo:run", "a model learns arithmetic: tiny, or model= a pretrained one"),
     "pretrain": (C.PretrainConfig, "posttrain.train.sft:run", "train from scratch on a text corpus"),
     "sft": (C.SFTConfig, "posttrain.train.sft:run", "supervised fine-tuning, full or LoRA"),
     "rm": (C.RMConfig, "posttrain.train.reward:run", "reward model on pairs (Bradley–Terry), or per step (prm)"),

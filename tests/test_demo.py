@@ -3,8 +3,9 @@
 import json
 import re
 
-from conftest import run_cli
+from conftest import needs_smollm2, run_cli, smollm2_home
 from posttrain import demo, tasks
+from posttrain.eval.metrics import paired_sign_test
 
 
 def test_quick_demo_learns(tmp_path):
@@ -45,3 +46,31 @@ def test_quick_demo_learns(tmp_path):
     arms = summary["scarce_demonstrations"]
     assert [a["method"].split()[0] for a in arms] == ["more", "GRPO:", "more"], arms
     assert all(0.0 <= a["accuracy"] <= 1.0 and a["seconds"] > 0 for a in arms)
+
+
+@needs_smollm2
+def test_quick_real_model_demo_runs_every_stage_and_its_table_adds_up(tmp_path, monkeypatch):
+    """`posttrain demo model=smollm2-135m-instruct quick=true`: zero-shot → GRPO (LoRA) → RFT, each evaluated on
+    the same held-out problems; every number of the table is recomputed from the evaluations' completions."""
+    monkeypatch.setenv("POSTTRAIN_HOME", str(smollm2_home()))
+    proc = run_cli("demo", "model=smollm2-135m-instruct", "quick=true", f"output_dir={tmp_path}", timeout=600,
+                   check=True)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["zero-shot", "GRPO", "RFT"]
+
+    def scores(name: str) -> list[float]:
+        lines = (tmp_path / "eval" / name / "completions.jsonl").read_text().splitlines()
+        return [json.loads(line)["score"] for line in lines]
+
+    zero = scores("zero_shot")
+    assert len(zero) == summary["held_out"] == 16
+    for stage, name in zip(summary["stages"], ("zero_shot", "grpo", "rft")):
+        assert stage["accuracy"] == sum(scores(name)) / len(zero)
+        if stage["stage"] != "zero-shot":
+            assert stage["p_value"] == paired_sign_test(zero, scores(name))
+            assert stage["won"] == sum(b > a for a, b in zip(zero, scores(name)))
+            assert f"{stage['stage']} (" in proc.stdout
+    assert (tmp_path / "grpo" / "final" / "adapter_config.json").is_file()  # GRPO trained a LoRA adapter
+    assert (tmp_path / "rft" / "final" / "config.json").is_file()  # RFT merges its rounds into full models
+    for plot in ("reward_mean", "entropy", "response_len_mean", "eval_accuracy"):
+        assert (tmp_path / "plots" / "grpo" / f"{plot}.png").is_file(), plot

@@ -178,6 +178,10 @@ class RFTSection(Config):
     restart_from_base: bool = False
     """STaR: every round fine-tunes the original model on the kept samples of all rounds so far; false: it
     continues from the last round's model on this round's samples."""
+    max_seconds: float = 0.0
+    """A wall-time budget, counted from this process's start (0: none): a round is not started when the seconds
+    used so far plus the last round's would exceed it, so the run ends within the budget (the first round always
+    runs). rft.rounds stays the upper limit. For comparing with another method at the same wall time."""
 
 
 @dataclass
@@ -212,4 +216,6 @@ class RFTConfig(SFTConfig):
         if not (isinstance(self.rft.prompts_per_round, int) and self.rft.prompts_per_round >= 0):
             raise ConfigError(f"rft.prompts_per_round = {self.rft.prompts_per_round!r} must be an integer ≥ 0 "
                               "(0: every training prompt each round)")
+        if not (isinstance(self.rft.max_seconds, (int, float)) and self.rft.max_seconds >= 0):
+            raise ConfigError(f"rft.max_seconds = {self.rft.max_seconds!r} must be a number ≥ 0 (0: no time limit)")
         return self

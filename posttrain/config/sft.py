@@ -26,10 +26,15 @@ class PretrainConfig(SFTConfig):
 
 @dataclass
 class DemoConfig(Config):
-    """Build the tiny model and the arithmetic task, train it, and print greedy accuracy before and after."""
+    """Build the tiny model and the arithmetic task, train it, and print greedy accuracy before and after; or, with
+    model=, make a pretrained instruct model better at word problems by RL (posttrain/demo/pretrained.py)."""
 
     output_dir: str = "runs/demo"
     """Where the demo's runs and plots go."""
+    model: str | None = None
+    """Unset: the tiny model from random weights (SFT → pairs → RM → DPO → GRPO → PPO). A pretrained instruct
+    model (a named model such as smollm2-135m-instruct, a directory or a .gguf file): zero-shot → GRPO with the
+    verifier → RFT for the same wall time on arithmetic word problems (about an hour on 2 cores)."""
     quick: bool = False
     """A reduced demo (about a minute) used by the tests."""
     seed: int = 0

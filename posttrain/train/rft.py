@@ -21,7 +21,8 @@ Language Models", arXiv:2308.01825).
       checkpoint checkpoints/step_r holds the round's state (which model is M_r, tokens so far): resume goes on at
                 the next round boundary, and a half-done round is done again with the same seeds, so the same result
 
-    final/ = M_R. checkpoint.every is not used: the checkpoints are the round boundaries.
+    rft.max_seconds caps the wall time: a round that would end past it (judged by the last round's duration) is
+    not started. final/ = M_R. checkpoint.every is not used: the checkpoints are the round boundaries.
 
 Measured (CPU, one thread; the demo's SFT checkpoint, 3-digit sums in steps, greedy accuracy 0.455 on 200 held-out
 problems; 1000 prompts, k = 4, 2 rounds of one epoch, lr 1e-4 constant, batch 16; about 25 s a round):
@@ -66,6 +67,7 @@ from posttrain.train.preflight import check_inputs
 
 def run(cfg: RFTConfig) -> dict:
     """Run the rounds; return the last round's metrics (also in RUN_DIR/metrics.jsonl)."""
+    started = time.perf_counter()
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -95,6 +97,10 @@ def run(cfg: RFTConfig) -> dict:
     metrics: dict = {}
     for r in range(state["round"] + 1, cfg.rft.rounds + 1):
         t0 = time.perf_counter()
+        if metrics and cfg.rft.max_seconds and t0 - started + metrics["round_s"] > cfg.rft.max_seconds:
+            tracker.write(f"stopping before round {r}: {t0 - started:.0f} s used and the last round took "
+                          f"{metrics['round_s']:.0f} s, which would pass rft.max_seconds = {cfg.rft.max_seconds:g}")
+            break
         round_dir = run_dir / f"round_{r}"
         shutil.rmtree(round_dir, ignore_errors=True)  # left by an interrupted run: the round is done again
         round_dir.mkdir(parents=True)

