@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sft_throughput import gemm_rate  # noqa: E402
 
 
 def build(name: str, workdir: str):
@@ -141,19 +146,8 @@ def profile(model, tokenizer, ids, new_tokens: int) -> None:
               "head": (hidden, config.vocab_size)}
     print(f"GEMM rates at the decode step's shapes ({rows} rows), GFLOP/s fp32 → bf16:")
     for name, (k, n) in shapes.items():
-        rates = []
-        for dtype in (torch.float32, torch.bfloat16):
-            x, w = torch.randn(rows, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-            torch.mm(x, w)
-            best = min(_timed(lambda: torch.mm(x, w)) for _ in range(20))
-            rates.append(2 * rows * k * n / best / 1e9)
+        rates = [gemm_rate(rows, k, n, dtype, repeats=20) / 1e9 for dtype in (torch.float32, torch.bfloat16)]
         print(f"  {name:<8} {rows}×{k} · {k}×{n}: {rates[0]:7.1f} → {rates[1]:7.1f}")
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -173,17 +173,22 @@ def prepare_model(args, workdir: Path) -> tuple[str, str]:
     return str(path), desc
 
 
-def matmul_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
-    """This machine's fp32 matmul FLOP/s: the best of `repeats` n×n products (after one warmup)."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_rate(rows: int, k: int, n: int, dtype=torch.float32, repeats: int = 10) -> float:
+    """FLOP/s of a rows×k · k×n product on this machine: the best of `repeats` (after one warmup)."""
+    a, b = torch.randn(rows, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+    return 2 * rows * k * n / best
+
+
+def matmul_peak(threads: int, n: int = 2048) -> float:
+    """This machine's fp32 matmul FLOP/s: the best of 10 n×n products."""
+    torch.set_num_threads(threads)
+    return gemm_rate(n, n, n)
 
 
 def prepare_rows(args) -> list[dict]:
@@ -289,7 +294,7 @@ def run_trl(args, model_dir: str, rows: list[dict], overrides: dict, steps: int,
 
     torch.set_num_threads(args.threads)
     sft_config = trl_config(trl.SFTConfig, args, out_dir, steps, dict(packing=False, padding_free=False),
-                            {"bf16": getattr(args, "precision", "fp32") == "bf16", **overrides})
+                            {"bf16": args.precision == "bf16", **overrides})
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")

@@ -40,7 +40,7 @@ from posttrain.config import (AlgoConfig, CheckpointConfig, DataConfig, DemoConf
                               LogConfig, LoraConfig, ModelConfig, RFTConfig, RLBatchConfig, RLConfig, RLRewardConfig,
                               RolloutConfig, SamplingParams, TaskConfig, TrainConfig)
 from posttrain.config.rl import RFTSection
-from posttrain.eval.metrics import paired_sign_test
+from posttrain.eval.metrics import paired_sign_test, wins
 from posttrain.track import plot_metrics, read_metrics
 
 LEVELS = [1, 3]  # the levels where the model is right often enough (about 1 sample in 20) for RL to get a signal
@@ -53,6 +53,10 @@ RFT_CURVES = ("rft/yield", "rft/sample_accuracy", "rft/kept", "eval/accuracy", "
 
 def task_config(cfg: DemoConfig) -> TaskConfig:
     return TaskConfig(name="word", levels=list(LEVELS), num_eval=16 if cfg.quick else HELD_OUT)
+
+
+def eval_tokens(cfg: DemoConfig) -> int:
+    return 16 if cfg.quick else EVAL_TOKENS
 
 
 def lora() -> LoraConfig:
@@ -109,24 +113,23 @@ def evaluate(cfg: DemoConfig, name: str, model_path: str) -> dict:
     rows = task.rows("eval", task_cfg.num_eval, cfg.seed)
     model, tokenizer, _ = load_for_inference(model_path)
     accuracy, samples = greedy_accuracy(model, tokenizer, rows, task.score, use_chat_template=True,
-                                        max_new_tokens=16 if cfg.quick else EVAL_TOKENS, batch_size=64)
+                                        max_new_tokens=eval_tokens(cfg), batch_size=64)
+    samples = [{**sample, "answer": row["answer"], "level": row["level"]} for row, sample in zip(rows, samples)]
     scores = [s["score"] or 0.0 for s in samples]
     out = Path(cfg.output_dir) / "eval" / name
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "completions.jsonl", "w") as f:
-        for row, sample in zip(rows, samples):
-            f.write(json.dumps({**sample, "answer": row["answer"], "level": row["level"]}, ensure_ascii=False) + "\n")
+    (out / "completions.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     print(f"{name}: greedy accuracy {accuracy:.3f} on {len(rows)} held-out problems ({time.time() - t0:.0f} s)",
           flush=True)
-    return {"accuracy": accuracy, "by_level": by_group(rows, scores), "scores": scores,
+    return {"accuracy": accuracy, "by_level": by_group(rows, scores), "scores": scores, "samples": samples,
             "seconds": time.time() - t0}
 
 
 def versus(before: dict, after: dict) -> dict:
     """The accuracy change on the same problems and the exact sign test's p-value."""
-    a, b = before["scores"], after["scores"]
-    return {"gain": after["accuracy"] - before["accuracy"], "p_value": paired_sign_test(a, b),
-            "won": sum(y > x for x, y in zip(a, b)), "lost": sum(x > y for x, y in zip(a, b))}
+    lost, won = wins(before["scores"], after["scores"])
+    return {"gain": after["accuracy"] - before["accuracy"], "p_value": paired_sign_test(before["scores"],
+            after["scores"]), "won": won, "lost": lost}
 
 
 def run(cfg: DemoConfig) -> dict:
@@ -150,19 +153,19 @@ def run(cfg: DemoConfig) -> dict:
     zero = evals["zero_shot"]
     stages = [{"stage": "zero-shot", "accuracy": zero["accuracy"], "by_level": zero["by_level"],
                "training_seconds": 0.0}]
-    for name, seconds, detail in (("GRPO", grpo_seconds, f"{grpo_cfg.train.max_steps} steps"),
-                                  ("RFT", rft_seconds, f"{len(rft_records) - 1} rounds")):
-        stages.append({"stage": name, "detail": detail, "accuracy": evals[name.lower()]["accuracy"],
-                       "by_level": evals[name.lower()]["by_level"], "training_seconds": seconds,
-                       **versus(zero, evals[name.lower()])})
+    for stage, seconds, detail in (("GRPO", grpo_seconds, f"{grpo_cfg.train.max_steps} steps"),
+                                   ("RFT", rft_seconds, f"{len(rft_records) - 1} rounds")):
+        after = evals[stage.lower()]
+        stages.append({"stage": stage, "detail": detail, "accuracy": after["accuracy"], "by_level": after["by_level"],
+                       "training_seconds": seconds, **versus(zero, after)})
     summary = {"model": cfg.model, "levels": LEVELS, "held_out": len(zero["scores"]), "eval_max_new_tokens":
-               16 if cfg.quick else EVAL_TOKENS, "stages": stages,
+               eval_tokens(cfg), "stages": stages,
                "grpo": {"reward_first": next(r["reward/mean"] for r in grpo_records if "reward/mean" in r),
                         "reward_last": grpo_records[-1]["reward/mean"], "kl_last": grpo_records[-1].get("kl")},
                "eval_seconds": {name: e["seconds"] for name, e in evals.items()}, "seconds": time.time() - t0}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_table(summary)
-    show_changed(out, n=2)
+    show_changed(zero["samples"], evals["grpo"]["samples"], n=2)
     print(f"\nplots: {out / 'plots'}; numbers: {out / 'summary.json'}; completions: {out / 'eval'}")
     return {s["stage"]: s["accuracy"] for s in stages} | {"seconds": summary["seconds"]}
 
@@ -199,12 +202,9 @@ def print_table(summary: dict) -> None:
     print(f"total wall time {summary['seconds']:.0f} s (evaluations {sum(summary['eval_seconds'].values()):.0f} s)")
 
 
-def show_changed(out: Path, n: int) -> None:
+def show_changed(zero_shot: list[dict], grpo: list[dict], n: int) -> None:
     """Print a few problems zero-shot got wrong and GRPO got right, both answers."""
-    def read(name: str) -> list[dict]:
-        return [json.loads(line) for line in (out / "eval" / name / "completions.jsonl").read_text().splitlines()]
-
-    changed = [(a, b) for a, b in zip(read("zero_shot"), read("grpo")) if b["score"] == 1.0 and a["score"] != 1.0]
+    changed = [(a, b) for a, b in zip(zero_shot, grpo) if b["score"] == 1.0 and a["score"] != 1.0]
     for before, after in changed[:n]:
         print(f"\n{before['prompt']}  (answer {before['answer']})\n  zero-shot: "
               + before["completion"].strip().replace("\n", " ") + "\n  GRPO:      "

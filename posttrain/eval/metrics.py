@@ -104,6 +104,13 @@ def correct_counts(scores: Sequence[Sequence[float | None]], threshold: float = 
     return [(len(s), sum(1 for x in s if x is not None and x >= threshold)) for s in scores]
 
 
+def wins(a: Sequence[float], b: Sequence[float]) -> tuple[int, int]:
+    """(problems a gets right and b wrong, problems b gets right and a wrong), scores 0/1 per problem (None = 0):
+    a = [1, 0, 0], b = [0, 1, 1] → (1, 2)."""
+    return (sum(1 for x, y in zip(a, b) if (x or 0) > (y or 0)),
+            sum(1 for x, y in zip(a, b) if (y or 0) > (x or 0)))
+
+
 def paired_sign_test(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided p-value that strategies a and b, scored 0/1 on the same problems, are equally accurate — the
     exact sign test on the problems where they disagree (McNemar's exact test).
@@ -121,12 +128,11 @@ def paired_sign_test(a: Sequence[float], b: Sequence[float]) -> float:
     if len(a) != len(b):
         raise ValueError(f"paired_sign_test needs one score per problem from each strategy, got {len(a)} and "
                          f"{len(b)}")
-    b_wins = sum(1 for x, y in zip(a, b) if (y or 0) > (x or 0))
-    a_wins = sum(1 for x, y in zip(a, b) if (x or 0) > (y or 0))
+    a_wins, b_wins = wins(a, b)
     m = a_wins + b_wins
     tail = sum(math.comb(m, i) for i in range(min(a_wins, b_wins) + 1))
     return min(1.0, 2 * tail / 2 ** m)
 
 
 __all__ = ["accuracy", "by_group", "correct_counts", "maj_at_k", "mean_over_problems", "paired_sign_test",
-           "pass_at_k"]
+           "pass_at_k", "wins"]

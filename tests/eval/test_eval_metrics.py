@@ -7,7 +7,7 @@ import math
 import pytest
 
 from posttrain.eval.metrics import (accuracy, by_group, correct_counts, maj_at_k, mean_over_problems,
-                                     paired_sign_test, pass_at_k)
+                                     paired_sign_test, pass_at_k, wins)
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
@@ -72,6 +72,11 @@ def test_sign_test_worked_examples():
     assert paired_sign_test([0] * 9 + [1], [1] * 9 + [0]) == pytest.approx(2 * 11 / 1024)
     assert paired_sign_test([1, 0, 1], [1, 0, 1]) == 1.0
     assert paired_sign_test([0, 1], [1, 0]) == 1.0  # a 1-1 split: the tail holds everything, capped at 1
+
+
+def test_wins_counts_each_sides_wins_with_none_as_wrong():
+    assert wins([1, 0, 0], [0, 1, 1]) == (1, 2)  # the docstring's example
+    assert wins([1, None, 1, 0], [None, 1, 1, 0]) == (1, 1)  # agreements count for neither
 
 
 def test_sign_test_matches_enumeration():
