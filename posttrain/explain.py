@@ -21,7 +21,8 @@ def run(cfg: RLConfig) -> RLPlan:
     plan = rl_plan(cfg, world_size=1, num_prompts=num_prompts)
     a = cfg.algo
     kl_term = f"{cfg.kl.estimator} in the {cfg.kl.where}, β = {cfg.kl.coef}" + \
-        (f" (adaptive, target {cfg.kl.target})" if cfg.kl.target else "") if needs_reference(cfg) else "off"
+        (f" (adaptive, target {cfg.kl.target})" if cfg.kl.target else "") if needs_reference(cfg) else \
+        f"off (monitored on {cfg.kl.monitor} samples per step)" if cfg.kl.monitor else "off"
     print(f"algorithm             {a.name}: advantage {a.advantage}, policy loss {a.policy_loss}, "
           f"aggregate {a.aggregate}, critic {a.critic}, KL {kl_term}")
     print("\n".join(pieces(cfg)))

@@ -75,6 +75,7 @@ def test_quick_real_model_demo_runs_every_stage_and_its_table_adds_up(tmp_path, 
     assert (tmp_path / "rft" / "final" / "config.json").is_file()  # RFT merges its rounds into full models
     records = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
     logged = {k for r in records for k in r} & set(pretrained.RL_CURVES)  # entropy only when a sample was updated
-    assert {"reward/mean", "response_len/mean", "eval/accuracy"} <= logged
+    assert {"reward/mean", "response_len/mean", "eval/accuracy", "kl"} <= logged  # kl: the monitor, no KL term
+    assert all(r["kl_coef"] == 0.0 for r in records if "kl_coef" in r)
     for name in logged:
         assert (tmp_path / "plots" / "grpo" / f"{name.replace('/', '_')}.png").is_file(), name

@@ -78,6 +78,11 @@ class KLSection(Config):
     """Adaptive controller: steer β towards this KL per sequence (Ziegler et al. 2019); 0: fixed β."""
     horizon: float = 10000.0
     """Adaptive controller: samples over which β may change by at most 20%."""
+    monitor: int = 0
+    """With no KL term (kl.where=none or kl.coef=0): score this many of each step's samples against the reference
+    and log kl and kl/seq, without a penalty. The samples are evenly spaced over the step (with prompts_per_step
+    of them, the first of each group), each an on-policy draw, so their mean estimates the policy's KL. Costs one
+    no-grad forward of those samples, and for full fine-tuning a frozen copy of the start. 0: off."""
 
 
 @dataclass

@@ -17,8 +17,8 @@ Two caches (`cache=`):
                batch is compacted — a shape change costs one recompile the first time it happens.
 
 Randomness is per sample: sample k of prompt i owns the seed derive_seed(seed, step, example id, k), and its
-token at position t is drawn with position_uniforms(that seed, t). A sample therefore does not depend on what
-else is in the batch, on the batch size, on the cache, or on when other rows finish.
+token at position t is drawn with the uniform position_uniforms(that seed, t). A sample therefore does not depend
+on what else is in the batch, on the batch size, on the cache, or on when other rows finish.
 
 Per step the loop does a fixed number of tensor ops whatever the batch size: tokens and log-probs go into
 preallocated [rows, max_new_tokens] buffers, and the only per-row Python is the optional stop_sequence check.
@@ -120,7 +120,7 @@ def _generate_batch(decoder, prompts: list[list[int]], jobs: list[Generation], s
     for t in range(new):
         # ---- algorithm: process, draw, record --------------------------------------------------------------------
         processed = process_logits(logits, params, None if history is None else history[:, :width + t])
-        uniforms = None if params.greedy else position_uniforms(row_seeds, t, logits.shape[-1])
+        uniforms = None if params.greedy else position_uniforms(row_seeds, t)
         tokens = sample(processed, uniforms)
         # Rows already finished (carried by the static cache) write too: past their length, nothing is read.
         tokens_out[job_of, t] = tokens

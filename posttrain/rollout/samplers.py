@@ -10,10 +10,10 @@ The first one is a *processor* (it changes which token is most likely); the othe
 (they reshape or truncate the distribution but never change its argmax). HF applies processors in greedy
 decoding too and warpers only when sampling; `process_logits` does the same.
 
-Sampling itself is Gumbel-max driven by explicit uniforms, `sample(processed, uniforms)`, and the uniforms
-of a row come from that row's own seed and the position (`derive_seed`, `position_uniforms`, a counter-based
-generator). Nothing here touches the global torch RNG, which is what makes a sample independent of the batch
-it happens to be generated in. No function loops over rows.
+Sampling itself is inverse-CDF sampling driven by one explicit uniform per row, `sample(processed, uniforms)`,
+and the uniform of a row comes from that row's own seed and the position (`derive_seed`, `position_uniforms`, a
+counter-based generator). Nothing here touches the global torch RNG, which is what makes a sample independent of
+the batch it happens to be generated in. No function loops over rows.
 """
 
 from __future__ import annotations
@@ -154,25 +154,26 @@ def process_logits(logits: torch.Tensor, params: SamplingParams,
 # ---------------------------------------------------------------------------------------------------------
 
 def sample(processed_logits: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.Tensor:
-    """Pick one token per row: argmax when `uniforms` is None, else Gumbel-max.
+    """Pick one token per row: argmax when `uniforms` is None, else inverse-CDF sampling.
 
-    Gumbel-max: with g_i = −log(−log u_i) for independent u_i ~ U(0, 1), argmax_i (x_i + g_i) is distributed
-    exactly as softmax(x) (P(argmax = i) = exp(x_i) / Σ_j exp(x_j), a property of the Gumbel distribution;
-    Gumbel 1954, used for sampling by Maddison et al. 2014). So it samples the processed distribution while
-    the randomness stays an explicit input: same uniforms → same token, whatever else is in the batch.
+    Inverse CDF: with probabilities p = softmax(x) and their running sums c_i = p_0 + … + p_i, the token is the
+    first i with c_i > u · c_{V−1} for u ~ U(0, 1), so P(token = i) = (c_i − c_{i−1}) / c_{V−1} = p_i (the
+    division by the total absorbs rounding). One uniform per row decides the token, so the randomness stays an
+    explicit input — same uniform → same token, whatever else is in the batch — and costs one number per row
+    instead of one per vocabulary entry (Gumbel-max's −log(−log u_i) over 49k entries was a tenth of a decode
+    step on CPU). A forbidden token (-inf, probability 0) adds nothing to the running sum, so it is never the
+    first to pass u · c_{V−1}; the sums are float64 so that a u below 1 always lands inside the vocabulary.
 
-    processed_logits [B, V] (-inf = forbidden); uniforms [B, V] in [0, 1) or None → ids [B] long.
+    processed_logits [B, V] (-inf = forbidden); uniforms [B] in [0, 1) or None → ids [B] long.
 
-    Example: processed [[1.0, 0.0]], uniforms [[0.5, 0.9]] → noise [0.3665, 2.2504]
-             → perturbed [1.3665, 2.2504] → token 1.
+    Example: processed [[1.0, 0.0]] → probabilities [0.7311, 0.2689], running sums [0.7311, 1.0];
+             uniform 0.5 → token 0 (0.7311 > 0.5); uniform 0.9 → token 1.
     """
     if uniforms is None:
         return processed_logits.argmax(dim=-1)
-    # u = 0 would give noise -inf and could lose to a -inf (forbidden) entry; clamping to the smallest
-    # positive float keeps the noise finite (≥ −4.5), so a forbidden token can never be drawn.
-    u = uniforms.float().clamp_min(torch.finfo(torch.float32).tiny)
-    gumbel = -torch.log(-torch.log(u))
-    return (processed_logits.float() + gumbel).argmax(dim=-1)
+    cumulative = torch.softmax(processed_logits.float(), dim=-1).cumsum(dim=-1, dtype=torch.float64)
+    target = uniforms.to(torch.float64)[:, None] * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, target, right=True).squeeze(-1)
 
 
 def derive_seed(base_seed: int, *parts: int | str) -> int:
@@ -180,7 +181,7 @@ def derive_seed(base_seed: int, *parts: int | str) -> int:
     versions (blake2b, unlike Python's salted `hash()`).
 
     The engine's contract: sample k of example `example` at training step `step` owns the seed
-    s = derive_seed(run_seed, step, example, k); the uniforms that choose its token number t are
+    s = derive_seed(run_seed, step, example, k); the uniform that chooses its token number t is
     position_uniforms(s, t). A token is then a function of those numbers and the model alone —
     not of the batch size, of which other prompts share the batch, or of how long the other rows run — so
     results do not depend on batching (DESIGN §3).
@@ -212,23 +213,21 @@ def _mix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shift_right(z, 31)
 
 
-def position_uniforms(seeds: torch.Tensor, position: int | torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Uniforms for `sample` at one position: row b depends only on (seeds[b], position) → [B, V] float32.
+def position_uniforms(seeds: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+    """The uniform for `sample` at one position: row b depends only on (seeds[b], position) → [B] float64.
 
-    Counter-based, so no generator state is carried and no Python loop runs over rows: row b's key is
-    k = mix(seeds[b] + (position + 1)·γ), and its v-th uniform is the top 24 bits of mix(k + (v + 1)·γ), i.e. the
-    v-th output of a splitmix64 stream seeded with k (γ the golden-ratio increment), times 2^-24 ∈ [0, 1).
-    Integer arithmetic is exact everywhere, so the same seeds give the same numbers on CPU and GPU, in any
-    batch: position_uniforms(tensor([7, 8]), t, V)[1] == position_uniforms(tensor([8]), t, V)[0].
+    Counter-based, so no generator state is carried and no Python loop runs over rows: row b's uniform is the
+    top 52 bits of mix(seeds[b] + (position + 1)·γ), i.e. the (position + 1)-th output of a splitmix64 stream
+    seeded with seeds[b] (γ the golden-ratio increment), times 2^-52 ∈ [0, 1). Integer arithmetic is exact
+    everywhere, so the same seeds give the same numbers on CPU and GPU, in any batch:
+    position_uniforms(tensor([7, 8]), t)[1] == position_uniforms(tensor([8]), t)[0].
 
     seeds [B] int64 (from derive_seed); position t ≥ 0 (an int, or a 0-d tensor inside a compiled step).
     """
     seeds = seeds.to(torch.int64)
     counter = torch.as_tensor(position, dtype=torch.int64, device=seeds.device) + 1
-    keys = _mix64(seeds + counter * _GOLDEN)
-    counters = (torch.arange(1, vocab_size + 1, dtype=torch.int64, device=seeds.device) * _GOLDEN)
-    bits = _shift_right(_mix64(keys[:, None] + counters), 40)  # the top 24 bits: exact in float32
-    return bits.to(torch.float32) * 2.0 ** -24
+    bits = _shift_right(_mix64(seeds + counter * _GOLDEN), 12)  # 52 bits: exact in float64
+    return bits.to(torch.float64) * 2.0 ** -52
 
 
 def logprobs_of(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

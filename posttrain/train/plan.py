@@ -153,6 +153,9 @@ def _check_sampling_and_rewards(cfg: RLConfig) -> None:
     if cfg.kl.coef < 0 or (cfg.kl.where != "none" and cfg.kl.coef == 0 and cfg.kl.target > 0):
         raise ConfigError(f"kl.coef = {cfg.kl.coef}: must be ≥ 0, and > 0 as the start of an adaptive "
                           "controller (kl.target > 0)")
+    if cfg.kl.monitor < 0:
+        raise ConfigError(f"kl.monitor = {cfg.kl.monitor}: the samples per step scored against the reference "
+                          "must be ≥ 0 (0: off)")
     if not 0 <= rl.overlong_buffer < 1:
         raise ConfigError(f"rl.overlong_buffer = {rl.overlong_buffer} must be in [0, 1): a fraction of "
                           "sampling.max_new_tokens")
@@ -169,6 +172,11 @@ def _check_sampling_and_rewards(cfg: RLConfig) -> None:
 def needs_reference(cfg: RLConfig) -> bool:
     """A KL term is on: the frozen reference is loaded and scored."""
     return cfg.kl.where != "none" and cfg.kl.coef > 0
+
+
+def scores_reference(cfg: RLConfig) -> bool:
+    """The frozen reference is scored: for a KL term, or only to log the KL (kl.monitor)."""
+    return needs_reference(cfg) or cfg.kl.monitor > 0
 
 
 def advantage_arguments(algo: AlgoConfig) -> dict[str, Any]:

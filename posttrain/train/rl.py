@@ -3,13 +3,13 @@
 An algorithm is a preset (presets.py) naming registered functions; this loop composes them:
 
     setup       preset expanded → pieces and batch arithmetic checked (plan.rl_plan) → prompts → reward sources →
-                run dir → policy; the frozen reference (the starting policy) only when a KL term needs it (new
-                LoRA adapters: the same model with its adapters disabled); the critic only for GAE (a value head
-                on the reward model or the policy's backbone)
+                run dir → policy; the frozen reference (the starting policy) only when a KL term or the KL
+                monitor needs it (new LoRA adapters: the same model with its adapters disabled); the critic only
+                for GAE (a value head on the reward model or the policy's backbone)
     rollout     rollouts.collect: prompts_per_step × generations samples from the engine, scored, shaped,
                 filtered (DAPO) — on each rank its share, then gathered
     score       no-grad passes: π_old (the sampler's log-probs reused when its distribution is the policy's),
-                π_ref, the critic's values
+                π_ref (every sample for a KL term; kl.monitor's share when it is only logged), the critic's values
     advantage   KL in the reward (β·k per token; sequence-level estimators get the sum), then the registered
                 estimator with its declared hyperparameters; unscored samples get 0; optional whitening
     update      rl.update_epochs × mini-batches; per micro-batch the registered policy loss per token
@@ -40,7 +40,7 @@ from posttrain.models.logits import autocast, device_of, target_logprobs
 from posttrain.train import rl_diagnostics as diagnostics, rollouts
 from posttrain.train.common import build_optimizer, optimizer_step, prepare_run_dir, start_training
 from posttrain.train.loop import StepEnd
-from posttrain.train.plan import advantage_arguments, loss_arguments, needs_reference, rl_plan
+from posttrain.train.plan import advantage_arguments, loss_arguments, needs_reference, rl_plan, scores_reference
 from posttrain.train.preflight import check_inputs
 
 
@@ -67,7 +67,7 @@ def run(cfg: RLConfig) -> dict:
                        weights_dir=resume_from / "model" if resume_from else None,
                        disable_dropout=cfg.train.disable_dropout).to(world.device)
     reference = None
-    if needs_reference(cfg) and not cfg.lora.r:  # full training, or an adapter continued: a frozen copy of the start
+    if scores_reference(cfg) and not cfg.lora.r:  # full training, or an adapter continued: a frozen copy of the start
         reference = load_model(cfg.model, LoraConfig(r=0), seed=cfg.seed).to(world.device).eval().requires_grad_(False)
     critic = critic_optimizer = None
     if cfg.algo.critic == "value":
@@ -213,15 +213,17 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
         if sampler is not None:
             batch.metrics.update(diagnostics.mismatch(batch.old_logps, sampler, batch.mask))
     kl_tokens = torch.zeros_like(batch.mask)
-    if needs_reference(cfg):
-        if reference is None:  # new LoRA adapters: the reference is their base (the start), the adapters switched off
-            with distributed.unwrap(model).disable_adapter():
-                batch.ref_logps, = over_chunks(lambda p, c: forward_tokens(model, p, c, batch.width, cfg)[:1])
-        else:
-            batch.ref_logps, = over_chunks(lambda p, c: forward_tokens(reference, p, c, batch.width, cfg)[:1])
-        kl_tokens = kl_algos.get(cfg.kl.estimator)(batch.old_logps, batch.ref_logps) * batch.mask
-        batch.kl_per_seq = (kl_algos.k1(batch.old_logps, batch.ref_logps) * batch.mask).sum(-1).mean().item()
-        batch.metrics.update({"kl": kl_tokens.sum().item() / batch.mask.sum().item(), "kl/seq": batch.kl_per_seq})
+    if scores_reference(cfg):
+        # the KL term needs every sample; the monitor (no term) only its evenly spaced share
+        rows = list(range(B)) if needs_reference(cfg) else monitored(B, cfg.kl.monitor)
+        ref_logps = reference_logps(model, reference, [batch.prompt_ids[i] for i in rows],
+                                    [batch.completion_ids[i] for i in rows], batch.width, cfg)
+        old, mask = batch.old_logps[rows], batch.mask[rows]
+        kl = kl_algos.get(cfg.kl.estimator)(old, ref_logps) * mask
+        batch.kl_per_seq = (kl_algos.k1(old, ref_logps) * mask).sum(-1).mean().item()
+        batch.metrics.update({"kl": kl.sum().item() / mask.sum().clamp(min=1).item(), "kl/seq": batch.kl_per_seq})
+        if needs_reference(cfg):
+            batch.ref_logps, kl_tokens = ref_logps, kl
     bootstrap = None
     if critic is not None:
         critic.eval()
@@ -249,6 +251,29 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
     batch.advantages = estimators.whiten(adv, valid) if cfg.algo.normalize_advantages else adv * valid
     batch.metrics.update(diagnostics.batch_metrics(batch, rollout, sampler is not None))
     return batch
+
+
+def monitored(samples: int, n: int) -> list[int]:
+    """kl.monitor's rows: n of the step's samples, evenly spaced — e.g. 8 of 64 (8 prompts × 8) are
+    0, 8, …, 56, the first of each group."""
+    n = min(n, samples)
+    return [i * samples // n for i in range(n)]
+
+
+def reference_logps(model, reference, prompt_ids, completion_ids, width: int, cfg: RLConfig) -> torch.Tensor:
+    """log π_ref of the completion tokens → [b, width] on the CPU, train.micro_batch_size samples per forward. The
+    reference is the frozen copy when one is loaded, otherwise (new LoRA adapters) the policy with its adapters
+    switched off — the start."""
+    chunk = cfg.train.micro_batch_size
+    parts = []
+    for s in range(0, len(prompt_ids), chunk):
+        p, c = prompt_ids[s:s + chunk], completion_ids[s:s + chunk]
+        if reference is None:
+            with distributed.unwrap(model).disable_adapter():
+                parts.append(forward_tokens(model, p, c, width, cfg)[0].cpu())
+        else:
+            parts.append(forward_tokens(reference, p, c, width, cfg)[0].cpu())
+    return torch.cat(parts)
 
 
 def _sampler_logps(rollout, batch: Batch, sampling) -> torch.Tensor | None:

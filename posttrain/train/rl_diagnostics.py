@@ -2,7 +2,8 @@
 
 Metrics (stable names in metrics.jsonl):
     reward/mean|std|min|max (+ per source), reward/unscored_frac, reward/failures/<reason>  (posttrain.rewards)
-    kl, kl/seq, kl_coef             per-token KL to the reference (configured estimator), per-sequence k1 sum, β
+    kl, kl/seq, kl_coef             per-token KL to the reference (configured estimator), per-sequence k1 sum, β;
+                                    with no KL term, kl and kl/seq only under kl.monitor (over its samples)
     entropy                         mean policy entropy over completion tokens (nats)
     clip_frac, clip_frac/low|high   fraction of tokens whose ratio was clipped (gradient 0); dual_clip_frac
     approx_kl                       k3 estimate of KL(π_old ‖ π_new), mean over tokens: how far an update moved

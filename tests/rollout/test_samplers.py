@@ -1,4 +1,4 @@
-"""rollout/samplers.py: worked examples from the docstrings, parity with HF's logits processors, Gumbel-max
+"""rollout/samplers.py: worked examples from the docstrings, parity with HF's logits processors, inverse-CDF
 frequencies, per-row randomness and SamplingParams validation."""
 
 import math
@@ -80,7 +80,7 @@ def test_process_logits_example_and_order():
 
 
 def test_sample_example_and_logprobs_example():
-    assert sample(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.9]])).tolist() == [1]
+    assert sample(torch.tensor([[1.0, 0.0]] * 2), torch.tensor([0.5, 0.9])).tolist() == [0, 1]
     assert sample(torch.tensor([[1.0, 0.0]])).tolist() == [0]  # no uniforms → argmax
     lp = logprobs_of(torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([1]))
     assert lp.item() == pytest.approx(math.log(0.75), abs=1e-6)
@@ -144,7 +144,7 @@ def test_process_logits_equals_hf_chain():
 def test_top_k_1_and_low_temperature_are_greedy():
     logits = torch.randn(8, 30, generator=torch.Generator().manual_seed(7)) * 3
     greedy = logits.argmax(-1)
-    uniforms = position_uniforms(torch.arange(8), 0, 30)
+    uniforms = position_uniforms(torch.arange(8), 0)
     assert torch.equal(sample(top_k(logits, 1), uniforms), greedy)  # only the max is left to sample
     assert torch.equal(sample(temperature(logits, 1e-4), uniforms), greedy)  # noise is negligible at t → 0
     for params in (SamplingParams(top_k=1), SamplingParams(temperature=0.0)):
@@ -163,27 +163,42 @@ def test_greedy_still_applies_repetition_penalty():
 
 # ---- sampling ---------------------------------------------------------------------------------------------
 
-def test_gumbel_max_samples_the_softmax():
+def test_inverse_cdf_worked_example():
+    processed = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # probabilities [0.7311, 0.2689]
+    assert sample(processed, torch.tensor([0.5, 0.9], dtype=torch.float64)).tolist() == [0, 1]
+    # the boundary: the first running sum strictly above u · total, i.e. token 0 while u < p0 / (p0 + p1)
+    p = torch.softmax(processed[0], -1).double()
+    p0 = (p[0] / p.sum()).item()
+    assert sample(processed[:1], torch.tensor([p0 - 1e-9], dtype=torch.float64)).item() == 0
+    assert sample(processed[:1], torch.tensor([p0 + 1e-9], dtype=torch.float64)).item() == 1
+
+
+def test_inverse_cdf_samples_the_softmax():
     probs = torch.tensor([0.6, 0.3, 0.1])
     n = 20_000
-    uniforms = torch.rand(n, 3, generator=torch.Generator().manual_seed(0))
+    uniforms = torch.rand(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ids = sample(probs.log().expand(n, 3), uniforms)
     freq = torch.bincount(ids, minlength=3).float() / n
     assert torch.allclose(freq, probs, atol=0.01), freq
-    # Gumbel-max of temperature-scaled logits samples softmax(logits / t): the same law after the warper.
+    # sampling temperature-scaled logits samples softmax(logits / t): the same law after the warper.
     logits = torch.tensor([1.0, 0.0, -1.0])
     ids = sample(temperature(logits, 2.0).expand(n, 3), uniforms)
     freq = torch.bincount(ids, minlength=3).float() / n
     assert torch.allclose(freq, torch.softmax(logits / 2.0, -1), atol=0.01), freq
 
 
-def test_single_allowed_token_is_always_drawn():
+def test_forbidden_tokens_are_never_drawn_even_at_the_ends_of_the_uniform_range():
     n = 2000
     logits = torch.full((n, 5), -INF)
     logits[:, 3] = -50.0  # very unlikely under the raw model, but the only token left after filtering
-    uniforms = torch.rand(n, 5, generator=torch.Generator().manual_seed(1))
-    uniforms[:10] = 0.0  # the edge of torch.rand's range must not produce -inf noise
+    uniforms = torch.rand(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    uniforms[:10], uniforms[10:20] = 0.0, 1 - 2.0 ** -52  # the smallest and largest uniform
     assert (sample(logits, uniforms) == 3).all()
+    # a 49k vocabulary whose last entries are forbidden: the largest uniform still lands on an allowed token
+    wide = torch.randn(4, 49152, generator=torch.Generator().manual_seed(2))
+    wide[:, -100:] = -INF
+    top = torch.full((4,), 1 - 2.0 ** -52, dtype=torch.float64)
+    assert (sample(wide, top) < 49152 - 100).all() and (sample(wide, top * 0) >= 0).all()
 
 
 def splitmix64_reference(seed: int, count: int) -> list[int]:
@@ -199,31 +214,33 @@ def splitmix64_reference(seed: int, count: int) -> list[int]:
 
 
 def test_position_uniforms_are_splitmix64_streams():
-    # Row b at position t: key = the (t+1)-th splitmix64 output of seeds[b]; its uniforms are the top 24 bits
-    # of the first V outputs of the stream seeded with key, × 2^-24.
-    seeds, t, vocab = [7, 2**62 + 12345, 0], 3, 9
-    got = position_uniforms(torch.tensor(seeds), t, vocab)
-    for b, seed in enumerate(seeds):
-        key = splitmix64_reference(seed, t + 1)[-1]
-        expected = [(z >> 40) * 2.0 ** -24 for z in splitmix64_reference(key, vocab)]
-        assert got[b].tolist() == expected
+    # Row b at position t: the top 52 bits of the (t+1)-th splitmix64 output of seeds[b], × 2^-52.
+    seeds = [7, 2**62 + 12345, 0]
+    for t in (0, 3, 100):
+        got = position_uniforms(torch.tensor(seeds), t)
+        expected = [(splitmix64_reference(seed, t + 1)[-1] >> 12) * 2.0 ** -52 for seed in seeds]
+        assert got.tolist() == expected
 
 
 def test_position_uniforms_do_not_depend_on_batch():
-    both = position_uniforms(torch.tensor([7, 8]), 5, 11)
-    assert both.shape == (2, 11) and both.dtype == torch.float32
-    assert torch.equal(both[1], position_uniforms(torch.tensor([8]), 5, 11)[0])
-    assert torch.equal(both[0], position_uniforms(torch.tensor([9, 7]), 5, 11)[1])
+    both = position_uniforms(torch.tensor([7, 8]), 5)
+    assert both.shape == (2,) and both.dtype == torch.float64
+    assert torch.equal(both[1], position_uniforms(torch.tensor([8]), 5)[0])
+    assert torch.equal(both[0], position_uniforms(torch.tensor([9, 7]), 5)[1])
     assert not torch.equal(both[0], both[1])
-    assert not torch.equal(both[0], position_uniforms(torch.tensor([7]), 6, 11)[0])  # positions differ
+    assert not torch.equal(both[0], position_uniforms(torch.tensor([7]), 6)[0])  # positions differ
     assert ((both >= 0) & (both < 1)).all()
 
 
 def test_position_uniforms_are_uniform():
-    u = position_uniforms(torch.arange(200), 0, 1000).flatten()
+    u = torch.cat([position_uniforms(torch.arange(2000), t) for t in range(100)])  # seeds × positions
     assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
-    hist = torch.histc(u, bins=10, min=0, max=1) / u.numel()
+    hist = torch.histc(u.float(), bins=10, min=0, max=1) / u.numel()
     assert torch.allclose(hist, torch.full((10,), 0.1), atol=0.005)
+    # consecutive positions of one seed are not correlated
+    x = position_uniforms(torch.arange(50_000), 0) - 0.5
+    y = position_uniforms(torch.arange(50_000), 1) - 0.5
+    assert abs((x * y).mean().item()) / (1 / 12) < 0.02
 
 
 def test_logprobs_of_processed_and_raw():

@@ -52,7 +52,7 @@ def test_round_sft_takes_epochs_rounded_up():
 
 ARGS = ["task.max_digits=1", "task.num_train=16", "task.num_eval=20", "eval.num_samples=8", "eval.max_new_tokens=24",
         "sampling.n=4", "sampling.max_new_tokens=24", "rft.keep_per_prompt=2",
-        "train.micro_batch_size=4", "train.max_steps=2", "train.lr=1e-3", "log.progress=false", "threads=1"]
+        "train.micro_batch_size=4", "train.max_steps=2", "train.lr=3e-4", "log.progress=false", "threads=1"]
 TASK = ArithTask(max_digits=1, steps=True)
 
 

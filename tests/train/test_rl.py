@@ -334,6 +334,51 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path):
     assert (run_dir / "final" / "adapter_config.json").is_file()
 
 
+# ---- the KL monitor: the KL logged without a KL term ---------------------------------------------------------------
+
+def test_kl_monitor_rows_are_evenly_spaced():
+    assert rl.monitored(64, 8) == [0, 8, 16, 24, 32, 40, 48, 56]  # 8 prompts × 8: the first of each group
+    assert rl.monitored(8, 3) == [0, 2, 5]
+    assert rl.monitored(4, 10) == [0, 1, 2, 3]                     # at most every sample
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_kl_monitor_logs_the_kl_of_its_samples_and_changes_nothing_else(tmp_path, monkeypatch, lora):
+    """dr_grpo has no KL term. With kl.monitor=2 of 8 samples the logged kl is the k3 mean over the tokens of samples
+    0 and 4, recomputed here from an independent reference pass (the start: adapters off, or the initial weights);
+    the trained weights equal those of the same run without the monitor."""
+    args = ["train.max_steps=3", "rl.generations=2", "train.lr=3e-3" if lora else "train.lr=3e-4",
+            *(["lora.r=4"] if lora else [])]
+    start = load_model(C.ModelConfig(name_or_path="tiny"), C.LoraConfig(r=0), seed=0).eval()
+    expected = []
+    prepare = rl.prepare
+
+    def checking_prepare(cfg, model, reference, critic, tokenizer, rollout, beta):
+        batch = prepare(cfg, model, reference, critic, tokenizer, rollout, beta)
+        rows = [0, 4]
+        ref = rl.forward_tokens(start, [batch.prompt_ids[i] for i in rows], [batch.completion_ids[i] for i in rows],
+                                batch.width, cfg)[0]
+        old, mask = batch.old_logps[rows], batch.mask[rows]
+        k3 = (torch.exp(ref - old) - 1 - (ref - old)) * mask
+        expected.append((k3.sum() / mask.sum()).item())
+        return batch
+
+    monkeypatch.setattr(rl, "prepare", checking_prepare)
+    watched, plain = tmp_path / "watched", tmp_path / "plain"
+    assert run_rl(watched, *args, "kl.monitor=2", algo="dr_grpo", reward=reward_file(tmp_path)) == 0
+    m = records(watched)
+    assert [m[s]["kl"] for s in (1, 2, 3)] == pytest.approx(expected, abs=1e-6)
+    assert abs(m[1]["kl"]) < 1e-6 and m[3]["kl"] > 1e-5  # the first step samples the start; then the policy moves
+    assert m[3]["kl_coef"] == 0.0
+    monkeypatch.setattr(rl, "prepare", prepare)
+    assert run_rl(plain, *args, algo="dr_grpo", reward=reward_file(tmp_path)) == 0
+    assert "kl" not in records(plain)[3]
+    name = "adapter_model.safetensors" if lora else "model.safetensors"
+    a, b = load_file(str(watched / "final" / name)), load_file(str(plain / "final" / name))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+
+
 # ---- rewards through the loop --------------------------------------------------------------------------------------
 
 def test_a_reward_that_always_raises_stops_the_run(tmp_path, capsys):
