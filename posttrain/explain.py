@@ -6,9 +6,9 @@ checks). Every registered piece is listed at the end, so a user sees what else c
 from __future__ import annotations
 
 from posttrain import presets
-from posttrain.algos import advantages, aggregate, kl, policy
+from posttrain.algos import advantages, aggregate, correction, kl, policy
 from posttrain.config import RLConfig
-from posttrain.train.plan import RLPlan, needs_reference, pieces, rl_plan
+from posttrain.train.plan import RLPlan, correction_arguments, correction_name, needs_reference, pieces, rl_plan
 
 
 def run(cfg: RLConfig) -> RLPlan:
@@ -24,12 +24,14 @@ def run(cfg: RLConfig) -> RLPlan:
         (f" (adaptive, target {cfg.kl.target})" if cfg.kl.target else "") if needs_reference(cfg) else \
         f"off (monitored on {cfg.kl.monitor} samples per step)" if cfg.kl.monitor else "off"
     print(f"algorithm             {a.name}: advantage {a.advantage}, policy loss {a.policy_loss}, "
-          f"aggregate {a.aggregate}, critic {a.critic}, KL {kl_term}")
+          f"aggregate {a.aggregate}, critic {a.critic}, KL {kl_term}, rollout correction "
+          f"{correction_name(cfg)}" + (f" (cap {correction_arguments(cfg)['cap']:g})"
+                                      if correction_name(cfg) != "none" else ""))
     print("\n".join(pieces(cfg)))
     print(plan.describe())
     print("registered")
     for key, names in (("algo.name", presets.PRESETS), ("algo.advantage", advantages.ADVANTAGES),
                        ("algo.policy_loss", policy.POLICY_LOSSES), ("algo.aggregate", aggregate.AGGREGATIONS),
-                       ("kl.estimator", kl.ESTIMATORS)):
+                       ("kl.estimator", kl.ESTIMATORS), ("rl.correction", correction.CORRECTIONS)):
         print(f"  {key:<20}{', '.join(names)}")
     return plan

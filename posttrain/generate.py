@@ -17,6 +17,7 @@ from posttrain import tasks
 from posttrain.data import Rows, load_rows, normalize
 from posttrain.errors import ConfigError
 from posttrain.models.inference import load_for_inference
+from posttrain.models.loading import base_model_path
 from posttrain.rollout import format_prompt, generate_text, inference_engine, use_template
 from posttrain.rollout.beam import beam_search
 
@@ -40,7 +41,7 @@ def run_generate(cfg) -> Path:
     if cfg.beam.num_beams > 1:
         results = beam_records(model, tokenizer, prompts, cfg.beam, params, template)
     else:
-        engine = inference_engine(cfg.rollout, model, tokenizer, path)
+        engine = inference_engine(cfg.rollout, model, tokenizer, base_model_path(str(path)))
         results = [{"prompt_index": g.prompt_index, "completion": text, "sample_index": g.sample_index,
                     "finish_reason": g.finish_reason, "num_tokens": len(g.completion_ids), "logprob": sum(g.logprobs)}
                    for g, text in generate_text(engine, tokenizer, prompts, params, use_chat_template=template,
@@ -86,7 +87,7 @@ def run_chat(cfg, stdin=None, stdout=None) -> list[dict]:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     params = cfg.validate().sampling
     model, tokenizer, path = load_for_inference(cfg.model)
-    engine = inference_engine(cfg.rollout, model, tokenizer, path)
+    engine = inference_engine(cfg.rollout, model, tokenizer, base_model_path(str(path)))
     template = tokenizer.chat_template is not None
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     messages = list(system)

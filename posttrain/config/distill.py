@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from posttrain.config.sections import Config, TrainConfig
+from posttrain.config.sections import Config, RolloutConfig, TrainConfig
 from posttrain.config.sft import SFTConfig
 from posttrain.errors import ConfigError
 
@@ -55,6 +55,8 @@ class DistillConfig(SFTConfig):
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/ (cot: rationales.jsonl and student/)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(disable_dropout=True))
     distill: DistillSection = field(default_factory=DistillSection)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """on_policy: the engine the student samples with (vLLM is started once and synced before each sampling)."""
 
     def validate(self) -> DistillConfig:
         """The shared checks, then the first bad distill.* value, named with what to set."""

@@ -111,6 +111,13 @@ class RLBatchConfig(Config):
     recompute_old_logprobs: bool = False
     """Recompute π_old with a forward pass instead of reusing the sampler's log-probs (they are reused when the
     sampler's distribution is the policy's: no top-k/top-p/min-p/repetition penalty)."""
+    correction: str | None = None
+    """Rollout correction for the sampler–trainer mismatch (posttrain.algos.correction): none, tis, seq_tis, mis,
+    seq_mis, geo_mask. π_old is then recomputed by the trainer and each token's loss weighed (or dropped) by
+    π_old / π_sampler. Unset: tis with rollout.engine=vllm, none with the built-in engine (whose log-probs are the
+    trainer's to ~1e-6). Needs the sampler's distribution to be the policy's (no top-k/top-p/min-p/penalty)."""
+    correction_cap: float | None = None
+    """C of the correction (truncation cap, or the mask's bounds [1/C, C]). Unset: the method's default."""
 
 
 @dataclass
@@ -205,15 +212,13 @@ class RFTConfig(SFTConfig):
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(at_start=True, max_new_tokens=72))
 
     def validate(self) -> RFTConfig:
-        """The shared checks, then sampling.* (k = sampling.n), rollout.* (the built-in engine) and rft.*."""
+        """The shared checks, then sampling.* (k = sampling.n), rollout.* and rft.*."""
         super().validate()
         if not (isinstance(self.sampling.n, int) and self.sampling.n >= 1):
             raise ConfigError(f"sampling.n = {self.sampling.n!r}: k, the completions sampled per prompt, must be an "
                               "integer ≥ 1 — fix: e.g. sampling.n=4")
         self.sampling.validate()
         self.rollout.validate()
-        if self.rollout.engine != "hf":
-            raise ConfigError("rft samples with the built-in engine — fix: rollout.engine=hf")
         for name in ("rounds", "keep_per_prompt"):
             value = getattr(self.rft, name)
             if not (isinstance(value, int) and value >= 1):

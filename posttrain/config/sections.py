@@ -230,7 +230,18 @@ class RolloutConfig(Config):
     """Which engine generates, and how (posttrain.rollout.backends)."""
 
     engine: Literal["hf", "vllm"] = "hf"
-    """hf: the built-in engine on any HF model in this process; vllm: vLLM (pip install 'posttrain[vllm]', CUDA)."""
+    """hf: the built-in engine on any HF model in this process; vllm: vLLM (pip install 'posttrain[vllm]' on a GPU;
+    on CPU make setup-vllm). vLLM's CPU build cannot seed a request: a step's samples then come from one generator
+    seeded by (seed, step) — repeatable, resume included, but dependent on the batch (rollout/vllm_engine.py)."""
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    """colocate: vLLM in the trainer's process, weights handed over in memory; server: vLLM in its own process
+    (rollout.vllm_server), weights broadcast over a process group of their own."""
+    vllm_server: str = ""
+    """server mode: HOST:PORT of a running `python -m posttrain.rollout.vllm_server`; empty: start one on this
+    machine for the run (stopped when it ends)."""
+    vllm_timeout: float = 600.0
+    """server mode: seconds any wait on the server may take (an answer, a weight broadcast) before the run fails
+    naming the server, instead of hanging."""
     batch_size: int = 64
     """Sequences the built-in engine generates together."""
     compile: bool = False
@@ -243,6 +254,11 @@ class RolloutConfig(Config):
     def validate(self) -> RolloutConfig:
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError(f"rollout.batch_size = {self.batch_size!r} must be an integer ≥ 1")
+        if not self.vllm_timeout > 0:
+            raise ConfigError(f"rollout.vllm_timeout = {self.vllm_timeout!r} must be > 0 seconds")
+        if self.vllm_server and (":" not in self.vllm_server or not self.vllm_server.rsplit(":", 1)[1].isdigit()):
+            raise ConfigError(f"rollout.vllm_server = {self.vllm_server!r} must be HOST:PORT — fix: e.g. "
+                              "rollout.vllm_server=10.0.0.2:8765")
         if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
             raise ConfigError(f"rollout.vllm_gpu_memory_utilization = {self.vllm_gpu_memory_utilization!r} "
                               "must be in (0, 1]")

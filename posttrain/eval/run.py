@@ -41,6 +41,7 @@ from posttrain.errors import DataError
 from posttrain.eval.metrics import (accuracy, by_group, correct_counts, maj_at_k, mean_over_problems,
                                     paired_sign_test, pass_at_k)
 from posttrain.models.inference import load_for_inference
+from posttrain.models.loading import base_model_path
 from posttrain.rollout import inference_engine, use_template
 from posttrain.search import (Policy, SearchResult, choose_best, choose_by_vote, load_outcome_rm, load_prm,
                               mcts_search, prm_value, rollout_value, sample_candidates, step_beam_search)
@@ -74,7 +75,7 @@ def run(cfg: EvaluateConfig) -> dict:
     rm = load_outcome_rm(cfg.reward_model, field="reward_model") if cfg.reward_model else None
     prm = load_prm(cfg.prm, aggregate=search.prm_aggregate, field="prm") if cfg.prm else None
     model, tokenizer, path = load_for_inference(cfg.model)
-    engine = inference_engine(cfg.rollout, model, tokenizer, path)
+    engine = inference_engine(cfg.rollout, model, tokenizer, base_model_path(str(path)))
     policy = Policy(engine, tokenizer, use_template(tokenizer, cfg.chat_template), temperature=search.temperature,
                     top_p=search.top_p, max_new_tokens=search.max_new_tokens, max_step_tokens=search.max_step_tokens,
                     answer_marker=search.answer_marker)

@@ -204,7 +204,9 @@ def load_model(model_cfg, lora_cfg, *, seed: int = 0, weights_dir: str | Path | 
     elif start_adapter is not None and rank is None:
         model = _load_adapter(model, path, task_type)
     elif rank:
-        model = _add_lora(model, lora_cfg, task_type=task_type)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # LoRA's A starts random: from the seed, not from the process's history
+            model = _add_lora(model, lora_cfg, task_type=task_type)
         if start_adapter is not None:  # the base these adapters train on is the start adapter, merged
             model.peft_config["default"].base_model_name_or_path = str(Path(path).resolve())
     if disable_dropout:

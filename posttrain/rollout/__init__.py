@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 from posttrain.rollout.params import SamplingParams
 
 if TYPE_CHECKING:
-    from posttrain.rollout.backends import Engine, HFEngine, VLLMEngine, build_engine, inference_engine
+    from posttrain.rollout.backends import Engine, HFEngine, build_engine, inference_engine
+    from posttrain.rollout.vllm_engine import VLLMEngine
     from posttrain.rollout.engine import Generation, generate
     from posttrain.rollout.text import (completion_text, cut_at_stop, format_prompt, generate_text, stop_check,
                                         use_template)
 
 # a name → the module of this package that defines it
-_LAZY = {"Engine": "backends", "HFEngine": "backends", "VLLMEngine": "backends", "build_engine": "backends",
+_LAZY = {"Engine": "backends", "HFEngine": "backends", "VLLMEngine": "vllm_engine", "build_engine": "backends",
          "inference_engine": "backends", "Generation": "engine", "generate": "engine", "completion_text": "text",
          "cut_at_stop": "text", "format_prompt": "text", "generate_text": "text", "stop_check": "text",
          "use_template": "text"}

@@ -52,7 +52,7 @@ from posttrain.models.loading import base_model_path, load_model, load_tokenizer
 from posttrain.models.logits import (chunkable_head, device_of, forward_logits, hidden_at_targets, reduce_at_targets,
                                      target_positions)
 from posttrain.run_dir import classify, lock, open_run
-from posttrain.rollout import HFEngine, SamplingParams, generate_text
+from posttrain.rollout import HFEngine, SamplingParams, build_engine, generate_text
 from posttrain.train import sft
 from posttrain.train.common import (batch_indices, batch_plan, optimizer_step,
                                     prepare_run_dir, save_checkpoint, start_training, total_steps)
@@ -97,26 +97,33 @@ def run(cfg: DistillConfig) -> dict:
                   evaluate=lambda: evaluate(model, teacher, tokenizer, data, cfg, divergence, vocab))
     per_rank = micro * accum
     metrics: dict = {}
-    for step in range(start_step, num_steps):
-        t0 = time.perf_counter()
-        indices = batch_indices(step, global_batch, len(data.train), cfg.seed)
-        mine = indices[world.rank * per_rank:(world.rank + 1) * per_rank]  # this rank's contiguous block
-        examples = [data.train[i] for i in mine]
-        on_policy = student_samples_this_step(cfg, step)
-        sampled = {}
-        if on_policy:
-            examples, sampled = student_samples(model, tokenizer, examples, mine, step, cfg)
-        micro_batches = [collate(examples[j:j + micro], pad_id=tokenizer.pad_token_id, packing=cfg.data.packing,
-                                 pack_length=cfg.data.pack_length or None) for j in range(0, per_rank, micro)]
-        sums = accumulate_gradients(model, teacher, micro_batches, cfg, divergence, vocab, on_policy)
-        grad_norm = optimizer_step(model, optimizer, cfg, guard, sums["loss"])
-        scheduler.step()
-        done = step + 1
-        tokens = sums.pop("tokens")
-        metrics = {**sums, **sampled, "on_policy": float(on_policy), "grad_norm": grad_norm,
-                   "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / (time.perf_counter() - t0),
-                   "epoch": done * global_batch / len(data.train)}
-        end.step(done, metrics)  # skipped_steps, eval, log, checkpoint when due (train/loop.py)
+    engine = None  # the student's sampler, started at the first on-policy step
+    try:
+        for step in range(start_step, num_steps):
+            t0 = time.perf_counter()
+            indices = batch_indices(step, global_batch, len(data.train), cfg.seed)
+            mine = indices[world.rank * per_rank:(world.rank + 1) * per_rank]  # this rank's contiguous block
+            examples = [data.train[i] for i in mine]
+            on_policy = student_samples_this_step(cfg, step)
+            sampled = {}
+            if on_policy:
+                engine = engine or student_engine(cfg, model, tokenizer)
+                engine.sync(model)  # vLLM: the student's current weights
+                examples, sampled = student_samples(engine, examples, mine, step, cfg)
+            micro_batches = [collate(examples[j:j + micro], pad_id=tokenizer.pad_token_id, packing=cfg.data.packing,
+                                     pack_length=cfg.data.pack_length or None) for j in range(0, per_rank, micro)]
+            sums = accumulate_gradients(model, teacher, micro_batches, cfg, divergence, vocab, on_policy)
+            grad_norm = optimizer_step(model, optimizer, cfg, guard, sums["loss"])
+            scheduler.step()
+            done = step + 1
+            tokens = sums.pop("tokens")
+            metrics = {**sums, **sampled, "on_policy": float(on_policy), "grad_norm": grad_norm,
+                       "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / (time.perf_counter() - t0),
+                       "epoch": done * global_batch / len(data.train)}
+            end.step(done, metrics)  # skipped_steps, eval, log, checkpoint when due (train/loop.py)
+    finally:
+        if engine is not None:
+            engine.close()
 
     # ---- outputs ----------------------------------------------------------------------------------------------------
     return end.finish(metrics, run_dir, model, tokenizer, world.is_main, shown=("loss", "distill_loss"))
@@ -199,8 +206,18 @@ def student_samples_this_step(cfg: DistillConfig, step: int) -> bool:
     return random.Random(f"distill-on-policy:{cfg.seed}:{step}").random() < cfg.distill.lam
 
 
+def student_engine(cfg: DistillConfig, model, tokenizer):
+    """The built-in engine on the student itself, or vLLM started from the student's starting weights (the base of
+    a LoRA student) and synced before each sampling."""
+    if cfg.rollout.engine == "vllm":
+        return build_engine(cfg.rollout, None, tokenizer, base_model_path(cfg.model.name_or_path), seed=cfg.seed)
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    return HFEngine(distributed.unwrap(model), eos, tokenizer.pad_token_id,
+                    batch_size=cfg.distill.generation_batch_size)
+
+
 @torch.no_grad()
-def student_samples(model, tokenizer, examples: list[dict], example_ids: list[int], step: int,
+def student_samples(engine, examples: list[dict], example_ids: list[int], step: int,
                     cfg: DistillConfig) -> tuple[list[dict], dict]:
     """The same prompts with completions sampled by the student: [{"input_ids": prompt + sample, "labels":
     -100 on the prompt, the sample's tokens (eos included) after}], and response-length metrics.
@@ -210,9 +227,6 @@ def student_samples(model, tokenizer, examples: list[dict], example_ids: list[in
     """
     prompts = [ex["input_ids"][:next(j for j, label in enumerate(ex["labels"]) if label != -100)]
                for ex in examples]
-    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    engine = HFEngine(distributed.unwrap(model), eos, tokenizer.pad_token_id,
-                      batch_size=cfg.distill.generation_batch_size)
     params = SamplingParams(temperature=cfg.distill.sample_temperature, max_new_tokens=cfg.distill.max_new_tokens)
     generations = engine.generate(prompts, params, seed=cfg.seed, step=step, example_ids=example_ids)
     samples = [{"input_ids": p + g.completion_ids, "labels": [-100] * len(p) + g.completion_ids}

@@ -24,7 +24,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from posttrain.algos import advantages, aggregate, kl, policy
+from posttrain.algos import advantages, aggregate, correction, kl, policy
 from posttrain.algos.registry import Entry
 from posttrain.config import AlgoConfig, RLConfig
 from posttrain.errors import ConfigError
@@ -153,6 +153,14 @@ def _check_sampling_and_rewards(cfg: RLConfig) -> None:
     if cfg.kl.coef < 0 or (cfg.kl.where != "none" and cfg.kl.coef == 0 and cfg.kl.target > 0):
         raise ConfigError(f"kl.coef = {cfg.kl.coef}: must be ≥ 0, and > 0 as the start of an adaptive "
                           "controller (kl.target > 0)")
+    correction.CORRECTIONS.entry(correction_name(cfg))  # an unknown name exits 2 listing the valid ones
+    if correction_name(cfg) != "none" and processed_sampling(cfg.sampling):
+        raise ConfigError(f"rl.correction = {correction_name(cfg)} weighs by π_old / π_sampler, and with top-k, "
+                          "top-p, min-p or a repetition penalty the sampler's distribution is not the policy's — fix: "
+                          "rl.correction=none, or sample with sampling.top_k=0 sampling.top_p=1.0")
+    if cfg.rl.correction_cap is not None and not cfg.rl.correction_cap >= 1:
+        raise ConfigError(f"rl.correction_cap = {cfg.rl.correction_cap}: the cap C (and the bounds [1/C, C]) must "
+                          "be ≥ 1 — fix: e.g. rl.correction_cap=2")
     if cfg.kl.monitor < 0:
         raise ConfigError(f"kl.monitor = {cfg.kl.monitor}: the samples per step scored against the reference "
                           "must be ≥ 0 (0: off)")
@@ -164,9 +172,24 @@ def _check_sampling_and_rewards(cfg: RLConfig) -> None:
     if not (cfg.reward.verifier or cfg.reward.function or cfg.reward.model):
         raise ConfigError("no reward source: set reward.verifier=true (the task's verifier), reward.function="
                           "file.py:fn, or reward.model=RM_DIR")
-    if cfg.rollout.engine != "hf":
-        raise ConfigError("rollout.engine=vllm is not wired into the rl loop yet (it needs weight syncing after "
-                          "every update) — use rollout.engine=hf")
+
+
+def processed_sampling(sampling) -> bool:
+    """The engine samples another distribution than the policy's softmax(logits / T) (top-k/p, min-p, penalty)."""
+    return sampling.top_k != 0 or sampling.top_p < 1 or sampling.min_p > 0 or sampling.repetition_penalty != 1
+
+
+def correction_name(cfg: RLConfig) -> str:
+    """rl.correction, or its default: tis for vLLM when its log-probs are the policy's, else none."""
+    if cfg.rl.correction is not None:
+        return cfg.rl.correction
+    return "tis" if cfg.rollout.engine == "vllm" and not processed_sampling(cfg.sampling) else "none"
+
+
+def correction_arguments(cfg: RLConfig) -> dict[str, Any]:
+    """The correction's keyword arguments: its declared cap, or rl.correction_cap."""
+    entry = correction.CORRECTIONS.entry(correction_name(cfg))
+    return {"cap": cfg.rl.correction_cap if cfg.rl.correction_cap is not None else entry.hparams["cap"]}
 
 
 def needs_reference(cfg: RLConfig) -> bool:

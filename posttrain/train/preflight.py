@@ -7,9 +7,19 @@ model (train.lr for full or LoRA training, data.max_length from the model's cont
 from __future__ import annotations
 
 from posttrain import config as C, distributed
+from posttrain.errors import UserError
 from posttrain.models.loading import (adapter_config, check_attention_kernel, check_model_path, context_length,
                                      resolve_model_path)
 from posttrain.track import check_report_to
+
+
+def check_vllm() -> None:
+    """rollout.engine=vllm: vLLM must be installed (it is imported only when the engine starts, after the run
+    directory exists)."""
+    import importlib.util
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError("rollout.engine=vllm needs vLLM — fix: on a CUDA machine pip install 'posttrain[vllm]'; on "
+                        "CPU make setup-vllm and run from .venv-vllm; or use rollout.engine=hf")
 
 
 def check_inputs(cfg) -> None:
@@ -17,6 +27,8 @@ def check_inputs(cfg) -> None:
     check_model_path(cfg.model.name_or_path)
     check_attention_kernel(cfg.model.attn_implementation)
     check_report_to(cfg.log.report_to)
+    if getattr(getattr(cfg, "rollout", None), "engine", "hf") == "vllm":
+        check_vllm()
     # lora.r unset continues the adapter a model path names (models.loading.load_model): LoRA's learning rate
     trains_adapter = bool(cfg.lora.r) or (cfg.lora.r is None and
                                           adapter_config(resolve_model_path(cfg.model.name_or_path)) is not None)

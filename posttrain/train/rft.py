@@ -57,7 +57,7 @@ from posttrain.data import load_rows
 from posttrain.errors import DataError, UserError
 from posttrain.eval.accuracy import greedy_accuracy_metrics
 from posttrain.models.inference import export_model, load_for_inference
-from posttrain.models.loading import load_tokenizer, resolve_model_path
+from posttrain.models.loading import base_model_path, load_tokenizer, resolve_model_path
 from posttrain.rollout import build_engine, generate_text
 from posttrain.track import Tracker
 from posttrain.train import sft
@@ -90,53 +90,63 @@ def run(cfg: RFTConfig) -> dict:
     model_dir = model_path(run_dir, state["model"])
     model, tokenizer, _ = load_for_inference(str(model_dir))
     model = model.to(world.device)
+    # vLLM starts once, from M_0's directory (a LoRA round's base); each round's model is then synced into it
+    engine = build_engine(cfg.rollout, model, tokenizer, model_path=base_model_path(str(model_dir)),
+                          seed=cfg.seed) if cfg.rollout.engine == "vllm" else None
     if state["round"] == 0 and cfg.eval.at_start and data.held_out:
         tracker.log(0, evaluate(model, tokenizer, data, cfg))
 
     # ---- rounds -----------------------------------------------------------------------------------------------------
     metrics: dict = {}
-    for r in range(state["round"] + 1, cfg.rft.rounds + 1):
-        t0 = time.perf_counter()
-        if metrics and cfg.rft.max_seconds and t0 - started + metrics["round_s"] > cfg.rft.max_seconds:
-            tracker.write(f"stopping before round {r}: {t0 - started:.0f} s used and the last round took "
-                          f"{metrics['round_s']:.0f} s, which would pass rft.max_seconds = {cfg.rft.max_seconds:g}")
-            break
-        round_dir = run_dir / f"round_{r}"
-        shutil.rmtree(round_dir, ignore_errors=True)  # left by an interrupted run: the round is done again
-        round_dir.mkdir(parents=True)
-        rows = round_prompts(cfg, data, r)
-        groups, generated = sample_and_verify(model, tokenizer, rows, data, cfg, r)
-        kept = keep_correct(groups, cfg.rft.keep_per_prompt)
-        write_jsonl(round_dir / "samples.jsonl", [s for g in groups for s in g])
-        write_jsonl(round_dir / "kept.jsonl", kept)
+    try:
+        for r in range(state["round"] + 1, cfg.rft.rounds + 1):
+            t0 = time.perf_counter()
+            if metrics and cfg.rft.max_seconds and t0 - started + metrics["round_s"] > cfg.rft.max_seconds:
+                tracker.write(f"stopping before round {r}: {t0 - started:.0f} s used and the last round took "
+                              f"{metrics['round_s']:.0f} s, which would pass rft.max_seconds = {cfg.rft.max_seconds:g}")
+                break
+            round_dir = run_dir / f"round_{r}"
+            shutil.rmtree(round_dir, ignore_errors=True)  # left by an interrupted run: the round is done again
+            round_dir.mkdir(parents=True)
+            rows = round_prompts(cfg, data, r)
+            if engine is not None:
+                engine.sync(model)
+            sampler = engine or build_engine(cfg.rollout, model, tokenizer)
+            groups, generated = sample_and_verify(sampler, tokenizer, rows, data, cfg, r)
+            kept = keep_correct(groups, cfg.rft.keep_per_prompt)
+            write_jsonl(round_dir / "samples.jsonl", [s for g in groups for s in g])
+            write_jsonl(round_dir / "kept.jsonl", kept)
 
-        start = cfg.model.name_or_path if cfg.rft.restart_from_base else state["model"]
-        train_rows = accumulated(run_dir, r) if cfg.rft.restart_from_base else kept
-        trained: dict = {}
-        if train_rows:
-            write_jsonl(round_dir / "train.jsonl", train_rows)
-            trained = sft.run(round_sft_config(cfg, round_dir, model_path(run_dir, start), len(train_rows)))
-            model_dir = round_model(cfg, round_dir)
-            state_model = str(model_dir.relative_to(run_dir))
-        else:
-            model_dir, state_model = model_path(run_dir, start), start
-        model, tokenizer, _ = load_for_inference(str(model_dir))
-        model = model.to(world.device)
+            start = cfg.model.name_or_path if cfg.rft.restart_from_base else state["model"]
+            train_rows = accumulated(run_dir, r) if cfg.rft.restart_from_base else kept
+            trained: dict = {}
+            if train_rows:
+                write_jsonl(round_dir / "train.jsonl", train_rows)
+                trained = sft.run(round_sft_config(cfg, round_dir, model_path(run_dir, start), len(train_rows)))
+                model_dir = round_model(cfg, round_dir)
+                state_model = str(model_dir.relative_to(run_dir))
+            else:
+                model_dir, state_model = model_path(run_dir, start), start
+            model, tokenizer, _ = load_for_inference(str(model_dir))
+            model = model.to(world.device)
 
-        state = {"round": r, "model": state_model, "generated_tokens": state["generated_tokens"] + generated}
-        metrics = {"rft/yield": sum(any(s["score"] == 1.0 for s in g) for g in groups) / len(groups),
-                   "rft/sample_accuracy": sum(s["score"] == 1.0 for g in groups for s in g) / sum(map(len, groups)),
-                   "rft/kept": len(kept), "rft/train_rows": len(train_rows), "rft/generated_tokens": generated,
-                   "rft/generated_tokens_total": state["generated_tokens"]}
-        if "loss" in trained:
-            metrics["loss"] = trained["loss"]
-        if data.held_out:
-            metrics.update(evaluate(model, tokenizer, data, cfg))
-        metrics["round_s"] = time.perf_counter() - t0
-        tracker.log(r, metrics)
-        tracker.write(f"round {r}: " + format_metrics({k: v for k, v in metrics.items() if k != "round_s"}))
-        checkpoint.save(run_dir, r, lambda d: (d / "trainer_state.json").write_text(json.dumps(state, indent=2)),
-                        keep_last=cfg.checkpoint.keep_last)
+            state = {"round": r, "model": state_model, "generated_tokens": state["generated_tokens"] + generated}
+            metrics = {"rft/yield": sum(any(s["score"] == 1.0 for s in g) for g in groups) / len(groups),
+                       "rft/sample_accuracy": sum(s["score"] == 1.0 for g in groups for s in g) / sum(map(len, groups)),
+                       "rft/kept": len(kept), "rft/train_rows": len(train_rows), "rft/generated_tokens": generated,
+                       "rft/generated_tokens_total": state["generated_tokens"]}
+            if "loss" in trained:
+                metrics["loss"] = trained["loss"]
+            if data.held_out:
+                metrics.update(evaluate(model, tokenizer, data, cfg))
+            metrics["round_s"] = time.perf_counter() - t0
+            tracker.log(r, metrics)
+            tracker.write(f"round {r}: " + format_metrics({k: v for k, v in metrics.items() if k != "round_s"}))
+            checkpoint.save(run_dir, r, lambda d: (d / "trainer_state.json").write_text(json.dumps(state, indent=2)),
+                            keep_last=cfg.checkpoint.keep_last)
+    finally:
+        if engine is not None:
+            engine.close()
 
     # ---- outputs ----------------------------------------------------------------------------------------------------
     tracker.close()
@@ -149,14 +159,13 @@ def run(cfg: RFTConfig) -> dict:
 
 # ---- the algorithm ---------------------------------------------------------------------------------------------------
 
-def sample_and_verify(model, tokenizer, rows: list[dict], data: "RFTData", cfg: RFTConfig, round_: int):
+def sample_and_verify(engine, tokenizer, rows: list[dict], data: "RFTData", cfg: RFTConfig, round_: int):
     """k = sampling.n completions for every row, scored by the verifier → (groups, generated tokens).
 
     groups[i] lists row i's samples in sample order: {"prompt", "completion", "score" (1.0, 0.0 or None),
     "finished" (ended by a stop, not by the length limit), "kept" (filled in by keep_correct), and the row's other
     columns, e.g. "answer"}. The per-sample seeds are (seed, round, i, j), so a round is reproducible.
     """
-    engine = build_engine(cfg.rollout, model, tokenizer)
     outputs = generate_text(engine, tokenizer, [row["prompt"] for row in rows], cfg.sampling,
                             use_chat_template=data.use_chat_template, seed=cfg.seed, step=round_)
     k = cfg.sampling.n

@@ -8,8 +8,11 @@ An algorithm is a preset (presets.py) naming registered functions; this loop com
                 for GAE (a value head on the reward model or the policy's backbone)
     rollout     rollouts.collect: prompts_per_step × generations samples from the engine, scored, shaped,
                 filtered (DAPO) — on each rank its share, then gathered
-    score       no-grad passes: π_old (the sampler's log-probs reused when its distribution is the policy's),
-                π_ref (every sample for a KL term; kl.monitor's share when it is only logged), the critic's values
+    score       no-grad passes: π_old (the sampler's log-probs reused when its distribution is the policy's,
+                unless a rollout correction compares the two), π_ref (every sample for a KL term; kl.monitor's
+                share when it is only logged), the critic's values
+    correct     rl.correction (algos/correction.py; tis by default with vLLM): per-token weights π_old / π_sampler,
+                truncated or masked, that multiply the policy loss
     advantage   KL in the reward (β·k per token; sequence-level estimators get the sum), then the registered
                 estimator with its declared hyperparameters; unscored samples get 0; optional whitening
     update      rl.update_epochs × mini-batches; per micro-batch the registered policy loss per token
@@ -29,7 +32,7 @@ from pathlib import Path
 import torch
 
 from posttrain import checkpoint, distributed, presets
-from posttrain.algos import advantages as estimators, kl as kl_algos, policy as policy_losses
+from posttrain.algos import advantages as estimators, correction, kl as kl_algos, policy as policy_losses
 from posttrain.algos.aggregate import aggregate
 from posttrain.config import LoraConfig, RLConfig
 from posttrain.data import collate
@@ -40,7 +43,8 @@ from posttrain.models.logits import autocast, device_of, target_logprobs
 from posttrain.train import rl_diagnostics as diagnostics, rollouts
 from posttrain.train.common import build_optimizer, optimizer_step, prepare_run_dir, start_training
 from posttrain.train.loop import StepEnd
-from posttrain.train.plan import advantage_arguments, loss_arguments, needs_reference, rl_plan, scores_reference
+from posttrain.train.plan import (advantage_arguments, correction_arguments, correction_name, loss_arguments,
+                                  needs_reference, processed_sampling, rl_plan, scores_reference)
 from posttrain.train.preflight import check_inputs
 
 
@@ -93,10 +97,17 @@ def run(cfg: RLConfig) -> dict:
                                                     scheduler, controller, guard, state, cfg),
                   evaluate=lambda: evaluate(model, tokenizer, data, cfg))
     metrics: dict = {}
+    engine = rollouts.rollout_engine(cfg, model, tokenizer, data)
+    if not engine.reproducible:
+        tracker.write("note: vLLM's CPU build cannot seed a request: a step's samples come from one generator seeded "
+                      "by (seed, step), so they repeat (resume included) but change with the batch, e.g. another "
+                      "world size (rollout/vllm_engine.py)")
     try:
         for step in range(start_step, plan.steps):
             t0 = time.perf_counter()
-            rollout, state["cursor"] = rollouts.collect(cfg, model, tokenizer, data, sources, step, state["cursor"],
+            sent = engine.sync(model)  # vLLM: the weights of the last update (at the first step: the start's)
+            t_sync = time.perf_counter() - t0
+            rollout, state["cursor"] = rollouts.collect(cfg, engine, tokenizer, data, sources, step, state["cursor"],
                                                         unscorable)
             t1 = time.perf_counter()
             batch = prepare(cfg, model, reference, critic, tokenizer, rollout, controller.value)
@@ -106,13 +117,15 @@ def run(cfg: RLConfig) -> dict:
             scheduler.step()
             done = step + 1
             metrics.update({**rollout.metrics, **batch.metrics, "kl_coef": controller.value,
-                            "lr": scheduler.get_last_lr()[0], "time/rollout": t1 - t0,
+                            "lr": scheduler.get_last_lr()[0], "time/rollout": t1 - t0 - t_sync,
+                            **({"time/weight_sync": t_sync, "rollout/sync_mb": sent / 2**20} if sent else {}),
                             "time/update": time.perf_counter() - t1,
                             "samples_per_s": plan.samples / (time.perf_counter() - t0)})
             for message in watch.check(done, metrics, rollout):  # reads the step's own metrics, not skipped_steps
                 tracker.write(f"warning (step {done}): {message}")
             end.step(done, metrics)  # skipped_steps, eval, log, checkpoint when due (train/loop.py)
     finally:
+        engine.close()  # a vLLM server started for the run stops with it
         rollouts.close_sources(sources)
 
     # ---- outputs ----------------------------------------------------------------------------------------------------
@@ -190,6 +203,7 @@ class Batch:
             self.mask[i, :len(ids)] = 1
         self.old_logps = self.ref_logps = self.old_values = self.returns = None
         self.advantages = self.loss_mask = None
+        self.weights = None  # rollout correction's per-token weights (None: 1)
         self.kl_per_seq = 0.0
         self.metrics: dict = {}
 
@@ -206,7 +220,8 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
     was_training = model.training
     model.eval()
     sampler = _sampler_logps(rollout, batch, cfg.sampling)
-    if sampler is not None and not cfg.rl.recompute_old_logprobs:
+    corrected = correction_name(cfg) != "none" and sampler is not None
+    if sampler is not None and not cfg.rl.recompute_old_logprobs and not corrected:
         batch.old_logps = sampler
     else:
         batch.old_logps, = over_chunks(lambda p, c: forward_tokens(model, p, c, batch.width, cfg)[:1])
@@ -245,6 +260,10 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
         baseline_rewards=rollout.baseline_rewards)
     adv = estimators.get(cfg.algo.advantage)(inputs, **advantage_arguments(cfg.algo)).float()
     batch.loss_mask = batch.mask * (~rollout.truncated).float()[:, None] if cfg.rl.mask_truncated else batch.mask
+    if corrected:  # the sampler is not the trainer: weigh each token by π_old / π_sampler, or drop it
+        fix = correction.get(correction_name(cfg))(batch.old_logps, sampler, batch.mask, **correction_arguments(cfg))
+        batch.loss_mask, batch.weights = batch.loss_mask * fix.keep, fix.weights
+        batch.metrics.update(correction.metrics(fix, batch.mask))
     if critic is not None:
         batch.returns = estimators.gae_returns(adv, batch.old_values, batch.mask)
     valid = batch.loss_mask * rollout.scored.float()[:, None]
@@ -280,9 +299,8 @@ def _sampler_logps(rollout, batch: Batch, sampling) -> torch.Tensor | None:
     """The sampler's log-probs as [B, T], or None when they are not the policy's: the policy is softmax(logits / T),
     and top-k/top-p/min-p or a repetition penalty make the engine sample (and report log-probs of) another
     distribution — e.g. top-k 20 on a near-uniform model gives log(1/20) where the policy has log(1/V)."""
-    processed = sampling.top_k != 0 or sampling.top_p < 1 or sampling.min_p > 0 or \
-        sampling.repetition_penalty != 1
-    if processed or any(len(lp) != len(ids) for lp, ids in zip(rollout.sampler_logps, batch.completion_ids)):
+    lengths_differ = any(len(lp) != len(ids) for lp, ids in zip(rollout.sampler_logps, batch.completion_ids))
+    if processed_sampling(sampling) or lengths_differ:
         return None
     out = torch.zeros_like(batch.mask)
     for i, lp in enumerate(rollout.sampler_logps):
@@ -358,7 +376,7 @@ def policy_micro_step(cfg, model, batch: Batch, idx: list[int], norm: dict, loss
     mask = batch.loss_mask[idx].to(device)
     old, adv = batch.old_logps[idx].to(device), batch.advantages[idx].to(device)
     out = loss_fn(logps, old, adv, mask, **loss_kwargs)
-    per_token = out.losses
+    per_token = out.losses if batch.weights is None else out.losses * batch.weights[idx].to(device)
     if cfg.kl.where == "loss" and needs_reference(cfg):
         per_token = per_token + beta * kl_algos.get(cfg.kl.estimator)(logps, batch.ref_logps[idx].to(device))
     if cfg.algo.entropy_coef > 0:

@@ -31,6 +31,7 @@ from posttrain.config import RLConfig
 from posttrain.data import load_rows
 from posttrain.data.tokenize import DropReport
 from posttrain.errors import DataError, UserError
+from posttrain.models.loading import base_model_path
 from posttrain.rollout import build_engine, cut_at_stop, format_prompt, stop_check
 from posttrain.train.common import stream_indices
 
@@ -151,13 +152,24 @@ class Rollout:
     metrics: dict = field(default_factory=dict)
 
 
-def collect(cfg: RLConfig, model, tokenizer, data: PromptData, sources, step: int, cursor: int,
+def rollout_engine(cfg: RLConfig, model, tokenizer, data: PromptData):
+    """The run's engine, built once: the built-in one samples from the policy itself; vLLM loads the policy's
+    starting weights (for a LoRA adapter, its base model) and the loop keeps it in step with engine.sync(model)
+    before every rollout. vLLM reports the log-probs of the distribution it sampled from, the policy's π_old."""
+    if cfg.rollout.engine != "vllm":
+        return build_engine(cfg.rollout, distributed.unwrap(model), tokenizer)
+    return build_engine(cfg.rollout, None, tokenizer, base_model_path(cfg.model.name_or_path),
+                        logprobs="processed", seed=cfg.seed,
+                        max_model_len=data.longest_prompt + cfg.sampling.max_new_tokens + 1)
+
+
+def collect(cfg: RLConfig, engine, tokenizer, data: PromptData, sources, step: int, cursor: int,
             guard) -> tuple[Rollout, int]:
-    """Generate and score one step's groups; returns (rollout, the stream position after it)."""
+    """Generate and score one step's groups with `engine` (rollout_engine); returns (rollout, the stream position
+    after it)."""
     from posttrain.rewards import reward_metrics
 
     P = cfg.rl.prompts_per_step
-    engine = build_engine(cfg.rollout, distributed.unwrap(model), tokenizer)
     params = _sampling_params(cfg)
     kept, dropped, rounds, drawn, first_round = [], [], 0, 0, None
     while True:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from posttrain import cli, config as C, presets
-from posttrain.algos import advantages, aggregate, distill, kl, policy, preference
+from posttrain.algos import advantages, aggregate, correction, distill, kl, policy, preference
 from posttrain.algos.registry import Registry, UnknownName
 from posttrain.errors import ConfigError
 from posttrain.train import plan
@@ -16,7 +16,8 @@ from posttrain.train import plan
 # Arguments every function of a family takes from the loop, not hyperparameters of one function.
 FAMILIES = {"advantages": (advantages.ADVANTAGES, set()), "policy": (policy.POLICY_LOSSES, set()),
             "kl": (kl.ESTIMATORS, set()), "aggregate": (aggregate.AGGREGATIONS, {"num_tokens", "num_seqs", "max_len"}),
-            "preference": (preference.LOSSES, {"beta"}), "distill": (distill.DISTILL_LOSSES, {"temperature"})}
+            "preference": (preference.LOSSES, {"beta"}), "distill": (distill.DISTILL_LOSSES, {"temperature"}),
+            "correction": (correction.CORRECTIONS, set())}
 
 
 # ---- the helper -----------------------------------------------------------------------------------------------------

@@ -308,3 +308,21 @@ def test_generate_refuses_a_conversation_that_is_only_an_assistant_message(tmp_p
     proc = run_cli("generate", f"data_path={data}", f"output={tmp_path / 'out.jsonl'}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "row 2" in proc.stderr and "messages" in proc.stderr and not (tmp_path / "out.jsonl").exists()
+
+
+def test_new_lora_adapters_start_from_the_seed_alone():
+    """LoRA's A matrices are random at creation: they come from load_model's seed, not from whatever the process
+    drew before — a run started in a fresh process and the same run after others in one process (the demo's
+    stages, the library API) begin from the same adapters."""
+    from posttrain.config import LoraConfig, ModelConfig
+    from posttrain.models.loading import load_model
+
+    def adapters(noise_seed: int, seed: int = 0) -> dict:
+        torch.manual_seed(noise_seed)
+        torch.rand(7)  # the process's history
+        model = load_model(ModelConfig(name_or_path="tiny"), LoraConfig(r=4), seed=seed)
+        return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_A" in k}
+
+    first, second = adapters(1), adapters(2)
+    assert first and all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(*(next(iter(a.values())) for a in (first, adapters(1, seed=1))))  # another seed: others

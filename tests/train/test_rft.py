@@ -3,6 +3,7 @@ on a tiny model SFT'd for a few seconds: every kept row verifies, round r + 1 st
 the base with rft.restart_from_base, on the union of kept rows), a run resumed after round 1 ends exactly like the
 uninterrupted one, LoRA rounds are merged, and bad input exits 2."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -159,7 +160,8 @@ def test_max_seconds_stops_before_a_round_that_would_pass_it(small_policy, tmp_p
     (["rft.max_seconds=-1"], "rft.max_seconds"),
     (["rft.rounds=0"], "rft.rounds"),
     (["rft.keep_per_prompt=0"], "rft.keep_per_prompt"),
-    (["rollout.engine=vllm"], "rollout.engine=hf"),
+    pytest.param(["rollout.engine=vllm"], "rollout.engine=hf", marks=pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")),
 ])
 def test_bad_config_exits_2(extra, fragment, tmp_path, capsys):
     code = cli.main(["rft", *ARGS, f"output_dir={tmp_path / 'run'}", *extra])

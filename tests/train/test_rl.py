@@ -176,6 +176,15 @@ def test_explain_prints_the_batch_arithmetic(tmp_path, capsys):
     assert "= 4 gradient-accumulation steps per update" in out         # 8 / (2 × 1 process)
     assert "2 mini-batches × 2 epoch(s) = 4" in out                    # updates per step
     assert "5 → 20 optimizer updates, 80 samples generated" in out
+    assert "rollout correction none" in out  # the built-in engine's log-probs are the trainer's
+
+
+def test_explain_shows_the_rollout_correction_vllm_gets_by_default(tmp_path, capsys):
+    assert cli.main(["explain", str(write_config(tmp_path / "v.yaml", {**GOOD, "rollout.engine": "vllm"}))]) == 0
+    assert "rollout correction tis (cap 2)" in capsys.readouterr().out
+    assert cli.main(["explain", str(write_config(tmp_path / "m.yaml", {**GOOD, "rollout.engine": "vllm",
+                                                                       "rl.correction": "geo_mask"}))]) == 0
+    assert "rollout correction geo_mask (cap 1.1)" in capsys.readouterr().out
 
 
 def test_explain_derives_the_steps_from_epochs_over_a_prompt_file(tmp_path, capsys):
@@ -377,6 +386,35 @@ def test_kl_monitor_logs_the_kl_of_its_samples_and_changes_nothing_else(tmp_path
     a, b = load_file(str(watched / "final" / name)), load_file(str(plain / "final" / name))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+
+
+# ---- rollout correction ----------------------------------------------------------------------------------------------
+
+def test_rollout_correction_on_the_built_in_engine_weighs_by_about_one(tmp_path):
+    """The built-in engine's log-probs are the trainer's to ~1e-6, so tis weighs every token by ~1 and truncates
+    none: the trained weights equal an uncorrected run's to float noise, and the metrics say so."""
+    args = ["train.max_steps=2", "rl.generations=2"]
+    assert run_rl(tmp_path / "tis", *args, "rl.correction=tis", reward=reward_file(tmp_path)) == 0
+    assert run_rl(tmp_path / "none", *args, reward=reward_file(tmp_path)) == 0
+    m = records(tmp_path / "tis")[2]
+    assert m["rollout/correction_truncated_frac"] == 0 and m["rollout/correction_masked_frac"] == 0
+    assert m["rollout/correction_weight_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert m["rollout/logprob_diff_max"] < 1e-4
+    assert "rollout/correction_weight_mean" not in records(tmp_path / "none")[2]
+    a, b = weights(tmp_path / "tis" / "final"), weights(tmp_path / "none" / "final")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["rl.correction=nope"], "valid: geo_mask, mis, none"),
+    (["rl.correction=tis", "sampling.top_k=5"], "rl.correction=none"),
+    (["rl.correction=mis", "rl.correction_cap=0.5"], "rl.correction_cap=2"),
+])
+def test_bad_rollout_correction_exits_2(tmp_path, capsys, extra, fragment):
+    assert run_rl(tmp_path / "run", "train.max_steps=1", *extra) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err and not (tmp_path / "run").exists()
 
 
 # ---- rewards through the loop --------------------------------------------------------------------------------------
