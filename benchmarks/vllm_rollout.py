@@ -68,10 +68,7 @@ def main(argv=None) -> None:
     engine = VLLMEngine(resolve_model_path(args.model), [], max_model_len=max(map(len, ids)) + args.new_tokens + 8,
                         dtype=args.dtype if gpu else "float32", gpu_memory_utilization=0.4)
     startup = time.perf_counter() - t0
-    # vLLM's CPU worker lowers torch's thread count in this process and replaces torch.set_num_threads with a no-op;
-    # ours runs with --threads again (through the function vLLM did not replace)
-    torch._C.set_num_threads(args.threads)
-    assert torch.get_num_threads() == args.threads
+    assert torch.get_num_threads() == args.threads  # VLLMEngine gives the process its threads back after start-up
     run_ours(model, tokenizer, ids, 4, 1.0), run_vllm(engine, ids, 4)  # warmup
     best = {"ours": float("inf"), "vllm": float("inf")}
     for _ in range(args.rounds):

@@ -81,12 +81,17 @@ class VLLMEngine:
         self.reproducible = gpu  # per-request seeds: see the module docstring
         options = dict(gpu_memory_utilization=self.gpu_memory_utilization) if gpu else \
             dict(dtype="float32", enforce_eager=True)
+        threads, set_threads = torch.get_num_threads(), torch.set_num_threads
         with rng_kept():  # vLLM seeds random, numpy and torch in this process: the trainer's streams are its own
             if self.max_model_len:
                 options["max_model_len"] = self.max_model_len
             self.llm = vllm.LLM(model=self.model_path, tensor_parallel_size=self.tensor_parallel_size,
                                 dtype=options.pop("dtype", self.dtype), seed=self.seed,
                                 logprobs_mode=f"{self.logprobs}_logprobs", enable_prefix_caching=True, **options)
+        # vLLM's CPU worker lowers torch's thread count in this process and makes torch.set_num_threads a no-op:
+        # the trainer that shares the process keeps its threads, and its right to set them
+        torch.set_num_threads = set_threads
+        torch.set_num_threads(threads)
 
     # ---- generate ----------------------------------------------------------------------------------------------------
 

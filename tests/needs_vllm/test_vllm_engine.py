@@ -42,7 +42,13 @@ def engine(tiny):
     from posttrain.rollout import VLLMEngine
 
     _, tokenizer, _ = tiny
-    return VLLMEngine(str(tiny_path()), [tokenizer.eos_token_id], logprobs="processed", max_model_len=256)
+    torch.set_num_threads(2)
+    started = VLLMEngine(str(tiny_path()), [tokenizer.eos_token_id], logprobs="processed", max_model_len=256)
+    assert torch.get_num_threads() == 2  # the trainer sharing the process keeps its threads (vLLM lowers them)
+    torch.set_num_threads(1)
+    assert torch.get_num_threads() == 1  # and can still set them
+    torch.set_num_threads(2)
+    return started
 
 
 def test_greedy_outputs_equal_the_built_in_engine(tiny, engine):
