@@ -44,6 +44,12 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
 
+    @property
+    def truncates(self) -> bool:
+        """The engine samples another distribution than the policy's softmax(logits / T): top-k/p, min-p or a
+        repetition penalty reshape it."""
+        return self.top_k != 0 or self.top_p < 1 or self.min_p > 0 or self.repetition_penalty != 1
+
     def validate(self) -> SamplingParams:
         """Raise ConfigError naming the first out-of-range field; return self so calls can chain."""
         checks = [

@@ -107,8 +107,7 @@ class VLLMEngine:
         with rng_kept():  # unseeded requests draw from torch's global generator: seed it from (seed, step)
             torch.manual_seed(derive_seed(seed, step, "vllm"))
             outputs = self.llm.generate(requests, request_params, use_tqdm=False)
-        same = params.temperature in (0.0, 1.0) and params.top_k == 0 and params.top_p == 1.0 and \
-            params.min_p == 0.0 and params.repetition_penalty == 1.0  # processed = raw
+        same = params.temperature in (0.0, 1.0) and not params.truncates  # processed = raw
         for job, output in zip(jobs, outputs):
             completion = output.outputs[0]
             job.completion_ids = list(completion.token_ids)

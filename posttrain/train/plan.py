@@ -154,7 +154,7 @@ def _check_sampling_and_rewards(cfg: RLConfig) -> None:
         raise ConfigError(f"kl.coef = {cfg.kl.coef}: must be ≥ 0, and > 0 as the start of an adaptive "
                           "controller (kl.target > 0)")
     correction.CORRECTIONS.entry(correction_name(cfg))  # an unknown name exits 2 listing the valid ones
-    if correction_name(cfg) != "none" and processed_sampling(cfg.sampling):
+    if correction_name(cfg) != "none" and cfg.sampling.truncates:
         raise ConfigError(f"rl.correction = {correction_name(cfg)} weighs by π_old / π_sampler, and with top-k, "
                           "top-p, min-p or a repetition penalty the sampler's distribution is not the policy's — fix: "
                           "rl.correction=none, or sample with sampling.top_k=0 sampling.top_p=1.0")
@@ -174,16 +174,11 @@ def _check_sampling_and_rewards(cfg: RLConfig) -> None:
                           "file.py:fn, or reward.model=RM_DIR")
 
 
-def processed_sampling(sampling) -> bool:
-    """The engine samples another distribution than the policy's softmax(logits / T) (top-k/p, min-p, penalty)."""
-    return sampling.top_k != 0 or sampling.top_p < 1 or sampling.min_p > 0 or sampling.repetition_penalty != 1
-
-
 def correction_name(cfg: RLConfig) -> str:
     """rl.correction, or its default: tis for vLLM when its log-probs are the policy's, else none."""
     if cfg.rl.correction is not None:
         return cfg.rl.correction
-    return "tis" if cfg.rollout.engine == "vllm" and not processed_sampling(cfg.sampling) else "none"
+    return "tis" if cfg.rollout.engine == "vllm" and not cfg.sampling.truncates else "none"
 
 
 def correction_arguments(cfg: RLConfig) -> dict[str, Any]:

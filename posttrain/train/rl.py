@@ -44,7 +44,7 @@ from posttrain.train import rl_diagnostics as diagnostics, rollouts
 from posttrain.train.common import build_optimizer, optimizer_step, prepare_run_dir, start_training
 from posttrain.train.loop import StepEnd
 from posttrain.train.plan import (advantage_arguments, correction_arguments, correction_name, loss_arguments,
-                                  needs_reference, processed_sampling, rl_plan, scores_reference)
+                                  needs_reference, rl_plan, scores_reference)
 from posttrain.train.preflight import check_inputs
 
 
@@ -213,8 +213,10 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
     batch = Batch(rollout)
     B, chunk = len(batch.completion_ids), cfg.train.micro_batch_size
 
-    def over_chunks(fn):
-        parts = [fn(batch.prompt_ids[s:s + chunk], batch.completion_ids[s:s + chunk]) for s in range(0, B, chunk)]
+    def over_chunks(fn, rows=None):  # fn(prompts, completions) on train.micro_batch_size samples at a time
+        rows = list(range(B)) if rows is None else rows
+        parts = [fn([batch.prompt_ids[i] for i in rows[s:s + chunk]],
+                    [batch.completion_ids[i] for i in rows[s:s + chunk]]) for s in range(0, len(rows), chunk)]
         return [torch.cat(p).cpu() for p in zip(*parts)]
 
     was_training = model.training
@@ -231,8 +233,7 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
     if scores_reference(cfg):
         # the KL term needs every sample; the monitor (no term) only its evenly spaced share
         rows = list(range(B)) if needs_reference(cfg) else monitored(B, cfg.kl.monitor)
-        ref_logps = reference_logps(model, reference, [batch.prompt_ids[i] for i in rows],
-                                    [batch.completion_ids[i] for i in rows], batch.width, cfg)
+        ref_logps, = over_chunks(lambda p, c: (reference_logps(model, reference, p, c, batch.width, cfg),), rows)
         old, mask = batch.old_logps[rows], batch.mask[rows]
         kl = kl_algos.get(cfg.kl.estimator)(old, ref_logps) * mask
         batch.kl_per_seq = (kl_algos.k1(old, ref_logps) * mask).sum(-1).mean().item()
@@ -280,19 +281,12 @@ def monitored(samples: int, n: int) -> list[int]:
 
 
 def reference_logps(model, reference, prompt_ids, completion_ids, width: int, cfg: RLConfig) -> torch.Tensor:
-    """log π_ref of the completion tokens → [b, width] on the CPU, train.micro_batch_size samples per forward. The
-    reference is the frozen copy when one is loaded, otherwise (new LoRA adapters) the policy with its adapters
-    switched off — the start."""
-    chunk = cfg.train.micro_batch_size
-    parts = []
-    for s in range(0, len(prompt_ids), chunk):
-        p, c = prompt_ids[s:s + chunk], completion_ids[s:s + chunk]
-        if reference is None:
-            with distributed.unwrap(model).disable_adapter():
-                parts.append(forward_tokens(model, p, c, width, cfg)[0].cpu())
-        else:
-            parts.append(forward_tokens(reference, p, c, width, cfg)[0].cpu())
-    return torch.cat(parts)
+    """log π_ref of the completion tokens → [b, width]. The reference is the frozen copy when one is loaded,
+    otherwise (new LoRA adapters) the policy with its adapters switched off — the start."""
+    if reference is not None:
+        return forward_tokens(reference, prompt_ids, completion_ids, width, cfg)[0]
+    with distributed.unwrap(model).disable_adapter():
+        return forward_tokens(model, prompt_ids, completion_ids, width, cfg)[0]
 
 
 def _sampler_logps(rollout, batch: Batch, sampling) -> torch.Tensor | None:
@@ -300,7 +294,7 @@ def _sampler_logps(rollout, batch: Batch, sampling) -> torch.Tensor | None:
     and top-k/top-p/min-p or a repetition penalty make the engine sample (and report log-probs of) another
     distribution — e.g. top-k 20 on a near-uniform model gives log(1/20) where the policy has log(1/V)."""
     lengths_differ = any(len(lp) != len(ids) for lp, ids in zip(rollout.sampler_logps, batch.completion_ids))
-    if processed_sampling(sampling) or lengths_differ:
+    if sampling.truncates or lengths_differ:
         return None
     out = torch.zeros_like(batch.mask)
     for i, lp in enumerate(rollout.sampler_logps):
