@@ -44,11 +44,14 @@ def build(name: str, workdir: str):
     from posttrain.models.loading import resolve_model_path
     if name == "tiny":
         path = tiny_path()
-    elif name != "30m":  # a real model: a directory, a .gguf file or a named model
-        path = resolve_model_path(name)
-    else:  # ~30M parameters: hidden 512, 8 layers, MLP 2048, same tokenizer
+    elif name == "30m":  # ~30M parameters: hidden 512, 8 layers, MLP 2048, same tokenizer
         path = save_tiny(os.path.join(workdir, name), hidden_size=512, num_hidden_layers=8,
                          intermediate_size=2048, num_attention_heads=8, num_key_value_heads=8)
+    elif name == "4m":  # ~4M parameters: hidden 256, 4 layers, head_dim 32 (the smallest vLLM's CPU build runs)
+        path = save_tiny(os.path.join(workdir, name), hidden_size=256, num_hidden_layers=4,
+                         intermediate_size=1024, num_attention_heads=8, num_key_value_heads=8)
+    else:  # a real model: a directory, a .gguf file or a named model
+        path = resolve_model_path(name)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(path)
 

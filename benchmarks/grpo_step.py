@@ -124,7 +124,7 @@ from dpo_throughput import wrapped
 from sft_throughput import (add_shared_arguments, check_shared_arguments, prepare_model, quiet_libraries, quietly,
                             run_rounds, trl_config, versions, warn_if_noisy, window)
 
-OURS_VARIANTS = {"ours": {}, "ours-compile": {"compile": True},  # name -> RolloutConfig fields
+OURS_VARIANTS = {"ours": {"engine": "hf"}, "ours-compile": {"engine": "hf", "compile": True},  # RolloutConfig fields
                  "ours-vllm": {"engine": "vllm"}}  # vLLM colocated, synced before every rollout
 TRL_VARIANTS = {"trl": {},  # name -> GRPOConfig fields that differ from the shared ones
                 "trl-vllm": {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}}

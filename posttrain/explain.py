@@ -5,6 +5,8 @@ checks). Every registered piece is listed at the end, so a user sees what else c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from posttrain import presets
 from posttrain.algos import advantages, aggregate, correction, kl, policy
 from posttrain.config import RLConfig
@@ -23,10 +25,15 @@ def run(cfg: RLConfig) -> RLPlan:
     kl_term = f"{cfg.kl.estimator} in the {cfg.kl.where}, β = {cfg.kl.coef}" + \
         (f" (adaptive, target {cfg.kl.target})" if cfg.kl.target else "") if needs_reference(cfg) else \
         f"off (monitored on {cfg.kl.monitor} samples per step)" if cfg.kl.monitor else "off"
+    def correction_of(engine: str) -> str:
+        with_engine = replace(cfg, rollout=replace(cfg.rollout, engine=engine))
+        name = correction_name(with_engine)
+        return name + (f" (cap {correction_arguments(with_engine)['cap']:g})" if name != "none" else "")
+    correction_text = correction_of(cfg.rollout.engine)
+    if cfg.rollout.engine == "auto" and correction_of("vllm") != correction_of("hf"):  # decided when the run starts
+        correction_text = f"{correction_of('vllm')} if rollout.engine=auto chooses vLLM, else {correction_of('hf')}"
     print(f"algorithm             {a.name}: advantage {a.advantage}, policy loss {a.policy_loss}, "
-          f"aggregate {a.aggregate}, critic {a.critic}, KL {kl_term}, rollout correction "
-          f"{correction_name(cfg)}" + (f" (cap {correction_arguments(cfg)['cap']:g})"
-                                      if correction_name(cfg) != "none" else ""))
+          f"aggregate {a.aggregate}, critic {a.critic}, KL {kl_term}, rollout correction {correction_text}")
     print("\n".join(pieces(cfg)))
     print(plan.describe())
     print("registered")

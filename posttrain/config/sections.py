@@ -229,10 +229,12 @@ class LogConfig(Config):
 class RolloutConfig(Config):
     """Which engine generates, and how (posttrain.rollout.backends)."""
 
-    engine: Literal["hf", "vllm"] = "hf"
-    """hf: the built-in engine on any HF model in this process; vllm: vLLM (pip install 'posttrain[vllm]' on a GPU;
-    on CPU make setup-vllm). vLLM's CPU build cannot seed a request: a step's samples then come from one generator
-    seeded by (seed, step) — repeatable, resume included, but dependent on the batch (rollout/vllm_engine.py)."""
+    engine: Literal["auto", "hf", "vllm"] = "auto"
+    """auto: vLLM where it is installed, runs the model and is faster (on a GPU; on CPU from 20M parameters up),
+    else the built-in engine — the run's log and config.yaml say which; hf: the built-in engine on any HF model in
+    this process; vllm: vLLM (pip install 'posttrain[vllm]' on a GPU; on CPU make setup-vllm). vLLM's CPU build
+    cannot seed a request: a step's samples then come from one generator seeded by (seed, step) — repeatable,
+    resume included, but dependent on the batch (rollout/vllm_engine.py)."""
     vllm_mode: Literal["colocate", "server"] = "colocate"
     """colocate: vLLM in the trainer's process, weights handed over in memory; server: vLLM in its own process
     (rollout.vllm_server), weights broadcast over a process group of their own."""

@@ -9,7 +9,8 @@ An algorithm is a preset (presets.py) naming registered functions; this loop com
     rollout     rollouts.collect: prompts_per_step × generations samples from the engine, scored, shaped,
                 filtered (DAPO) — on each rank its share, then gathered
     score       no-grad passes: π_old (the sampler's log-probs reused when its distribution is the policy's,
-                unless a rollout correction compares the two), π_ref (every sample for a KL term; kl.monitor's
+                unless a rollout correction compares the two; recomputed only for the samples that will train
+                when the advantages do not depend on it), π_ref (every sample for a KL term; kl.monitor's
                 share when it is only logged), the critic's values
     correct     rl.correction (algos/correction.py; tis by default with vLLM): per-token weights π_old / π_sampler,
                 truncated or masked, that multiply the policy loss
@@ -223,18 +224,27 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
     model.eval()
     sampler = _sampler_logps(rollout, batch, cfg.sampling)
     corrected = correction_name(cfg) != "none" and sampler is not None
+    in_reward = cfg.kl.where == "reward" and needs_reference(cfg)
+    adv = rows = None  # rows: the samples π_old is computed for (None: all)
     if sampler is not None and not cfg.rl.recompute_old_logprobs and not corrected:
         batch.old_logps = sampler
     else:
-        batch.old_logps, = over_chunks(lambda p, c: forward_tokens(model, p, c, batch.width, cfg)[:1])
+        if trains_only_nonzero_advantages(cfg, critic, in_reward):  # the advantages do not depend on π_old: the
+            adv = advantages(cfg, rollout, batch, None, None)      # update reads it only where they are not 0
+            rows = sorted({i for i in range(B) if adv[i].abs().sum() > 0} |
+                          set(monitored(B, cfg.kl.monitor) if scores_reference(cfg) else []))
+        r = rows if rows is not None else slice(None)
+        batch.old_logps = torch.zeros_like(batch.mask) if sampler is None else sampler.clone()
+        if rows != []:
+            batch.old_logps[r], = over_chunks(lambda p, c: forward_tokens(model, p, c, batch.width, cfg)[:1], rows)
         if sampler is not None:
-            batch.metrics.update(diagnostics.mismatch(batch.old_logps, sampler, batch.mask))
+            batch.metrics.update(diagnostics.mismatch(batch.old_logps[r], sampler[r], batch.mask[r]))
     kl_tokens = torch.zeros_like(batch.mask)
     if scores_reference(cfg):
         # the KL term needs every sample; the monitor (no term) only its evenly spaced share
-        rows = list(range(B)) if needs_reference(cfg) else monitored(B, cfg.kl.monitor)
-        ref_logps, = over_chunks(lambda p, c: (reference_logps(model, reference, p, c, batch.width, cfg),), rows)
-        old, mask = batch.old_logps[rows], batch.mask[rows]
+        ref_rows = list(range(B)) if needs_reference(cfg) else monitored(B, cfg.kl.monitor)
+        ref_logps, = over_chunks(lambda p, c: (reference_logps(model, reference, p, c, batch.width, cfg),), ref_rows)
+        old, mask = batch.old_logps[ref_rows], batch.mask[ref_rows]
         kl = kl_algos.get(cfg.kl.estimator)(old, ref_logps) * mask
         batch.kl_per_seq = (kl_algos.k1(old, ref_logps) * mask).sum(-1).mean().item()
         batch.metrics.update({"kl": kl.sum().item() / mask.sum().clamp(min=1).item(), "kl/seq": batch.kl_per_seq})
@@ -248,29 +258,53 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
         critic.train()
     model.train(was_training)
 
-    # ---- algorithm: rewards with the KL penalty, advantages ----------------------------------------------------
-    rewards, token_rewards = rollout.rewards, None
-    in_reward = cfg.kl.where == "reward" and needs_reference(cfg)
-    if estimators.ADVANTAGES.entry(cfg.algo.advantage).level == "token":  # reads per-token rewards
-        token_rewards = estimators.token_level_rewards(rewards, batch.mask, beta * kl_tokens if in_reward else None)
-    elif in_reward:
-        rewards = rewards - beta * kl_tokens.sum(-1)
-    inputs = estimators.AdvantageInputs(
-        rewards=rewards, mask=batch.mask, group_index=rollout.group_index, scored=rollout.scored,
-        token_rewards=token_rewards, values=batch.old_values, bootstrap=bootstrap,
-        baseline_rewards=rollout.baseline_rewards)
-    adv = estimators.get(cfg.algo.advantage)(inputs, **advantage_arguments(cfg.algo)).float()
+    # ---- algorithm: advantages (with the KL penalty in the reward), correction, normalization --------------------
+    if adv is None:
+        adv = advantages(cfg, rollout, batch, beta * kl_tokens if in_reward else None, bootstrap)
     batch.loss_mask = batch.mask * (~rollout.truncated).float()[:, None] if cfg.rl.mask_truncated else batch.mask
-    if corrected:  # the sampler is not the trainer: weigh each token by π_old / π_sampler, or drop it
-        fix = correction.get(correction_name(cfg))(batch.old_logps, sampler, batch.mask, **correction_arguments(cfg))
-        batch.loss_mask, batch.weights = batch.loss_mask * fix.keep, fix.weights
-        batch.metrics.update(correction.metrics(fix, batch.mask))
+    if corrected and rows != []:  # the sampler is not the trainer: weigh each token by π_old / π_sampler, or drop it
+        r = rows if rows is not None else slice(None)  # the other samples do not train: weight 1
+        fix = correction.get(correction_name(cfg))(batch.old_logps[r], sampler[r], batch.mask[r],
+                                                   **correction_arguments(cfg))
+        keep, batch.weights = batch.mask.clone(), torch.ones_like(batch.mask)
+        keep[r], batch.weights[r] = fix.keep, fix.weights
+        batch.loss_mask = batch.loss_mask * keep
+        batch.metrics.update(correction.metrics(fix, batch.mask[r]))
     if critic is not None:
         batch.returns = estimators.gae_returns(adv, batch.old_values, batch.mask)
     valid = batch.loss_mask * rollout.scored.float()[:, None]
     batch.advantages = estimators.whiten(adv, valid) if cfg.algo.normalize_advantages else adv * valid
     batch.metrics.update(diagnostics.batch_metrics(batch, rollout, sampler is not None))
     return batch
+
+
+def advantages(cfg: RLConfig, rollout: rollouts.Rollout, batch: Batch, kl_penalty, bootstrap) -> torch.Tensor:
+    """The registered estimator on the step's rewards → [B, T]; kl_penalty: β·k per token when the KL is in the
+    reward (sequence-level estimators get its sum), else None."""
+    rewards, token_rewards = rollout.rewards, None
+    if estimators.ADVANTAGES.entry(cfg.algo.advantage).level == "token":  # reads per-token rewards
+        token_rewards = estimators.token_level_rewards(rewards, batch.mask, kl_penalty)
+    elif kl_penalty is not None:
+        rewards = rewards - kl_penalty.sum(-1)
+    inputs = estimators.AdvantageInputs(
+        rewards=rewards, mask=batch.mask, group_index=rollout.group_index, scored=rollout.scored,
+        token_rewards=token_rewards, values=batch.old_values, bootstrap=bootstrap,
+        baseline_rewards=rollout.baseline_rewards)
+    return estimators.get(cfg.algo.advantage)(inputs, **advantage_arguments(cfg.algo)).float()
+
+
+def trains_only_nonzero_advantages(cfg: RLConfig, critic, in_reward: bool) -> bool:
+    """Whether the update reads π_old only of the samples whose advantage is not all 0, and those advantages can
+    be known before π_old: no critic, no KL in the reward or the loss, no entropy bonus, no whitening, one
+    process (under DDP every rank runs every sample of its share). A GRPO step on a small model often has most
+    groups with equal rewards; π_old is then computed for a fraction of the samples."""
+    return (critic is None and not in_reward and not every_sample_in_loss(cfg) and not cfg.algo.normalize_advantages
+            and distributed.world_size() == 1)
+
+
+def every_sample_in_loss(cfg: RLConfig) -> bool:
+    """A KL term or an entropy bonus in the loss: every sample has a gradient, whatever its advantage."""
+    return (cfg.kl.where == "loss" and needs_reference(cfg)) or cfg.algo.entropy_coef > 0
 
 
 def monitored(samples: int, n: int) -> list[int]:
@@ -313,7 +347,7 @@ def update(cfg: RLConfig, plan, model, optimizer, critic, critic_optimizer, batc
     step's update metrics (means over updates)."""
     world, rank = distributed.world_size(), distributed.rank()
     loss_fn, loss_kwargs = policy_losses.get(cfg.algo.policy_loss), loss_arguments(cfg.algo)
-    needs_grad = (cfg.kl.where == "loss" and needs_reference(cfg)) or cfg.algo.entropy_coef > 0
+    needs_grad = every_sample_in_loss(cfg)
     totals = diagnostics.UpdateTotals()
     for epoch in range(cfg.rl.update_epochs):
         order = list(range(plan.samples))

@@ -204,3 +204,65 @@ def test_rft_and_generate_through_the_cli(tmp_path):
                          "sampling.temperature=0", "sampling.max_new_tokens=16"]) == 0
         rows[engine] = [json.loads(line)["completion"] for line in path.read_text().splitlines()]
     assert rows["vllm"] == rows["hf"]
+
+
+def test_auto_chooses_vllm_for_a_model_it_runs_faster(tmp_path):
+    """rollout.engine=auto with vLLM installed: a 30M-parameter Llama (head size 64) goes to vLLM, the embedded
+    1M model stays on the built-in engine (as fast at that size: benchmarks/RESULTS.md); the copy of the CPU head
+    sizes matches vLLM's own list."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    from posttrain import config as C
+    from posttrain.models.tiny import tiny_path
+    from posttrain.rollout.backends import VLLM_CPU_HEAD_SIZES
+    from posttrain.train.preflight import check_inputs
+
+    assert list(VLLM_CPU_HEAD_SIZES) == CPUAttentionBackend.get_supported_head_sizes()
+    config = json.loads((tiny_path() / "config.json").read_text())
+    config.update(hidden_size=512, num_hidden_layers=8, intermediate_size=2048, num_attention_heads=8,
+                  num_key_value_heads=8, head_dim=64)
+    (tmp_path / "30m").mkdir()
+    (tmp_path / "30m" / "config.json").write_text(json.dumps(config))
+    chosen = {}
+    for name, path in [("30m", tmp_path / "30m"), ("tiny", tiny_path())]:
+        cfg = C.RLConfig()
+        cfg.model.name_or_path = str(path)
+        check_inputs(cfg)
+        chosen[name] = cfg.rollout.engine
+    assert chosen == {"30m": "vllm", "tiny": "hf"}
+
+
+def test_a_resumed_vllm_run_continues_the_uninterrupted_one(tmp_path):
+    """4 GRPO steps with rollout.engine=vllm against 2 steps, a kill after the step-2 checkpoint (simulated by
+    removing what came after it) and a resume: vLLM on CPU samples a step from a generator seeded by (seed,
+    step), the resumed engine starts from the step-2 weights, so steps 3 and 4 log the same numbers and the final
+    weights are bit-identical."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from posttrain import cli
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    reward = tmp_path / "lowercase.py"
+    reward.write_text("def reward(prompt, completion, **row):\n"
+                      "    return sum(c.islower() for c in completion) / max(1, len(completion))\n")
+    args = ["rl", "--algo", "grpo", "rollout.engine=vllm", "train.max_steps=4", "checkpoint.every=2",
+            "train.lr=1e-3", *FAST, "reward.verifier=false", f"reward.function={reward}:reward"]
+    assert cli.main([*args, f"output_dir={straight}"]) == 0
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "final")
+    shutil.rmtree(resumed / "checkpoints" / "step_000004")
+    (resumed / "checkpoints" / "latest").write_text("step_000002\n")
+    assert cli.main([*args, f"output_dir={resumed}", "checkpoint.resume=true"]) == 0
+
+    def records(run):
+        return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    expected, got = records(straight), records(resumed)
+    for step in (3, 4):
+        assert expected[step].keys() == got[step].keys()
+        for key in expected[step]:
+            if not key.startswith("time") and key != "samples_per_s":
+                assert got[step][key] == expected[step][key], (step, key)
+    a, b = load_file(str(straight / "final" / "model.safetensors")), load_file(str(resumed / "final" /
+                                                                                 "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -176,7 +176,8 @@ def test_explain_prints_the_batch_arithmetic(tmp_path, capsys):
     assert "= 4 gradient-accumulation steps per update" in out         # 8 / (2 × 1 process)
     assert "2 mini-batches × 2 epoch(s) = 4" in out                    # updates per step
     assert "5 → 20 optimizer updates, 80 samples generated" in out
-    assert "rollout correction none" in out  # the built-in engine's log-probs are the trainer's
+    # rollout.engine=auto is decided when the run starts; the built-in engine's log-probs are the trainer's
+    assert "rollout correction tis (cap 2) if rollout.engine=auto chooses vLLM, else none" in out
 
 
 def test_explain_shows_the_rollout_correction_vllm_gets_by_default(tmp_path, capsys):
@@ -185,6 +186,8 @@ def test_explain_shows_the_rollout_correction_vllm_gets_by_default(tmp_path, cap
     assert cli.main(["explain", str(write_config(tmp_path / "m.yaml", {**GOOD, "rollout.engine": "vllm",
                                                                        "rl.correction": "geo_mask"}))]) == 0
     assert "rollout correction geo_mask (cap 1.1)" in capsys.readouterr().out
+    assert cli.main(["explain", str(write_config(tmp_path / "h.yaml", {**GOOD, "rollout.engine": "hf"}))]) == 0
+    assert "rollout correction none\n" in capsys.readouterr().out
 
 
 def test_explain_derives_the_steps_from_epochs_over_a_prompt_file(tmp_path, capsys):
@@ -404,6 +407,45 @@ def test_rollout_correction_on_the_built_in_engine_weighs_by_about_one(tmp_path)
     a, b = weights(tmp_path / "tis" / "final"), weights(tmp_path / "none" / "final")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+
+
+def test_old_logprobs_only_for_the_samples_that_train(tmp_path, monkeypatch):
+    """With a rollout correction, no KL term and no whitening, π_old is recomputed only for samples whose
+    advantage is not 0 (here the prompts with an odd character sum get a constant reward: their groups have none).
+    The trained weights and losses equal those of a run that recomputes every sample; the forward passes fewer."""
+    reward = reward_file(tmp_path, """
+        def reward(prompt, completion, **row):
+            if sum(map(ord, prompt)) % 2:
+                return 0.5
+            return sum(c.islower() for c in completion) / max(1, len(completion))
+    """)
+    scored = []
+    forward = rl.forward_tokens
+
+    def counting_forward(model, prompts, *args, **kwargs):
+        if not torch.is_grad_enabled():  # prepare's no-grad passes
+            scored.append(len(prompts))
+        return forward(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(rl, "forward_tokens", counting_forward)
+    # A sampler 0.5 nats below the trainer: a sample trained with the sampler's log-probs as π_old would have the
+    # ratio e^0.5, clipped (ε 0.2), where with its own π_old the ratio is 1 and tis weighs it by e^0.5.
+    sampler = rl._sampler_logps
+    monkeypatch.setattr(rl, "_sampler_logps", lambda *a: sampler(*a) - 0.5)
+    args = ["train.max_steps=3", "rl.generations=4", "rl.correction=tis", "kl.coef=0", "train.lr=3e-3"]
+    assert run_rl(tmp_path / "subset", *args, reward=reward) == 0
+    subset, scored[:] = sum(scored), []
+    monkeypatch.setattr(rl, "trains_only_nonzero_advantages", lambda *a: False)
+    assert run_rl(tmp_path / "all", *args, reward=reward) == 0
+    assert sum(scored) == 3 * 16 and 0 < subset < 3 * 16, (subset, scored)
+    a, b = records(tmp_path / "subset"), records(tmp_path / "all")
+    for step in (1, 2, 3):
+        assert a[step]["loss"] == pytest.approx(b[step]["loss"], abs=1e-6)
+        assert a[step]["rollout/correction_weight_mean"] == pytest.approx(math.exp(0.5), abs=1e-4)
+        assert a[step]["skipped_samples"] == b[step]["skipped_samples"] > 0
+    wa, wb = weights(tmp_path / "subset" / "final"), weights(tmp_path / "all" / "final")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0, msg=k)
 
 
 @pytest.mark.parametrize("extra, fragment", [
