@@ -252,6 +252,10 @@ class RolloutConfig(Config):
     """vLLM: fraction of GPU memory for weights and KV cache."""
     vllm_tensor_parallel_size: int = 1
     """vLLM: GPUs per engine (tensor parallelism)."""
+    vllm_sleep: bool = False
+    """vLLM colocated on a GPU: after each rollout free its KV cache and move its weights to CPU memory
+    (LLM.sleep), so the update has the GPU; woken before the next weight sync. For models whose update does not
+    fit next to vLLM's reserved memory; costs a weight transfer each way per step."""
 
     def validate(self) -> RolloutConfig:
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
@@ -261,6 +265,9 @@ class RolloutConfig(Config):
         if self.vllm_server and (":" not in self.vllm_server or not self.vllm_server.rsplit(":", 1)[1].isdigit()):
             raise ConfigError(f"rollout.vllm_server = {self.vllm_server!r} must be HOST:PORT — fix: e.g. "
                               "rollout.vllm_server=10.0.0.2:8765")
+        if self.vllm_sleep and self.vllm_mode == "server":
+            raise ConfigError("rollout.vllm_sleep is for the colocated engine; a vLLM server keeps its own GPU — fix: "
+                              "rollout.vllm_sleep=false")
         if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
             raise ConfigError(f"rollout.vllm_gpu_memory_utilization = {self.vllm_gpu_memory_utilization!r} "
                               "must be in (0, 1]")

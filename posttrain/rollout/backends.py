@@ -144,7 +144,7 @@ def build_engine(rollout, model, tokenizer, model_path: str | None = None, *, lo
         from posttrain.rollout.vllm_engine import VLLMEngine
         return VLLMEngine(model_path, eos, logprobs=logprobs, seed=seed, max_model_len=max_model_len,
                           gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
-                          tensor_parallel_size=rollout.vllm_tensor_parallel_size)
+                          tensor_parallel_size=rollout.vllm_tensor_parallel_size, sleep=rollout.vllm_sleep)
     raise ConfigError(f"rollout.engine = {rollout.engine!r} is not one of: auto, hf, vllm")
 
 

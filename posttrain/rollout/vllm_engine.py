@@ -11,6 +11,8 @@
                A LoRA policy is sent merged, W + (α/r)·B·A
     score      the log-probs vLLM's model gives to a fixed completion (prompt log-probs of prompt + completion):
                what the weight-sync test compares with the trainer's
+    sleep      (GPU, rollout.vllm_sleep) after each generate vLLM frees its KV cache and moves its weights to CPU
+               memory (LLM.sleep(level=1)), so the update has the GPU; the next sync or generate wakes it first
 
 Log-probs: vLLM reports one kind per engine. `logprobs="processed"` (the RL loops) asks for the distribution
 sampled from — after temperature, top-k/p, min-p — which is what the trainer's π_old is at the sampling
@@ -70,8 +72,10 @@ class VLLMEngine:
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1
     dtype: str = "auto"
+    sleep: bool = False  # GPU: release the GPU between rollouts (the module docstring)
     llm: object = None
     syncs: int = 0  # weight pushes so far
+    asleep: bool = False
 
     def __post_init__(self):
         if self.logprobs not in ("raw", "processed"):
@@ -79,8 +83,11 @@ class VLLMEngine:
         vllm = import_vllm()
         gpu = torch.cuda.is_available()
         self.reproducible = gpu  # per-request seeds: see the module docstring
-        options = dict(gpu_memory_utilization=self.gpu_memory_utilization) if gpu else \
-            dict(dtype="float32", enforce_eager=True)
+        if self.sleep and not gpu:
+            raise UserError("rollout.vllm_sleep=true needs a GPU (vLLM's CPU build has no sleep mode) — fix: "
+                            "rollout.vllm_sleep=false")
+        options = dict(gpu_memory_utilization=self.gpu_memory_utilization, enable_sleep_mode=self.sleep) if gpu \
+            else dict(dtype="float32", enforce_eager=True)
         threads, set_threads = torch.get_num_threads(), torch.set_num_threads
         with rng_kept():  # vLLM seeds random, numpy and torch in this process: the trainer's streams are its own
             if self.max_model_len:
@@ -99,6 +106,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         params.validate()
+        self.wake()
         example_ids = list(range(len(prompts))) if example_ids is None else list(example_ids)
         jobs = [Generation(i, k) for i in range(len(prompts)) for k in range(params.n)]
         requests = [TokensPrompt(prompt_token_ids=list(prompts[job.prompt_index])) for job in jobs]
@@ -107,6 +115,9 @@ class VLLMEngine:
         with rng_kept():  # unseeded requests draw from torch's global generator: seed it from (seed, step)
             torch.manual_seed(derive_seed(seed, step, "vllm"))
             outputs = self.llm.generate(requests, request_params, use_tqdm=False)
+        if self.sleep:  # the update that follows gets the GPU memory
+            self.llm.sleep(level=1)
+            self.asleep = True
         same = params.temperature in (0.0, 1.0) and not params.truncates  # processed = raw
         for job, output in zip(jobs, outputs):
             completion = output.outputs[0]
@@ -139,6 +150,7 @@ class VLLMEngine:
                 sent[0] += tensor.numel() * tensor.element_size()
                 yield name, tensor
 
+        self.wake()
         self.load(counted(trainer_weights(model)))
         self.llm.reset_prefix_cache()
         self.syncs += 1
@@ -155,6 +167,12 @@ class VLLMEngine:
         if self.llm.llm_engine.model_config.hf_config.get_text_config().tie_word_embeddings:
             self.llm.apply_model(retie_output_layer)
 
+    def wake(self) -> None:
+        """Back from sleep: weights to the GPU, KV cache allocated again."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
     def close(self) -> None:
         """Free the engine (its KV cache and weights)."""
         self.llm = None
@@ -166,6 +184,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         ids = list(prompt_ids) + list(completion_ids)
+        self.wake()
         out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)],
                                 VSamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0), use_tqdm=False)
         entries = out[0].prompt_logprobs  # [None, {id: Logprob}, …], one per prompt position

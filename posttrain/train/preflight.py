@@ -25,6 +25,14 @@ def check_vllm(cfg) -> None:
     if importlib.util.find_spec("vllm") is None:
         raise UserError("rollout.engine=vllm needs vLLM — fix: on a CUDA machine pip install 'posttrain[vllm]'; on "
                         "CPU make setup-vllm and run from .venv-vllm; or use rollout.engine=hf")
+    if distributed.world_size() > 1 and cfg.rollout.vllm_mode == "colocate":
+        # vLLM adopts torchrun's process group as its own world: its collectives then interleave with the
+        # trainer's (seen on CPU: a checkpoint barrier passed early and the save failed)
+        raise UserError("rollout.engine=vllm in colocated mode runs in a single process, not under torchrun — fix: "
+                        "rollout.vllm_mode=server (one vLLM server for all ranks), or rollout.engine=hf")
+    if cfg.rollout.vllm_sleep and not torch.cuda.is_available():
+        raise UserError("rollout.vllm_sleep=true needs a GPU (vLLM's CPU build has no sleep mode) — fix: "
+                        "rollout.vllm_sleep=false")
     model_dir = base_model_path(cfg.model.name_or_path)
     if (why := vllm_unfit(model_dir, cuda=torch.cuda.is_available())) is not None:
         raise UserError(f"rollout.engine=vllm cannot run {cfg.model.name_or_path}: {why} — fix: rollout.engine=hf")

@@ -266,3 +266,25 @@ def test_a_resumed_vllm_run_continues_the_uninterrupted_one(tmp_path):
     a, b = load_file(str(straight / "final" / "model.safetensors")), load_file(str(resumed / "final" /
                                                                                  "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM's sleep mode needs a GPU (benchmarks/gpu.sh)")
+def test_sleep_frees_the_gpu_between_rollouts_and_wakes_for_the_next(tiny):
+    """rollout.vllm_sleep: after a generate the engine holds less GPU memory; the next sync and generate wake it,
+    and its greedy output and log-probs are those of an engine that never slept."""
+    from posttrain.models.tiny import tiny_path
+    from posttrain.rollout import SamplingParams, VLLMEngine
+
+    model, tokenizer, prompts = tiny
+    params = SamplingParams(temperature=0.0, max_new_tokens=16)
+    awake = VLLMEngine(str(tiny_path()), [tokenizer.eos_token_id], max_model_len=256, gpu_memory_utilization=0.2)
+    expected = [g.completion_ids for g in awake.generate(prompts, params)]
+    awake.close()
+    sleeper = VLLMEngine(str(tiny_path()), [tokenizer.eos_token_id], max_model_len=256, gpu_memory_utilization=0.2,
+                         sleep=True)
+    free_awake = torch.cuda.mem_get_info()[0]
+    assert [g.completion_ids for g in sleeper.generate(prompts, params)] == expected
+    assert sleeper.asleep and torch.cuda.mem_get_info()[0] > free_awake  # the KV cache and weights left the GPU
+    sleeper.sync(model)
+    assert not sleeper.asleep
+    assert [g.completion_ids for g in sleeper.generate(prompts, params)] == expected

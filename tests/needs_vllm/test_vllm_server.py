@@ -109,3 +109,26 @@ def test_rl_with_a_server_through_the_cli(tmp_path):
     steps = [r for r in records if "loss" in r]
     assert len(steps) == 2 and all(r["rollout/sync_mb"] > 0 for r in steps)
     assert not psutil.Process().children(recursive=True)  # the run's server stopped with it
+
+
+def test_under_torchrun_the_server_serves_every_rank_and_colocated_is_refused(tmp_path):
+    """Two processes under torchrun: with rollout.vllm_mode=server the run trains and leaves no process behind;
+    colocated vLLM (which would adopt torchrun's process group as its own) is refused before the run starts."""
+    import json
+    import subprocess
+    import sys
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "posttrain", "rl",
+                "--algo", "grpo", "rollout.engine=vllm", "train.max_steps=2", "threads=1", "log.progress=false",
+                "eval.task_accuracy=false", "task.num_train=16", "task.max_digits=1", "sampling.max_new_tokens=8",
+                "rl.prompts_per_step=4", "rl.generations=2", "train.micro_batch_size=2"]
+    refused = subprocess.run([*torchrun, f"output_dir={tmp_path / 'colocated'}"], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0 and "rollout.vllm_mode=server" in refused.stderr
+    assert not (tmp_path / "colocated").exists()
+    served = subprocess.run([*torchrun, f"output_dir={tmp_path / 'server'}", "rollout.vllm_mode=server"],
+                            capture_output=True, text=True, timeout=600)
+    assert served.returncode == 0, served.stderr[-3000:]
+    steps = [json.loads(line) for line in (tmp_path / "server" / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in steps if "loss" in r]) == 2
+    assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).returncode == 1  # none left
