@@ -1,0 +1,156 @@
+"""Multi-turn rollouts, token in and token out.
+
+A trajectory is the prompt's ids, then turn after turn: the exact ids the model sampled (mask 1, trained) and the
+exact ids appended for the environment's answer (mask 0, never in the loss). The model's text is never
+re-tokenized: what the trainer sees at mask 1 is what the sampler drew. The environment's messages are rendered
+once, through the model's own chat template, as a delta:
+
+    delta(new messages) = after_turn + render(base + new, generation prompt)[len(render(base)):]
+
+where `base` is a fixed two-message conversation and `after_turn` is what the template writes after an
+assistant turn's end-of-turn token (ChatML: "\\n"), which the model's sample stops before. A template whose
+rendering of `base` is not a prefix of `base + new` cannot be cut this way: ChatDeltas refuses it with the
+template named. A template that knows no tools gets them described in a system message instead (the Hermes
+format of tools.py).
+
+    episodes = run_episodes(engine, envs, rows, chat, params, max_turns=4, seed=, step=)
+
+runs many episodes side by side: each turn, one engine call for every live episode (sample k of episode e at
+turn t seeded by (seed, step, turn) and e, as in the engine's contract).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+
+from posttrain.envs.base import Environment
+from posttrain.errors import UserError
+
+BASE = [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}]
+TOOLS_PREAMBLE = ("You may call these tools. To call one, write <tool_call>{\"name\": NAME, \"arguments\": "
+                  "{...}}</tool_call>; its answer comes back as a tool message. Tools:\n")
+
+
+class ChatDeltas:
+    """The chat template of `tokenizer`, used to render a conversation's start and the deltas of its turns."""
+
+    def __init__(self, tokenizer, tools: list[dict] | None = None):
+        self.tokenizer, self.tools = tokenizer, tools or None
+        template = tokenizer.chat_template or ""
+        self.native_tools = bool(self.tools) and "tools" in template
+        self.eos = tokenizer.eos_token
+        base = self.render(BASE)
+        if self.eos is None or self.eos not in base:
+            raise UserError("the chat template does not end an assistant turn with the end-of-sequence token "
+                            f"{self.eos!r}: multi-turn rollouts cannot tell where the model's turn stops")
+        self.after_turn = base[base.rindex(self.eos) + len(self.eos):]
+
+    def render(self, messages: list[dict], generation_prompt: bool = False) -> str:
+        if self.tools and not self.native_tools:
+            described = TOOLS_PREAMBLE + "\n".join(json.dumps(t) for t in self.tools)
+            if messages and messages[0]["role"] == "system":
+                messages = [{"role": "system", "content": messages[0]["content"] + "\n\n" + described},
+                            *messages[1:]]
+            else:
+                messages = [{"role": "system", "content": described}, *messages]
+        kwargs = {"tools": self.tools} if self.native_tools else {}
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                                  **kwargs)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        return self.encode(self.render(messages, generation_prompt=True))
+
+    def delta_ids(self, messages: list[dict]) -> list[int]:
+        """The ids that follow the model's end-of-turn token: the rest of its turn as the template writes it,
+        `messages`, and the prompt for the model's next turn."""
+        head, full = self.render(BASE), self.render(BASE + list(messages), generation_prompt=True)
+        if not full.startswith(head):
+            raise UserError("the chat template renders a conversation differently once messages follow it (e.g. "
+                            "it rewrites earlier assistant turns), so turns cannot be appended as token deltas — "
+                            "fix: use a template that only appends")
+        return self.encode(self.after_turn + full[len(head):])
+
+
+@dataclass
+class Trajectory:
+    prompt_ids: list[int]
+    messages: list[dict]                                  # the conversation, as text (for logs and the env)
+    ids: list[int] = field(default_factory=list)          # everything after the prompt
+    mask: list[int] = field(default_factory=list)         # 1: sampled by the model; 0: the environment's
+    logprobs: list[float] = field(default_factory=list)   # the sampler's: of the distribution it drew from (0 at
+    #                                                       environment tokens)
+    turn_ends: list[int] = field(default_factory=list)    # len(ids) after each model turn
+    turn_rewards: list[float | None] = field(default_factory=list)
+    tool_calls: int = 0
+    tool_errors: int = 0
+    done: bool = False
+    truncated: bool = False   # stopped by a length limit, not by the environment
+
+    def add_model_turn(self, ids: list[int], logprobs: list[float]) -> None:
+        self.ids += ids
+        self.mask += [1] * len(ids)
+        self.logprobs += list(logprobs) if len(logprobs) == len(ids) else [0.0] * len(ids)
+        self.turn_ends.append(len(self.ids))
+
+    def add_environment(self, ids: list[int]) -> None:
+        self.ids += ids
+        self.mask += [0] * len(ids)
+        self.logprobs += [0.0] * len(ids)
+
+    @property
+    def reward(self) -> float | None:
+        scored = [r for r in self.turn_rewards if r is not None]
+        return sum(scored) if scored else None
+
+
+def run_episodes(engine, envs: list[Environment], rows: list[dict], chat: ChatDeltas, params, *,
+                 max_turns: int = 4, max_tokens: int = 1024, seed: int = 0, step: int = 0,
+                 episode_ids: list[int] | None = None) -> list[Trajectory]:
+    """One episode per (env, row), side by side; `params` (SamplingParams) for every model turn, n = 1.
+    An episode ends when its environment says done, when the model's turn hits max_new_tokens, after
+    `max_turns` model turns, or when the trajectory would pass `max_tokens` ids after the prompt."""
+    episode_ids = list(range(len(rows))) if episode_ids is None else episode_ids
+    eos = chat.tokenizer.eos_token_id
+    trajectories = []
+    for env, row in zip(envs, rows):
+        messages = env.reset(row)
+        trajectories.append(Trajectory(chat.prompt_ids(messages), messages))
+    for turn in range(max_turns):
+        live = [i for i, t in enumerate(trajectories) if not t.done]
+        if not live:
+            break
+        room = min(params.max_new_tokens, max(1, max_tokens - max(len(trajectories[i].ids) for i in live)))
+        generations = engine.generate([trajectories[i].prompt_ids + trajectories[i].ids for i in live],
+                                      replace(params, n=1, max_new_tokens=room),
+                                      seed=seed, step=f"{step}/turn{turn}",
+                                      example_ids=[episode_ids[i] for i in live])
+        for i, generation in zip(live, generations):
+            t, ids = trajectories[i], list(generation.completion_ids)
+            t.add_model_turn(ids, generation.sampling_logprobs or generation.logprobs)  # what was sampled from
+            text = chat.tokenizer.decode([x for x in ids if x != eos], skip_special_tokens=True)
+            message = {"role": "assistant", "content": text}
+            t.messages.append(message)
+            if generation.finish_reason == "length" or (ids and ids[-1] != eos) or not ids:
+                t.done = t.truncated = True
+                continue
+            result = envs[i].step(message)
+            t.turn_rewards.append(result.reward)
+            t.tool_calls += result.info.get("tool_calls", 0)
+            t.tool_errors += result.info.get("tool_errors", 0)
+            if result.done:
+                t.done = True
+            else:
+                t.messages += result.messages
+                t.add_environment(chat.delta_ids(result.messages))
+                if len(t.ids) >= max_tokens:
+                    t.done = t.truncated = True
+    for t in trajectories:
+        t.truncated = t.truncated or not t.done  # out of turns
+    return trajectories
+
+
+__all__ = ["ChatDeltas", "Trajectory", "run_episodes"]

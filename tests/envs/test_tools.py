@@ -1,0 +1,92 @@
+"""Tool calls (envs/tools.py): the parser's worked examples, malformed calls answered with an error, tools run
+concurrently with a timeout, schemas from type hints."""
+
+import time
+
+import pytest
+
+from posttrain.envs import ToolCall, ToolEnv, call_tools, parse_tool_calls, tool_schema
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: the first
+        b: the second
+    """
+    return a + b
+
+
+def test_the_worked_examples():
+    t = parse_tool_calls('Let me add. <tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>')
+    assert (t.content, t.calls, t.errors) == ("Let me add.", [ToolCall("add", {"a": 1, "b": 2})], [])
+    assert parse_tool_calls('<tool_call>{"name": "add", "arguments": {"a": 1</tool_call>').errors == [
+        "tool call 1 is not valid JSON (Expecting ',' delimiter at character 36)"]
+    assert parse_tool_calls('{"name": "add", "parameters": {"a": 1, "b": 2}}').calls == [
+        ToolCall("add", {"a": 1, "b": 2})]
+
+
+@pytest.mark.parametrize("text, error", [
+    ('<tool_call>{"name": "add", "arguments": {"a": 1}}', "tool call 1 has no closing </tool_call>"),
+    ('<tool_call>{"arguments": {"a": 1}}</tool_call>', 'tool call 1 has no "name"'),
+    ('<tool_call>["add", 1, 2]</tool_call>', 'tool call 1 has no "name"'),
+    ('<tool_call>{"name": "add", "arguments": [1, 2]}</tool_call>', 'tool call 1 (add): "arguments" must be'),
+])
+def test_malformed_calls_become_errors(text, error):
+    t = parse_tool_calls(text)
+    assert t.calls == [] and len(t.errors) == 1 and t.errors[0].startswith(error)
+
+
+def test_several_calls_and_arguments_written_as_a_string():
+    t = parse_tool_calls('<tool_call>{"name": "add", "arguments": "{\\"a\\": 1, \\"b\\": 2}"}</tool_call> and '
+                         '<tool_call>{"name": "add", "arguments": {"a": 3, "b": 4}}</tool_call>')
+    assert t.calls == [ToolCall("add", {"a": 1, "b": 2}), ToolCall("add", {"a": 3, "b": 4})] and t.content == "and"
+    assert parse_tool_calls("no calls here").calls == []
+
+
+def test_tools_run_concurrently_and_failures_are_answered():
+    def slow(seconds: float) -> str:
+        """Sleep.
+
+        Args:
+            seconds: how long
+        """
+        time.sleep(seconds)
+        return "slept"
+
+    def broken() -> str:
+        """Fail."""
+        raise ValueError("no")
+
+    tools = {"add": add, "slow": slow, "broken": broken}
+    calls = [ToolCall("slow", {"seconds": 0.3})] * 4 + [ToolCall("add", {"a": 1, "b": 2}),
+                                                         ToolCall("add", {"a": 1}), ToolCall("nope", {}),
+                                                         ToolCall("broken", {}), ToolCall("slow", {"seconds": 5})]
+    t0 = time.perf_counter()
+    answers = call_tools(calls, tools, timeout=1.0)
+    assert time.perf_counter() - t0 < 2.5  # the four 0.3 s calls overlapped; the 5 s one was not waited for
+    assert answers[:5] == ["slept"] * 4 + ["3"]
+    assert answers[5].startswith("error: add: ") and "missing 1 required positional argument" in answers[5]
+    assert answers[6] == "error: no tool named 'nope'; the tools are: add, broken, slow"
+    assert answers[7] == "error: broken failed: ValueError: no"
+    assert answers[8] == "error: slow took longer than 1 s"
+
+
+def test_schema_from_type_hints_and_docstring():
+    schema = tool_schema(add)["function"]
+    assert schema["name"] == "add" and schema["description"] == "Add two integers."
+    assert schema["parameters"]["properties"] == {"a": {"type": "integer", "description": "the first"},
+                                                  "b": {"type": "integer", "description": "the second"}}
+
+
+def test_tool_env_answers_calls_and_scores_the_answer():
+    env = ToolEnv([add], score=lambda row, answer: float(str(row["answer"]) in answer), max_tool_turns=1)
+    assert env.reset({"prompt": "2+3?", "answer": 5}) == [{"role": "user", "content": "2+3?"}]
+    step = env.step({"role": "assistant",
+                     "content": '<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>'
+                                '<tool_call>{"name": "add"</tool_call>'})
+    assert [m["content"] for m in step.messages][0] == "5" and step.messages[1]["content"].startswith("error: ")
+    assert (step.reward, step.done, step.info) == (None, False, {"tool_calls": 2, "tool_errors": 1})
+    last = env.step({"role": "assistant", "content": '<tool_call>{"name": "add"}</tool_call> It is 5.'})
+    assert (last.reward, last.done) == (1.0, True)  # out of tool turns: the message is the answer
