@@ -37,11 +37,13 @@ class ToolEnv:
     """A question, tools, and a verifier of the final answer. Each assistant turn either calls tools — every
     call is run (concurrently, with a timeout) and answered with a tool message, errors included — or answers:
     then the episode ends and `score(row, answer)` is its reward. After `max_tool_turns` turns of calls the next
-    message is taken as the answer whatever it holds.
+    message is taken as the answer whatever it holds. score=None: the final step's reward is None, and the RL loop
+    scores the answer with the run's reward sources.
 
-    info per step: {"tool_calls": n, "tool_errors": n} (malformed calls count as errors)."""
+    info per step: {"tool_calls": n, "tool_errors": n} (malformed calls count as errors); the last step's also
+    {"answer": the message without its tool calls}."""
 
-    def __init__(self, tools: list[Callable], score: Callable[[dict, str], float | None], *,
+    def __init__(self, tools: list[Callable], score: Callable[[dict, str], float | None] | None, *,
                  system: str | None = None, max_tool_turns: int = 4, timeout: float = 10.0):
         self.tools, self.score, self.system = list(tools), score, system
         self.max_tool_turns, self.timeout = max_tool_turns, timeout
@@ -63,8 +65,8 @@ class ToolEnv:
             names = [c.name for c in turn.calls] + ["invalid"] * len(turn.errors)
             return Step([{"role": "tool", "name": n, "content": a} for n, a in zip(names, answers)],
                         info={"tool_calls": len(answers), "tool_errors": sum(map(is_error, answers))})
-        return Step([], reward=self.score(self.row, turn.content), done=True,
-                    info={"tool_calls": 0, "tool_errors": 0})
+        return Step([], reward=None if self.score is None else self.score(self.row, turn.content), done=True,
+                    info={"tool_calls": 0, "tool_errors": 0, "answer": turn.content})
 
     def schemas(self) -> list[dict]:
         return [tool_schema(fn) for fn in self.tools]

@@ -87,6 +87,7 @@ class Trajectory:
     turn_rewards: list[float | None] = field(default_factory=list)
     tool_calls: int = 0
     tool_errors: int = 0
+    answer: str = ""          # the final answer as the environment read it (else the last message's text)
     done: bool = False
     truncated: bool = False   # stopped by a length limit, not by the environment
 
@@ -100,6 +101,23 @@ class Trajectory:
         self.ids += ids
         self.mask += [0] * len(ids)
         self.logprobs += [0.0] * len(ids)
+
+    # what the RL loop reads of a generation (rollout/engine.py Generation): the whole trajectory after the prompt
+    @property
+    def completion_ids(self) -> list[int]:
+        return self.ids
+
+    @property
+    def sampling_logprobs(self) -> list[float]:
+        return self.logprobs
+
+    @property
+    def finish_reason(self) -> str:
+        return "length" if self.truncated else "stop"
+
+    @property
+    def turns(self) -> int:
+        return len(self.turn_ends)
 
     @property
     def reward(self) -> float | None:
@@ -136,6 +154,7 @@ def run_episodes(engine, envs: list[Environment], rows: list[dict], chat: ChatDe
             t.messages.append(message)
             if generation.finish_reason == "length" or (ids and ids[-1] != eos) or not ids:
                 t.done = t.truncated = True
+                t.answer = text
                 continue
             result = envs[i].step(message)
             t.turn_rewards.append(result.reward)
@@ -143,13 +162,15 @@ def run_episodes(engine, envs: list[Environment], rows: list[dict], chat: ChatDe
             t.tool_errors += result.info.get("tool_errors", 0)
             if result.done:
                 t.done = True
+                t.answer = result.info.get("answer", text)
             else:
                 t.messages += result.messages
                 t.add_environment(chat.delta_ids(result.messages))
                 if len(t.ids) >= max_tokens:
                     t.done = t.truncated = True
     for t in trajectories:
-        t.truncated = t.truncated or not t.done  # out of turns
+        if not t.done:  # out of turns
+            t.truncated, t.answer = True, t.messages[-1]["content"] if t.messages[-1]["role"] == "assistant" else ""
     return trajectories
 
 

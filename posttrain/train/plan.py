@@ -141,6 +141,10 @@ def check_pieces(cfg: RLConfig) -> None:
 
 def _check_sampling_and_rewards(cfg: RLConfig) -> None:
     rl = cfg.rl
+    cfg.env.validate()
+    if cfg.env.name and advantages.ADVANTAGES.entry(cfg.algo.advantage).needs_greedy_baseline:
+        raise ConfigError(f"advantage {cfg.algo.advantage} needs a greedy completion per prompt; with env.name a "
+                          "sample is a multi-turn episode — fix: --algo grpo (or rloo), or env.name=''")
     if rl.dynamic_sampling and rl.generations < 2:
         raise ConfigError("rl.dynamic_sampling drops groups with equal rewards; with rl.generations = 1 every "
                           "group is dropped — set rl.generations ≥ 2 or rl.dynamic_sampling=false")

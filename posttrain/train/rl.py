@@ -199,9 +199,10 @@ class Batch:
     def __init__(self, rollout: rollouts.Rollout):
         self.prompt_ids, self.completion_ids = rollout.prompt_ids, rollout.completion_ids
         self.width = max(1, max(map(len, self.completion_ids)))
-        self.mask = torch.zeros(len(self.completion_ids), self.width)
+        self.mask = torch.zeros(len(self.completion_ids), self.width)  # the tokens the loss sees
         for i, ids in enumerate(self.completion_ids):
-            self.mask[i, :len(ids)] = 1
+            self.mask[i, :len(ids)] = 1 if rollout.token_masks is None else torch.tensor(rollout.token_masks[i],
+                                                                                         dtype=torch.float)
         self.old_logps = self.ref_logps = self.old_values = self.returns = None
         self.advantages = self.loss_mask = None
         self.weights = None  # rollout correction's per-token weights (None: 1)

@@ -15,6 +15,10 @@
                  never changes
     ranks        each process generates and scores its share of the prompts; the results are gathered, so
                  every rank holds the whole batch and computes the same advantages
+    episodes     with env.name set, a sample is a whole multi-turn episode (posttrain/envs): its "completion"
+                 is every id after the prompt — the model's turns and the environment's answers — with a token
+                 mask that keeps the environment's ids out of the loss; the final answer is scored by the
+                 reward sources, plus any reward the environment gave along the way
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class PromptData:
     task: object | None
     use_chat_template: bool
     report: str
+    make_env: object = None  # env.name set: make(row) -> a fresh environment (posttrain/envs)
+    chat: object = None      # and the chat template that renders its turns (envs.ChatDeltas)
 
     @property
     def longest_prompt(self) -> int:
@@ -65,6 +71,15 @@ def load_prompts(cfg: RLConfig, tokenizer) -> PromptData:
     raw = load_rows(cfg.data.train_path, columns=cfg.data.columns) if cfg.data.train_path else \
         task.rows("train", cfg.task.num_train, cfg.seed)
     use_template = tokenizer.chat_template is not None
+    make_env = chat = None
+    if cfg.env.name:
+        from posttrain.envs import ChatDeltas, tool_schema
+        from posttrain.envs.builtin import environment_factory
+        if not use_template:
+            raise UserError("env.name needs a model with a chat template (its turns are rendered through it) — "
+                            "fix: a chat model, or env.name=''")
+        make_env = environment_factory(cfg.env.name, max_turns=cfg.env.max_turns, timeout=cfg.env.tool_timeout)
+        chat = ChatDeltas(tokenizer, [tool_schema(fn) for fn in getattr(make_env(raw[0]), "tools", [])])
     rows, prompt_ids, report = [], [], DropReport(total=len(raw))
     row_numbers = getattr(raw, "row_numbers", range(1, len(raw) + 1))  # 1-based, as every command counts rows
     for i, row in enumerate(raw):
@@ -73,7 +88,8 @@ def load_prompts(cfg: RLConfig, tokenizer) -> PromptData:
             raise DataError("no prompt (a non-empty string, or a list of chat messages)", file=source,
                             row=row_numbers[i], field="prompt",
                             fix="give every row a 'prompt' column (rename yours with data.columns=question:prompt)")
-        ids = format_prompt(tokenizer, prompt, use_template)
+        ids = format_prompt(tokenizer, prompt, use_template) if make_env is None else \
+            chat.prompt_ids(make_env(row).reset({**row, "prompt": prompt}))
         if len(ids) > cfg.data.max_length:
             if cfg.data.truncation == "error":
                 raise DataError(f"the prompt has {len(ids)} tokens, more than data.max_length = "
@@ -87,7 +103,7 @@ def load_prompts(cfg: RLConfig, tokenizer) -> PromptData:
         raise UserError(f"{source}: no usable prompts ({report.summary()})")
     problems = task.rows("eval", min(cfg.eval.num_samples, cfg.task.num_eval), cfg.seed) if wanted and task else []
     dropped = f" ({report.summary()})" if report.dropped else ""
-    return PromptData(rows, prompt_ids, problems, task, use_template, dropped)
+    return PromptData(rows, prompt_ids, problems, task, use_template, dropped, make_env, chat)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -147,6 +163,7 @@ class Rollout:
     group_index: torch.Tensor         # [B] the prompt (group) of each sample
     rewards: torch.Tensor             # [B] after shaping; 0 where unscored
     scored: torch.Tensor              # [B] bool
+    token_masks: list[list[int]] | None = None  # episodes: 1 at the model's tokens, 0 at the environment's
     baseline_rewards: torch.Tensor | None = None  # [B] reward of the greedy completion of the prompt (an estimator
     #                                               that declares needs_greedy_baseline, e.g. remax)
     metrics: dict = field(default_factory=dict)
@@ -160,7 +177,8 @@ def rollout_engine(cfg: RLConfig, model, tokenizer, data: PromptData):
         return build_engine(cfg.rollout, distributed.unwrap(model), tokenizer)
     return build_engine(cfg.rollout, None, tokenizer, base_model_path(cfg.model.name_or_path),
                         logprobs="processed", seed=cfg.seed,
-                        max_model_len=data.longest_prompt + cfg.sampling.max_new_tokens + 1)
+                        max_model_len=data.longest_prompt + cfg.sampling.max_new_tokens + 1 +
+                        (cfg.env.max_tokens if data.make_env is not None else 0))
 
 
 def collect(cfg: RLConfig, engine, tokenizer, data: PromptData, sources, step: int, cursor: int,
@@ -196,6 +214,8 @@ def collect(cfg: RLConfig, engine, tokenizer, data: PromptData, sources, step: i
     rollout = _assemble(cfg, data, groups)
     guard.check(first_round, step)
     rollout.metrics = reward_metrics(first_round)
+    if data.make_env is not None:
+        rollout.metrics.update(episode_metrics([g for group in groups for g in group["gens"]]))
     if cfg.rl.generations > 1:  # a group of one has no variance to speak of
         rollout.metrics["rollout/zero_variance_frac"] = first_round_zero
     if cfg.rl.dynamic_sampling:
@@ -219,12 +239,18 @@ def _generate_and_score(cfg, engine, params, tokenizer, data, sources, step, cur
     rank, world = distributed.rank(), distributed.world_size()
     positions = list(range(cursor, cursor + count))[rank::world]
     indices = [stream_indices(p, 1, len(data.rows), cfg.seed)[0] for p in positions]
-    gens = engine.generate([data.prompt_ids[i] for i in indices], params, seed=cfg.seed, step=step,
-                           example_ids=positions, stop_sequence=stop_check(tokenizer, cfg.sampling.stop_strings))
-    texts = [cut_at_stop(tokenizer.decode(g.completion_ids, skip_special_tokens=True), cfg.sampling.stop_strings)
-             for g in gens]
-    rows = [data.rows[indices[g.prompt_index]] for g in gens]
+    if data.make_env is not None:
+        gens, texts = _episodes(cfg, engine, data, params, step, positions, indices)
+    else:
+        gens = engine.generate([data.prompt_ids[i] for i in indices], params, seed=cfg.seed, step=step,
+                               example_ids=positions, stop_sequence=stop_check(tokenizer, cfg.sampling.stop_strings))
+        texts = [cut_at_stop(tokenizer.decode(g.completion_ids, skip_special_tokens=True), cfg.sampling.stop_strings)
+                 for g in gens]
+    rows = [data.rows[indices[j // params.n]] for j in range(len(gens))]
     scored = score_all(sources, [r["prompt"] for r in rows], texts, [_columns(r) for r in rows])
+    if data.make_env is not None:  # the environment's own rewards add to the final answer's score
+        from_env = torch.tensor([g.reward or 0.0 for g in gens])
+        scored.rewards = torch.where(scored.scored, scored.rewards + from_env, scored.rewards)
     G = params.n
     mine = []
     for j, index in enumerate(indices):
@@ -250,11 +276,38 @@ def _generate_and_score(cfg, engine, params, tokenizer, data, sources, step, cur
     return groups, batch
 
 
+def _episodes(cfg, engine, data: PromptData, params, step: int, positions: list[int], indices: list[int]):
+    """rl.generations episodes per prompt, side by side (envs.run_episodes); episode k of the prompt at stream
+    position s has id s·G + k, so its turns are seeded as the single-turn sample (s, k) is. Returns (the
+    trajectories, prompt-major; their final answers)."""
+    from dataclasses import replace
+
+    from posttrain.envs import run_episodes
+    G = params.n
+    rows = [data.rows[i] for i in indices for _ in range(G)]
+    episodes = run_episodes(engine, [data.make_env(row) for row in rows], rows, data.chat, replace(params, n=1),
+                            max_turns=cfg.env.max_turns, max_tokens=cfg.env.max_tokens, seed=cfg.seed, step=step,
+                            episode_ids=[p * G + k for p in positions for k in range(G)])
+    return episodes, [t.answer for t in episodes]
+
+
+def episode_metrics(rollout_gens) -> dict:
+    """Multi-turn rollouts: turns per episode, the share of episodes that called a tool, tool calls and errors
+    per episode, and the reward per model turn."""
+    n = max(1, len(rollout_gens))
+    turns = sum(t.turns for t in rollout_gens)
+    return {"env/turns_mean": turns / n,
+            "env/tool_call_rate": sum(t.tool_calls > 0 for t in rollout_gens) / n,
+            "env/tool_calls_mean": sum(t.tool_calls for t in rollout_gens) / n,
+            "env/tool_errors_mean": sum(t.tool_errors for t in rollout_gens) / n}
+
+
 def _assemble(cfg: RLConfig, data: PromptData, groups: list[dict]) -> Rollout:
     """The kept groups as one prompt-major batch, with the length shaping added to scored rewards."""
     gens = [g for group in groups for g in group["gens"]]
     indices = [group["index"] for group in groups for _ in group["gens"]]
-    lengths = torch.tensor([len(g.completion_ids) for g in gens])
+    masks = [g.mask for g in gens] if data.make_env is not None else None  # episodes: the model's tokens
+    lengths = torch.tensor([sum(m) for m in masks] if masks else [len(g.completion_ids) for g in gens])
     max_len = cfg.sampling.max_new_tokens
     scored = torch.cat([group["scored"] for group in groups])
     shaped = torch.cat([group["rewards"] for group in groups]).float() \
@@ -262,7 +315,7 @@ def _assemble(cfg: RLConfig, data: PromptData, groups: list[dict]) -> Rollout:
         + shaping.length_penalty(lengths, max_len, cfg.rl.length_penalty)
     return Rollout(
         rows=[data.rows[i] for i in indices], prompt_ids=[data.prompt_ids[i] for i in indices],
-        completion_ids=[g.completion_ids for g in gens],
+        completion_ids=[g.completion_ids for g in gens], token_masks=masks,
         completions=[t for group in groups for t in group["texts"]],
         sampler_logps=[g.sampling_logprobs for g in gens],
         truncated=torch.tensor([g.finish_reason == "length" for g in gens]),

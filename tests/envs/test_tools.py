@@ -90,3 +90,31 @@ def test_tool_env_answers_calls_and_scores_the_answer():
     assert (step.reward, step.done, step.info) == (None, False, {"tool_calls": 2, "tool_errors": 1})
     last = env.step({"role": "assistant", "content": '<tool_call>{"name": "add"}</tool_call> It is 5.'})
     assert (last.reward, last.done) == (1.0, True)  # out of tool turns: the message is the answer
+
+
+def test_the_calculator_computes_arithmetic_and_nothing_else():
+    from posttrain.envs.builtin import calculator
+    assert calculator("(47 + 85) * 3") == "396" and calculator("7 / 2") == "3.5" and calculator("10 / 5") == "2"
+    assert calculator("52 + 19 − 33") == "38" and calculator("6 × 7") == "42"  # the word task's symbols
+    for bad, error in [("2 ** 100", "exponent too large"), ("__import__('os')", "not arithmetic"),
+                       ("x + 1", "not arithmetic")]:
+        with pytest.raises(ValueError, match=error):
+            calculator(bad)
+    answer = call_tools([ToolCall("calculator", {"expression": "1/0"})], {"calculator": calculator})[0]
+    assert answer == "error: calculator failed: ZeroDivisionError: division by zero"
+
+
+def test_environment_names(tmp_path):
+    from posttrain.envs.builtin import environment_factory
+    from posttrain.errors import UserError
+    env = environment_factory("calculator", max_turns=3, timeout=1.0)({"prompt": "2+2?"})
+    assert env.reset({"prompt": "2+2?"})[0]["role"] == "system" and env.max_tool_turns == 2
+    with pytest.raises(UserError, match="env.name=calculator or env.name=my_env.py:make"):
+        environment_factory("calculater", max_turns=3, timeout=1.0)
+    user = tmp_path / "my_env.py"
+    user.write_text("from posttrain.envs import ToolEnv\n"
+                    "def make(row):\n    return ToolEnv([], score=lambda row, answer: 1.0)\n")
+    assert environment_factory(f"{user}:make", max_turns=3, timeout=1.0)({}).step(
+        {"role": "assistant", "content": "hi"}).reward == 1.0
+    with pytest.raises(UserError, match="defines no function 'build'"):
+        environment_factory(f"{user}:build", max_turns=3, timeout=1.0)

@@ -1,0 +1,90 @@
+"""Built-in environments, and user environments from a file.
+
+    env.name=calculator     a calculator tool for arithmetic word problems (the `word` task): the model may call
+                            calculator(expression) as often as it likes (env.max_turns), then answers; the answer
+                            is scored by the run's reward sources (the task's verifier by default)
+    env.name=FILE.py:make   make(row) -> a fresh Environment (base.py) for one episode, defined by the user
+
+`environment_factory(env_cfg)` returns make(row); an environment whose final step has reward None leaves the
+scoring of its final answer to the run's reward sources (reward.verifier, reward.function, reward.model).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import operator
+import sys
+from pathlib import Path
+from typing import Callable
+
+from posttrain.envs.base import Environment, ToolEnv
+from posttrain.errors import UserError
+
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+              ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+              ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+def calculator(expression: str) -> str:
+    """Evaluate an arithmetic expression: numbers, + - * / // % **, parentheses.
+
+    Args:
+        expression: the expression, e.g. (47 + 85) * 3
+
+    Examples: calculator("(47 + 85) * 3") → "396"; calculator("7 / 2") → "3.5"; calculator("2 ** 100") → an
+    error (exponents above 64 are refused, as are names, calls and anything else that is not arithmetic).
+    """
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](value(node.operand))
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            left, right = value(node.left), value(node.right)
+            if isinstance(node.op, ast.Pow) and abs(right) > 64:
+                raise ValueError("exponent too large")
+            return _OPERATORS[type(node.op)](left, right)
+        raise ValueError(f"not arithmetic: {ast.unparse(node)}")
+
+    result = value(ast.parse(expression.replace("×", "*").replace("÷", "/").replace("−", "-"), mode="eval").body)
+    if isinstance(result, float) and result.is_integer():
+        result = int(result)
+    return str(round(result, 10) if isinstance(result, float) else result)
+
+
+CALCULATOR_SYSTEM = ("You can use a calculator. Call it for every arithmetic step, then give the final answer as "
+                     "a number.")
+
+
+def calculator_env(max_tool_turns: int, timeout: float) -> Callable[[dict], Environment]:
+    return lambda row: ToolEnv([calculator], score=None, system=CALCULATOR_SYSTEM, max_tool_turns=max_tool_turns,
+                               timeout=timeout)
+
+
+ENVIRONMENTS: dict[str, Callable[..., Callable[[dict], Environment]]] = {"calculator": calculator_env}
+
+
+def environment_factory(name: str, *, max_turns: int, timeout: float) -> Callable[[dict], Environment]:
+    """make(row) for env.name: a built-in environment, or FILE.py:FUNCTION from the user."""
+    if name in ENVIRONMENTS:
+        return ENVIRONMENTS[name](max_turns - 1, timeout)  # the last turn is the answer
+    path, _, function = name.rpartition(":")
+    if not path.endswith(".py"):
+        raise UserError(f"env.name = {name!r} is neither a built-in environment ({', '.join(ENVIRONMENTS)}) nor "
+                        "FILE.py:FUNCTION — fix: env.name=calculator or env.name=my_env.py:make")
+    if not Path(path).is_file():
+        raise UserError(f"env.name: no such file: {path} — fix: env.name=PATH/TO/FILE.py:{function or 'make'}")
+    sys.path.insert(0, str(Path(path).resolve().parent))
+    spec = importlib.util.spec_from_file_location(f"posttrain_user_env_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    make = getattr(module, function, None)
+    if not callable(make):
+        raise UserError(f"env.name: {path} defines no function {function!r} — fix: define `def {function}(row)` "
+                        "returning an environment with reset(row) and step(message)")
+    return make
+
+
+__all__ = ["ENVIRONMENTS", "calculator", "environment_factory"]
