@@ -17,6 +17,8 @@ returned None/NaN or timed out) are left out of every baseline and get advantage
     reinforce_pp           return-to-go, whitened over the batch's tokens  token level
     reinforce_pp_baseline  group-centred return-to-go ÷ batch token std    token level
     gae                    GAE(γ, λ) from a critic's values                token level
+    turn_grpo              per-turn discounted return − the group's mean   turn level (multi-turn episodes)
+                           at the same turn index, ÷ its std
 
 Group baselines here (grpo, dr_grpo, rloo) and the returns helper (`discounted_returns`) are also what the
 classic-RL side uses; `gae` is shared with classic PPO. `token_level_rewards` builds the per-token rewards
@@ -38,8 +40,10 @@ from posttrain.algos.registry import Registry
 #   needs_groups           compares the responses to one prompt: rl.generations must be ≥ 2
 #   needs_critic           reads a value model's V(s_t) (algo.critic=value)
 #   needs_greedy_baseline  reads the reward of a greedy response to each prompt (the loop generates it)
+#   needs_turns            reads the turns of multi-turn episodes (turn_index, turn_rewards: env.name)
 ADVANTAGES = Registry("advantage estimator", flags={"level": "sequence", "needs_groups": False,
-                                                    "needs_critic": False, "needs_greedy_baseline": False})
+                                                    "needs_critic": False, "needs_greedy_baseline": False,
+                                                    "needs_turns": False})
 register = ADVANTAGES.register
 
 
@@ -59,6 +63,10 @@ class AdvantageInputs:
     bootstrap: torch.Tensor | None = None      # [B] value after the last token: 0 = terminal (default), V for
     #                                            a truncated response
     baseline_rewards: torch.Tensor | None = None  # [B] reward of the greedy response to the same prompt (remax)
+    turn_index: torch.Tensor | None = None     # [B, T] long: the model turn (0, 1, …) of each response token; −1 at
+    #                                            environment tokens and padding (multi-turn episodes)
+    turn_rewards: torch.Tensor | None = None   # [B, K] the reward after each model turn (0 past an episode's last);
+    #                                            a row sums to the episode's reward
 
     def scored_mask(self) -> torch.Tensor:
         return torch.ones_like(self.rewards, dtype=torch.bool) if self.scored is None else self.scored.bool()
@@ -302,6 +310,49 @@ def gae(batch: AdvantageInputs, *, gamma: float = 1.0, lam: float = 0.95) -> tor
         next_value = torch.where(m, values[:, t], next_value)
         next_advantage = torch.where(m, advantage, next_advantage)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Multi-turn episodes: credit per turn
+# ---------------------------------------------------------------------------------------------------------------------
+
+@register("turn_grpo", level="turn", needs_groups=True, needs_turns=True, hparams={"gamma": 1.0, "eps": 1e-6})
+def turn_grpo(batch: AdvantageInputs, *, gamma: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
+    """Turn-level group baseline: every token of turn k of episode i gets
+    A_ik = (R_ik − mean_g,k) / (std_g,k + ε), with R_ik = Σ_{j ≥ k} γ^(j−k) r_ij the discounted return from turn k,
+    and mean/std (sample std) over the episodes of i's group that reached turn k.
+
+    Zeng et al. 2025, "Reinforcing Multi-Turn Reasoning in LLM Agents via Turn-Level Credit Assignment"
+    (MT-GRPO), arXiv:2505.11821; the group-per-step baseline of Feng et al. 2025, "Group-in-Group Policy
+    Optimization for LLM Agent Training" (GiGPO), arXiv:2505.10978, with the turn index as the step's anchor. A
+    turn is judged against what the group did at the same point of the conversation, so a tool call that pays
+    off later earns through R (γ) and an early mistake is not paid for by a lucky last turn alone. A turn that
+    only one episode of its group reached gets 0 (no baseline to compare with); unscored episodes get 0.
+
+    Example: one group of two episodes, γ = 1. Episode 0 has two turns with rewards [0.1, 1.0] (a tool call the
+    environment rewarded, then a right answer); episode 1 one turn with reward [0.0]. R = [[1.1, 1.0], [0.0]].
+    Turn 0: mean 0.55, sample std 0.77782 → A = 0.70711 for episode 0's first turn, −0.70711 for episode 1's;
+    turn 1: reached by episode 0 alone → A = 0. With γ = 0.5, R_00 = 0.6 and turn 0 gives the same ±0.70711.
+    """
+    if batch.turn_index is None or batch.turn_rewards is None:
+        raise ValueError("advantage 'turn_grpo' needs multi-turn episodes (turn_index, turn_rewards) — set "
+                         "env.name, or pick a sequence-level estimator (grpo, rloo, …)")
+    rewards, turns = batch.turn_rewards.float(), batch.turn_index
+    B, K = rewards.shape
+    reached = torch.zeros(B, K, dtype=torch.bool)
+    valid_tokens = turns >= 0
+    reached[torch.nonzero(valid_tokens)[:, 0], turns[valid_tokens]] = True
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros(B)
+    for k in reversed(range(K)):
+        running = torch.where(reached[:, k], rewards[:, k] + gamma * running, running)
+        returns[:, k] = running
+    scored = batch.scored_mask()
+    per_turn = torch.zeros_like(rewards)
+    for k in range(K):
+        n, mean, std = _group_stats(returns[:, k], batch.group_index, scored & reached[:, k])
+        per_turn[:, k] = torch.where(reached[:, k] & scored & (n > 1), (returns[:, k] - mean) / (std + eps), 0.0)
+    return per_turn.gather(1, turns.clamp(min=0)) * valid_tokens * batch.mask.to(per_turn.dtype)
 
 
 def gae_returns(advantages: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

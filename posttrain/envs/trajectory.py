@@ -120,6 +120,16 @@ class Trajectory:
         return len(self.turn_ends)
 
     @property
+    def token_turns(self) -> list[int]:
+        """The model turn (0, 1, …) of each id after the prompt; −1 at the environment's ids."""
+        out, turn = [], 0
+        for i, m in enumerate(self.mask):
+            while turn < len(self.turn_ends) and i >= self.turn_ends[turn]:
+                turn += 1
+            out.append(turn if m else -1)
+        return out
+
+    @property
     def reward(self) -> float | None:
         scored = [r for r in self.turn_rewards if r is not None]
         return sum(scored) if scored else None

@@ -142,7 +142,15 @@ def check_pieces(cfg: RLConfig) -> None:
 def _check_sampling_and_rewards(cfg: RLConfig) -> None:
     rl = cfg.rl
     cfg.env.validate()
-    if cfg.env.name and advantages.ADVANTAGES.entry(cfg.algo.advantage).needs_greedy_baseline:
+    estimator = advantages.ADVANTAGES.entry(cfg.algo.advantage)
+    if estimator.needs_turns and not cfg.env.name:
+        raise ConfigError(f"advantage {cfg.algo.advantage} gives each turn of a multi-turn episode its own credit; "
+                          "this run has single-turn samples — fix: set env.name (e.g. env.name=calculator), or "
+                          "algo.advantage=grpo")
+    if estimator.needs_turns and cfg.kl.where == "reward" and needs_reference(cfg):
+        raise ConfigError(f"advantage {cfg.algo.advantage} reads per-turn rewards, where a KL penalty in the reward "
+                          "has no place — fix: kl.where=loss")
+    if cfg.env.name and estimator.needs_greedy_baseline:
         raise ConfigError(f"advantage {cfg.algo.advantage} needs a greedy completion per prompt; with env.name a "
                           "sample is a multi-turn episode — fix: --algo grpo (or rloo), or env.name=''")
     if rl.dynamic_sampling and rl.generations < 2:
@@ -270,7 +278,8 @@ def pieces(cfg: RLConfig) -> list[str]:
 
     estimator = advantages.ADVANTAGES.entry(algo.advantage)
     needs = [what for flag, what in (("needs_groups", "groups of completions per prompt"),
-                                     ("needs_critic", "a critic"), ("needs_greedy_baseline", "a greedy completion"))
+                                     ("needs_critic", "a critic"), ("needs_greedy_baseline", "a greedy completion"),
+                                     ("needs_turns", "multi-turn episodes (env.name)"))
              if estimator.flags[flag]]
     loss = policy.POLICY_LOSSES.entry(algo.policy_loss)
     weighs = aggregate.AGGREGATIONS.entry(algo.aggregate).weighs

@@ -287,10 +287,17 @@ def advantages(cfg: RLConfig, rollout: rollouts.Rollout, batch: Batch, kl_penalt
         token_rewards = estimators.token_level_rewards(rewards, batch.mask, kl_penalty)
     elif kl_penalty is not None:
         rewards = rewards - kl_penalty.sum(-1)
+    turn_index = turn_rewards = None
+    if rollout.token_turns is not None:  # multi-turn episodes, padded: turn −1, reward 0
+        turn_index = torch.full(batch.mask.shape, -1, dtype=torch.long)
+        turn_rewards = torch.zeros(len(rollout.turn_rewards), max(1, max(map(len, rollout.turn_rewards))))
+        for i, (turns, per_turn) in enumerate(zip(rollout.token_turns, rollout.turn_rewards)):
+            turn_index[i, :len(turns)] = torch.tensor(turns, dtype=torch.long)
+            turn_rewards[i, :len(per_turn)] = torch.tensor(per_turn)
     inputs = estimators.AdvantageInputs(
         rewards=rewards, mask=batch.mask, group_index=rollout.group_index, scored=rollout.scored,
         token_rewards=token_rewards, values=batch.old_values, bootstrap=bootstrap,
-        baseline_rewards=rollout.baseline_rewards)
+        baseline_rewards=rollout.baseline_rewards, turn_index=turn_index, turn_rewards=turn_rewards)
     return estimators.get(cfg.algo.advantage)(inputs, **advantage_arguments(cfg.algo)).float()
 
 

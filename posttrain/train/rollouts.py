@@ -164,6 +164,8 @@ class Rollout:
     rewards: torch.Tensor             # [B] after shaping; 0 where unscored
     scored: torch.Tensor              # [B] bool
     token_masks: list[list[int]] | None = None  # episodes: 1 at the model's tokens, 0 at the environment's
+    token_turns: list[list[int]] | None = None  # episodes: each token's model turn, −1 at the environment's
+    turn_rewards: list[list[float]] | None = None  # episodes: the reward after each turn; sums to `rewards`
     baseline_rewards: torch.Tensor | None = None  # [B] reward of the greedy completion of the prompt (an estimator
     #                                               that declares needs_greedy_baseline, e.g. remax)
     metrics: dict = field(default_factory=dict)
@@ -313,14 +315,23 @@ def _assemble(cfg: RLConfig, data: PromptData, groups: list[dict]) -> Rollout:
     shaped = torch.cat([group["rewards"] for group in groups]).float() \
         + shaping.overlong_penalty(lengths, max_len, cfg.rl.overlong_buffer * max_len) \
         + shaping.length_penalty(lengths, max_len, cfg.rl.length_penalty)
+    rewards = torch.where(scored, shaped, torch.zeros_like(shaped))
+    turns = turn_rewards = None
+    if masks is not None:  # per turn: the environment's rewards, the rest of the episode's on its last turn
+        turns = [g.token_turns for g in gens]
+        turn_rewards = [[r or 0.0 for r in g.turn_rewards] + [0.0] * (g.turns - len(g.turn_rewards)) for g in gens]
+        for row, total in zip(turn_rewards, rewards.tolist()):
+            if row:
+                row[-1] += total - sum(row)
     return Rollout(
         rows=[data.rows[i] for i in indices], prompt_ids=[data.prompt_ids[i] for i in indices],
-        completion_ids=[g.completion_ids for g in gens], token_masks=masks,
+        completion_ids=[g.completion_ids for g in gens], token_masks=masks, token_turns=turns,
+        turn_rewards=turn_rewards,
         completions=[t for group in groups for t in group["texts"]],
         sampler_logps=[g.sampling_logprobs for g in gens],
         truncated=torch.tensor([g.finish_reason == "length" for g in gens]),
         group_index=torch.tensor([i for i, group in enumerate(groups) for _ in group["gens"]]),
-        rewards=torch.where(scored, shaped, torch.zeros_like(shaped)), scored=scored)
+        rewards=rewards, scored=scored)
 
 
 def _greedy_baseline(cfg, engine, tokenizer, data, sources, groups, step) -> torch.Tensor:

@@ -296,3 +296,37 @@ def test_registry():
     assert adv.get("grpo") is adv.grpo
     with pytest.raises(ValueError, match="valid: "):
         adv.get("nope")
+
+
+# ---- multi-turn: credit per turn -------------------------------------------------------------------------------------
+
+def turns_batch(turn_rewards, turn_index, group_index, scored=None):
+    turn_index = torch.tensor(turn_index)
+    return AdvantageInputs(rewards=torch.tensor(turn_rewards).sum(-1), mask=(turn_index >= 0).float(),
+                           group_index=torch.tensor(group_index), scored=scored, turn_index=turn_index,
+                           turn_rewards=torch.tensor(turn_rewards))
+
+
+def test_turn_grpo_worked_example():
+    # episode 0: two tokens of turn 0, one environment token, two of turn 1; episode 1: one turn of two tokens
+    batch = turns_batch([[0.1, 1.0], [0.0, 0.0]], [[0, 0, -1, 1, 1], [0, 0, -1, -1, -1]], [0, 0])
+    for gamma in (1.0, 0.5):
+        a = adv.get("turn_grpo")(batch, gamma=gamma)
+        torch.testing.assert_close(a, torch.tensor([[0.70711, 0.70711, 0, 0, 0], [-0.70711, -0.70711, 0, 0, 0]]),
+                                   atol=1e-5, rtol=0)
+
+
+def test_turn_grpo_compares_each_turn_with_the_same_turn_of_its_group():
+    """Two groups of three episodes with two turns each, γ = 1: turn 1's baseline is the group's turn-1 returns,
+    turn 0's the group's whole returns; the other group and an unscored episode change nothing."""
+    rewards = [[0.0, 1.0], [0.5, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.2, 0.3]]
+    index = [[0, 1]] * 6
+    a = adv.get("turn_grpo")(turns_batch(rewards, index, [0, 0, 0, 1, 1, 1]))
+    r0 = torch.tensor([1.0, 0.5, 0.0])  # group 0's returns from turn 0
+    r1 = torch.tensor([1.0, 0.0, 0.0])  # and from turn 1
+    torch.testing.assert_close(a[:3, 0], (r0 - r0.mean()) / (r0.std() + 1e-6))
+    torch.testing.assert_close(a[:3, 1], (r1 - r1.mean()) / (r1.std() + 1e-6))
+    scored = torch.tensor([True, True, True, True, True, False])
+    b = adv.get("turn_grpo")(turns_batch(rewards, index, [0, 0, 0, 1, 1, 1], scored))
+    torch.testing.assert_close(b[:3], a[:3])
+    assert b[5].abs().sum() == 0 and b[3, 0] == -b[4, 0]  # two scored episodes left in group 1: ±0.70711

@@ -79,10 +79,12 @@ def test_declared_hyperparameters_match_the_signatures(family):
 # ---- every flag says what the function does ----------------------------------------------------------------------
 
 def batch(**kw) -> advantages.AdvantageInputs:
-    """Two groups of two responses of lengths 3 and 2 (T = 3), with token rewards and values."""
+    """Two groups of two responses of lengths 3 and 2 (T = 3), with token rewards and values; each response is
+    also an episode of one turn (turn_index, turn_rewards)."""
     mask = torch.tensor([[1.0, 1, 1], [1, 1, 0], [1, 1, 1], [1, 1, 0]])
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.25])
     defaults = dict(rewards=rewards, mask=mask, group_index=torch.tensor([0, 0, 1, 1]),
+                    turn_index=torch.where(mask > 0, 0, -1), turn_rewards=rewards[:, None],
                     token_rewards=advantages.token_level_rewards(rewards, mask),
                     values=torch.full((4, 3), 0.1), baseline_rewards=torch.tensor([0.5, 0.5, 0.0, 0.0]))
     return advantages.AdvantageInputs(**{**defaults, **kw})
@@ -108,6 +110,10 @@ def test_advantage_flags(name):
     if entry.needs_greedy_baseline:
         with pytest.raises(ValueError, match="baseline_rewards"):
             entry.fn(batch(baseline_rewards=None))
+    if entry.needs_turns:  # one turn per episode: the turn baseline is the group baseline of grpo
+        torch.testing.assert_close(out, advantages.get("grpo")(batch()))
+        with pytest.raises(ValueError, match="env.name"):
+            entry.fn(batch(turn_index=None))
 
 
 @pytest.mark.parametrize("name", list(policy.POLICY_LOSSES))

@@ -8,6 +8,7 @@ import random
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from posttrain import cli
@@ -18,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "envs"))
 from test_trajectory import ScriptedEngine  # noqa: E402
 
 
-def test_episodes_train_on_the_models_tokens_only(tmp_path, monkeypatch):
+@pytest.mark.parametrize("advantage", ["grpo", "turn_grpo"])
+def test_episodes_train_on_the_models_tokens_only(tmp_path, monkeypatch, advantage):
     model_dir = save_tiny(tmp_path / "tiny2k", max_position_embeddings=2048)  # room for the tools preamble
     engines, batches = [], []
 
@@ -44,6 +46,7 @@ def test_episodes_train_on_the_models_tokens_only(tmp_path, monkeypatch):
                 width = len(rollout.completion_ids[i])
                 assert torch.equal(batch.mask[i, :width], mask) and not batch.mask[i, width:].any()
                 torch.testing.assert_close(batch.old_logps[i, :width] * mask, mine * mask, atol=1e-5, rtol=0)
+        batch.rollout_turns = rollout.token_turns
         batches.append(batch)
         return batch
 
@@ -57,11 +60,24 @@ def test_episodes_train_on_the_models_tokens_only(tmp_path, monkeypatch):
                      f"output_dir={run}", "train.max_steps=2", "threads=1", "log.progress=false",
                      "eval.task_accuracy=false", "task.num_train=8", "task.max_digits=1", "rl.prompts_per_step=2",
                      "rl.generations=4", "train.micro_batch_size=4", "sampling.max_new_tokens=40",
-                     "rl.recompute_old_logprobs=true", "kl.coef=0", "train.lr=1e-3"]) == 0
+                     "rl.recompute_old_logprobs=true", "kl.coef=0", "train.lr=1e-3",
+                     f"algo.advantage={advantage}"]) == 0
     assert len(batches) == 2
     environment_ids = sum(int(((b.mask == 0) & (torch.arange(b.width) < torch.tensor(
         [len(c) for c in b.completion_ids])[:, None])).sum()) for b in batches)
     assert environment_ids > 0  # tool answers sat inside trajectories and stayed out of the loss
+    spread = False
+    for b in batches:  # grpo: one advantage per episode; turn_grpo: one per turn, and turns of an episode differ
+        for i, turns in enumerate(b.rollout_turns):
+            values = {}
+            for t, turn in enumerate(turns):
+                if turn >= 0:
+                    values.setdefault(turn, set()).add(round(float(b.advantages[i, t]), 5))
+                else:
+                    assert b.advantages[i, t] == 0
+            assert all(len(v) == 1 for v in values.values())
+            spread |= len({v.pop() for v in values.values()}) > 1
+    assert spread == (advantage == "turn_grpo")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     last = records[-1]
     assert last["env/turns_mean"] > 1 and last["env/tool_call_rate"] > 0 and "env/tool_errors_mean" in last
