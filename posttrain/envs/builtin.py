@@ -3,6 +3,9 @@
     env.name=calculator     a calculator tool for arithmetic word problems (the `word` task): the model may call
                             calculator(expression) as often as it likes (env.max_turns), then answers; the answer
                             is scored by the run's reward sources (the task's verifier by default)
+    env.name=code           a run_python tool for the `code` task: the model may run code in the sandbox (its
+                            output comes back), then answers with its function; the task's hidden unit tests,
+                            run in the sandbox, score the answer (reward.verifier)
     env.name=FILE.py:make   make(row) -> a fresh Environment (base.py) for one episode, defined by the user
 
 `environment_factory(env_cfg)` returns make(row); an environment whose final step has reward None leaves the
@@ -62,7 +65,40 @@ def calculator_env(max_tool_turns: int, timeout: float) -> Callable[[dict], Envi
                                timeout=timeout)
 
 
-ENVIRONMENTS: dict[str, Callable[..., Callable[[dict], Environment]]] = {"calculator": calculator_env}
+OUTPUT_CHARS = 2000  # of a run's stdout and stderr, each, that go back to the model
+
+
+def run_python(code: str) -> str:
+    """Run Python code in a sandbox (no network, 5 s, 512 MiB) and return what it printed.
+
+    Args:
+        code: a Python program; print what you want to see
+    """
+    from posttrain.sandbox import Limits, run
+    result = run(code, limits=Limits(wall_s=5.0, cpu_s=5.0, memory_mb=512))
+    if result.error:
+        return f"error: the sandbox could not start: {result.error}"
+    parts = [result.stdout[:OUTPUT_CHARS]]
+    if result.stderr:
+        parts.append("stderr:\n" + result.stderr[-OUTPUT_CHARS:])
+    if not result.ok:
+        parts.append("timed out" if result.timed_out else f"limit hit: {result.limit_hit}" if result.limit_hit
+                     else f"exit code {result.exit_code}")
+    return "\n".join(p for p in parts if p) or "(no output)"
+
+
+CODE_SYSTEM = ("You can run Python with the run_python tool to try your code. When it works, reply with the final "
+               "function in a ```python block.")
+
+
+def code_env(max_tool_turns: int, timeout: float) -> Callable[[dict], Environment]:
+    # the sandbox enforces its own 5 s; the call's timeout only has to outlast it
+    return lambda row: ToolEnv([run_python], score=None, system=CODE_SYSTEM, max_tool_turns=max_tool_turns,
+                               timeout=max(timeout, 10.0))
+
+
+ENVIRONMENTS: dict[str, Callable[..., Callable[[dict], Environment]]] = {"calculator": calculator_env,
+                                                                         "code": code_env}
 
 
 def environment_factory(name: str, *, max_turns: int, timeout: float) -> Callable[[dict], Environment]:
@@ -87,4 +123,4 @@ def environment_factory(name: str, *, max_turns: int, timeout: float) -> Callabl
     return make
 
 
-__all__ = ["ENVIRONMENTS", "calculator", "environment_factory"]
+__all__ = ["ENVIRONMENTS", "calculator", "environment_factory", "run_python"]
