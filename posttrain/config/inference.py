@@ -9,7 +9,7 @@ from typing import Literal
 
 import tyro
 
-from posttrain.config.sections import Config, RolloutConfig, TaskConfig
+from posttrain.config.sections import Config, EnvSection, RolloutConfig, TaskConfig
 from posttrain.errors import ConfigError
 from posttrain.rollout.params import SamplingParams
 
@@ -116,6 +116,9 @@ class EvaluateConfig(Config):
     search: SearchConfig = field(default_factory=SearchConfig)
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig())
     task: TaskConfig = field(default_factory=lambda: TaskConfig(steps=True))
+    env: EnvSection = field(default_factory=EnvSection)
+    """env.name set: one more row, "greedy + tools" — greedy multi-turn episodes with the environment's tools,
+    the final answers scored like every other row (success rate), with tool-call rate, errors and turns."""
 
     def validate(self) -> EvaluateConfig:
         """search.*, the strategies, num_problems and rollout.*."""
@@ -127,6 +130,7 @@ class EvaluateConfig(Config):
         if self.num_problems < 0:
             raise ConfigError(f"num_problems = {self.num_problems} must be ≥ 0 — fix: 0 evaluates every problem")
         self.rollout.validate()
+        self.env.validate()
         return self
 
 

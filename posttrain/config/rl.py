@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from posttrain.config.sections import (Config, EvalConfig, LLMConfig, RolloutConfig, RunConfig, TaskConfig,
+from posttrain.config.sections import (Config, EnvSection, EvalConfig, LLMConfig, RolloutConfig, RunConfig, TaskConfig,
                                        TrainConfig)
 from posttrain.config.sft import SFTConfig
 from posttrain.errors import ConfigError
@@ -146,27 +146,6 @@ class RLRewardConfig(Config):
     """Weight of the reward model's score."""
     max_unscored_fraction: float = 0.5
     """Abort the run when more than this fraction of a step's samples could not be scored."""
-
-
-@dataclass
-class EnvSection(Config):
-    """Multi-turn episodes with an environment and tools (posttrain/envs): each sample is a whole episode."""
-
-    name: str = ""
-    """"": one completion per sample; calculator: the built-in calculator tool (for task.name=word);
-    FILE.py:FUNCTION: FUNCTION(row) returns a fresh environment (reset(row), step(message)) per episode."""
-    max_turns: int = 4
-    """Model turns per episode at most (tool calls, then the answer)."""
-    max_tokens: int = 512
-    """Tokens after the prompt per episode at most: the model's turns and the environment's answers together."""
-    tool_timeout: float = 10.0
-    """Seconds one tool call may take before it is answered with an error."""
-
-    def validate(self) -> EnvSection:
-        if self.max_turns < 1 or self.max_tokens < 1 or not self.tool_timeout > 0:
-            raise ConfigError(f"env.max_turns = {self.max_turns}, env.max_tokens = {self.max_tokens} and "
-                              f"env.tool_timeout = {self.tool_timeout} must be > 0")
-        return self
 
 
 @dataclass

@@ -13,6 +13,8 @@ GENERATED tokens spent per problem — the compute that test-time search trades 
     weighted vote        each sample votes with its RM (through σ) or PRM score
     step beam            step-level beam search with the PRM
     MCTS                 tree search over steps, values from the PRM (or rollouts scored by the RM / PRM)
+    greedy + tools       (env.name set) greedy multi-turn episodes with the environment's tools (posttrain/envs):
+                         the success rate of the final answers, with tool-call rate, tool errors and turns
 
 Sampling, pass@k, maj@n, best-of-n and the votes choose among the SAME n samples (seeded by problem and sample
 index), so their differences are the choice rule's alone. Step beam search and MCTS are compute-matched: each
@@ -91,6 +93,8 @@ def run(cfg: EvaluateConfig) -> dict:
     chosen: dict[str, list[SearchResult]] = {}  # table label → per-problem results, for completions.jsonl
     if "greedy" in wanted:
         rows.append(timed(lambda: greedy_row(policy, problems, verifier, chosen)))
+    if cfg.env.name:
+        rows.append(timed(lambda: episodes_row(cfg, engine, tokenizer, problems, verifier, chosen)))
     samples, t0 = [], time.perf_counter()
     if wanted - {"greedy"}:
         samples = sample_candidates(policy, problems, search.n, seed=cfg.seed)
@@ -122,6 +126,26 @@ def greedy_row(policy: Policy, problems: list[dict], verifier: Verifier, chosen:
                             example_ids=list(range(len(problems))), temperature=0.0)
     results = [SearchResult(s.text, s.num_tokens) for (s,) in samples]
     return result_row("greedy", "—", results, problems, verifier, chosen)
+
+
+def episodes_row(cfg: EvaluateConfig, engine, tokenizer, problems: list[dict], verifier: Verifier,
+                 chosen: dict) -> Row:
+    """Greedy multi-turn episodes with the environment's tools; the final answers scored by the verifier."""
+    from posttrain.envs import ChatDeltas, run_episodes, tool_schema
+    from posttrain.envs.builtin import environment_factory
+    from posttrain.rollout import SamplingParams
+
+    make_env = environment_factory(cfg.env.name, max_turns=cfg.env.max_turns, timeout=cfg.env.tool_timeout)
+    chat = ChatDeltas(tokenizer, [tool_schema(fn) for fn in getattr(make_env(problems[0]), "tools", [])])
+    episodes = run_episodes(engine, [make_env(p) for p in problems], problems, chat,
+                            SamplingParams(temperature=0.0, max_new_tokens=cfg.search.max_new_tokens),
+                            max_turns=cfg.env.max_turns, max_tokens=cfg.env.max_tokens, seed=cfg.seed)
+    n = len(episodes)
+    note = (f"tool calls in {sum(t.tool_calls > 0 for t in episodes) / n:.0%} of episodes, "
+            f"{sum(t.tool_errors for t in episodes) / n:.2f} errors and {sum(t.turns for t in episodes) / n:.1f} "
+            "turns per episode")
+    results = [SearchResult(t.answer, sum(t.mask)) for t in episodes]
+    return result_row("greedy + tools", cfg.env.name, results, problems, verifier, chosen, note=note)
 
 
 def sampled_rows(cfg: EvaluateConfig, problems: list[dict], samples: list, sample_seconds: float, extract_answer,
