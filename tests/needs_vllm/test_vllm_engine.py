@@ -288,3 +288,23 @@ def test_sleep_frees_the_gpu_between_rollouts_and_wakes_for_the_next(tiny):
     sleeper.sync(model)
     assert not sleeper.asleep
     assert [g.completion_ids for g in sleeper.generate(prompts, params)] == expected
+
+
+def test_multi_turn_episodes_on_vllm(tmp_path):
+    """rl with env.name=calculator on vLLM: episodes run turn by turn through the engine, and the log-probs vLLM
+    reports for the model's tokens — each turn sampled in its multi-turn context — equal the trainer's over the
+    whole trajectory (π_old recomputed for the rollout correction)."""
+    from posttrain import cli
+    from posttrain.models.tiny import save_tiny
+    model = save_tiny(tmp_path / "tiny2k", max_position_embeddings=2048)  # room for the tool descriptions
+    reward = tmp_path / "parity.py"
+    reward.write_text("def reward(prompt, completion, **row):\n    return float(len(completion) % 2)\n")
+    run = tmp_path / "run"
+    assert cli.main(["rl", "--algo", "grpo", f"model.name_or_path={model}", "rollout.engine=vllm",
+                     "env.name=calculator", f"output_dir={run}", "train.max_steps=2", "train.lr=1e-3", *FAST,
+                     "sampling.max_new_tokens=24", "env.max_tokens=64", "kl.coef=0", "rl.correction=tis",
+                     "reward.verifier=false", f"reward.function={reward}:reward"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("env/turns_mean" in r for r in records)
+    assert all(r["rollout/logprob_diff_max"] < 1e-4 for r in records if "rollout/logprob_diff_max" in r)
+    assert any("rollout/logprob_diff_max" in r for r in records)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from posttrain import cli
+from posttrain import cli, presets
 from posttrain.models.tiny import save_tiny
 from posttrain.train import rl, rollouts
 
@@ -129,3 +129,34 @@ def test_the_code_environment_runs_the_sandbox_in_the_loop_and_leaves_no_process
     assert record["env/turns_mean"] == 2 and record["env/tool_call_rate"] == 1 and record["env/tool_errors_mean"] == 0
     assert "reward/mean" in record  # the answers were scored by the hidden tests
     assert not psutil.Process().children(recursive=True)
+
+
+@pytest.fixture(scope="module")
+def tiny2k(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("tiny2k"), max_position_embeddings=2048)
+
+
+@pytest.mark.parametrize("name", list(presets.PRESETS))
+def test_every_preset_trains_on_episodes(tmp_path, monkeypatch, tiny2k, name):
+    """One step of each preset on calculator episodes (a scripted engine that calls tools); remax, whose baseline
+    is a greedy single-turn completion, is refused before the run."""
+    def scripted(cfg, model, tokenizer, data):
+        engine = ScriptedEngine(tokenizer, random.Random(2))
+        engine.sync, engine.close, engine.reproducible = (lambda m: 0), (lambda: None), True
+        return engine
+
+    monkeypatch.setattr(rollouts, "rollout_engine", scripted)
+    reward = tmp_path / "parity.py"
+    reward.write_text("def reward(prompt, completion, **row):\n    return float(len(completion) % 2)\n")
+    run = tmp_path / "run"
+    code = cli.main(["rl", "--algo", name, f"model.name_or_path={tiny2k}", "env.name=calculator", f"output_dir={run}",
+                     "train.max_steps=1", "threads=1", "log.progress=false", "eval.task_accuracy=false",
+                     "task.num_train=8", "task.max_digits=1", "rl.prompts_per_step=2", "rl.generations=2",
+                     "train.micro_batch_size=2", "sampling.max_new_tokens=40", "train.lr=1e-3",
+                     "reward.verifier=false", f"reward.function={reward}:reward"])
+    if name == "remax":
+        assert code == 2 and not run.exists()
+        return
+    assert code == 0 and (run / "final" / "model.safetensors").is_file()
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["env/turns_mean"] >= 1 and "reward/mean" in record
