@@ -224,6 +224,25 @@ def token_level_rewards(rewards: torch.Tensor, mask: torch.Tensor,
     return out * m
 
 
+def turn_token_rewards(turn_rewards: torch.Tensor, turn_index: torch.Tensor) -> torch.Tensor:
+    """Per-token rewards of multi-turn episodes: r_ik on the last token of turn k of episode i, 0 elsewhere (the
+    environment's tokens, padding) — so a token-level estimator (gae with a critic, reinforce_pp) sees each
+    turn's reward when that turn ends, not the episode's reward at its very end. Subtract a KL penalty
+    afterwards as token_level_rewards does.
+
+    turn_rewards [B, K], turn_index [B, T] (−1: no turn) → [B, T]. Example: turn_rewards [[0.1, 1.0]],
+    turn_index [[0, 0, −1, 1, 1]] → [[0, 0.1, 0, 0, 1.0]].
+    """
+    out = torch.zeros(turn_index.shape, dtype=turn_rewards.dtype)
+    positions = torch.arange(turn_index.shape[1])
+    for k in range(turn_rewards.shape[1]):
+        in_turn = turn_index == k
+        last = (in_turn * positions).argmax(-1)
+        rows = in_turn.any(-1)
+        out[rows, last[rows]] = turn_rewards[rows, k]
+    return out
+
+
 def whiten(values: torch.Tensor, valid: torch.Tensor, eps: float = 1e-8, center: bool = True) -> torch.Tensor:
     """(values − mean) / (std + ε) with the mean and population std over the `valid` tokens of the whole batch
     (without `center` the mean is still used for the std but not subtracted); 0 where not valid."""

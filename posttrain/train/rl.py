@@ -281,19 +281,24 @@ def prepare(cfg: RLConfig, model, reference, critic, tokenizer, rollout: rollout
 
 def advantages(cfg: RLConfig, rollout: rollouts.Rollout, batch: Batch, kl_penalty, bootstrap) -> torch.Tensor:
     """The registered estimator on the step's rewards → [B, T]; kl_penalty: β·k per token when the KL is in the
-    reward (sequence-level estimators get its sum), else None."""
-    rewards, token_rewards = rollout.rewards, None
-    if estimators.ADVANTAGES.entry(cfg.algo.advantage).level == "token":  # reads per-token rewards
-        token_rewards = estimators.token_level_rewards(rewards, batch.mask, kl_penalty)
-    elif kl_penalty is not None:
-        rewards = rewards - kl_penalty.sum(-1)
-    turn_index = turn_rewards = None
+    reward (sequence-level estimators get its sum), else None. Episodes (env.name) also give each token's turn
+    and the per-turn rewards; token-level estimators then see each turn's reward where that turn ends."""
+    rewards, token_rewards, turn_index, turn_rewards = rollout.rewards, None, None, None
     if rollout.token_turns is not None:  # multi-turn episodes, padded: turn −1, reward 0
         turn_index = torch.full(batch.mask.shape, -1, dtype=torch.long)
         turn_rewards = torch.zeros(len(rollout.turn_rewards), max(1, max(map(len, rollout.turn_rewards))))
         for i, (turns, per_turn) in enumerate(zip(rollout.token_turns, rollout.turn_rewards)):
             turn_index[i, :len(turns)] = torch.tensor(turns, dtype=torch.long)
             turn_rewards[i, :len(per_turn)] = torch.tensor(per_turn)
+    if estimators.ADVANTAGES.entry(cfg.algo.advantage).level == "token":  # reads per-token rewards
+        if turn_index is None:
+            token_rewards = estimators.token_level_rewards(rewards, batch.mask, kl_penalty)
+        else:
+            token_rewards = estimators.turn_token_rewards(turn_rewards, turn_index) * batch.mask
+            if kl_penalty is not None:
+                token_rewards = token_rewards - kl_penalty * batch.mask
+    elif kl_penalty is not None:
+        rewards = rewards - kl_penalty.sum(-1)
     inputs = estimators.AdvantageInputs(
         rewards=rewards, mask=batch.mask, group_index=rollout.group_index, scored=rollout.scored,
         token_rewards=token_rewards, values=batch.old_values, bootstrap=bootstrap,

@@ -330,3 +330,15 @@ def test_turn_grpo_compares_each_turn_with_the_same_turn_of_its_group():
     b = adv.get("turn_grpo")(turns_batch(rewards, index, [0, 0, 0, 1, 1, 1], scored))
     torch.testing.assert_close(b[:3], a[:3])
     assert b[5].abs().sum() == 0 and b[3, 0] == -b[4, 0]  # two scored episodes left in group 1: ±0.70711
+
+
+def test_turn_token_rewards_worked_example():
+    out = adv.turn_token_rewards(torch.tensor([[0.1, 1.0], [0.5, 0.0]]),
+                                 torch.tensor([[0, 0, -1, 1, 1], [0, 0, 0, -1, -1]]))
+    torch.testing.assert_close(out, torch.tensor([[0, 0.1, 0, 0, 1.0], [0, 0, 0.5, 0, 0]]))
+    # the per-turn rewards sum to the episode's: GAE with γ = λ = 1 and zero values gives each token the return
+    # still to come, the environment's tokens skipped
+    mask = torch.tensor([[1.0, 1, 0, 1, 1]])
+    a = adv.get("gae")(AdvantageInputs(rewards=torch.tensor([1.1]), mask=mask, group_index=torch.tensor([0]),
+                                       token_rewards=out[:1] * mask, values=torch.zeros(1, 5)), gamma=1.0, lam=1.0)
+    torch.testing.assert_close(a, torch.tensor([[1.1, 1.1, 0, 1.0, 1.0]]))
