@@ -6,6 +6,8 @@
     env.name=code           a run_python tool for the `code` task: the model may run code in the sandbox (its
                             output comes back), then answers with its function; the task's hidden unit tests,
                             run in the sandbox, score the answer (reward.verifier)
+    env.name=search         a search(query) tool over the built-in corpus of the `lookup` task (BM25, top 3
+                            documents): the answer to each question is in one document
     env.name=FILE.py:make   make(row) -> a fresh Environment (base.py) for one episode, defined by the user
 
 `environment_factory(env_cfg)` returns make(row); an environment whose final step has reward None leaves the
@@ -15,8 +17,11 @@ scoring of its final answer to the run's reward sources (reward.verifier, reward
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
+import math
 import operator
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -97,8 +102,72 @@ def code_env(max_tool_turns: int, timeout: float) -> Callable[[dict], Environmen
                                timeout=max(timeout, 10.0))
 
 
+class BM25:
+    """Okapi BM25 over a list of documents (Robertson & Zaragoza 2009, "The Probabilistic Relevance Framework:
+    BM25 and Beyond"): score(q, d) = Σ_{t in q} idf(t) · tf·(k1 + 1) / (tf + k1·(1 − b + b·|d| / avg|d|)),
+    idf(t) = ln((N − df + 0.5) / (df + 0.5) + 1); words are lower-cased runs of letters and digits.
+
+    Example: over ["the river Elm", "the river Tarn", "a town"], "Elm" ranks document 0 first and matches no other.
+    """
+
+    def __init__(self, documents, k1: float = 1.5, b: float = 0.75):
+        self.documents, self.k1, self.b = list(documents), k1, b
+        self.terms = [self.words(d) for d in self.documents]
+        self.avg = sum(map(len, self.terms)) / max(1, len(self.terms))
+        df: dict[str, int] = {}
+        for words in self.terms:
+            for w in set(words):
+                df[w] = df.get(w, 0) + 1
+        n = len(self.documents)
+        self.idf = {w: math.log((n - k + 0.5) / (k + 0.5) + 1) for w, k in df.items()}
+
+    @staticmethod
+    def words(text: str) -> list[str]:
+        return re.findall(r"[a-z0-9]+", text.lower())
+
+    def scores(self, query: str) -> list[float]:
+        query = set(self.words(query))
+        out = []
+        for words in self.terms:
+            tf = {w: words.count(w) for w in query if w in self.idf}
+            norm = self.k1 * (1 - self.b + self.b * len(words) / self.avg)
+            out.append(sum(self.idf[w] * f * (self.k1 + 1) / (f + norm) for w, f in tf.items() if f))
+        return out
+
+    def top(self, query: str, k: int = 3) -> list[int]:
+        """The indices of the k best documents with a score above 0, best first (ties: corpus order)."""
+        scores = self.scores(query)
+        return [i for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k] if scores[i] > 0]
+
+
+@functools.cache
+def lookup_index() -> BM25:
+    from posttrain.tasks.lookup import corpus
+    return BM25(corpus())
+
+
+def search(query: str) -> str:
+    """Search the encyclopedia of towns; returns the three best-matching documents.
+
+    Args:
+        query: what to look for, e.g. the name of a town
+    """
+    index = lookup_index()
+    found = index.top(query, 3)
+    return "\n".join(f"[{k + 1}] {index.documents[i]}" for k, i in enumerate(found)) or "no document matches"
+
+
+SEARCH_SYSTEM = ("You can search an encyclopedia of towns with the search tool. Look the town up, then answer the "
+                 "question in one short sentence.")
+
+
+def search_env(max_tool_turns: int, timeout: float) -> Callable[[dict], Environment]:
+    return lambda row: ToolEnv([search], score=None, system=SEARCH_SYSTEM, max_tool_turns=max_tool_turns,
+                               timeout=timeout)
+
+
 ENVIRONMENTS: dict[str, Callable[..., Callable[[dict], Environment]]] = {"calculator": calculator_env,
-                                                                         "code": code_env}
+                                                                         "code": code_env, "search": search_env}
 
 
 def environment_factory(name: str, *, max_turns: int, timeout: float) -> Callable[[dict], Environment]:
@@ -123,4 +192,4 @@ def environment_factory(name: str, *, max_turns: int, timeout: float) -> Callabl
     return make
 
 
-__all__ = ["ENVIRONMENTS", "calculator", "environment_factory", "run_python"]
+__all__ = ["BM25", "ENVIRONMENTS", "calculator", "environment_factory", "run_python", "search"]

@@ -9,6 +9,8 @@
     code   Python functions with hidden unit tests, scored in the sandbox (posttrain.tasks.code)
     word   arithmetic word problems in English at five levels, for instruct models in chat format; the verifier
            reads the final number of a free-form answer (posttrain.tasks.word)
+    lookup questions about fictional towns, each answered by one document of a built-in corpus: the task of the
+           retrieval environment, env.name=search (posttrain.tasks.lookup)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Protocol
 from posttrain.errors import ConfigError
 from posttrain.tasks.arith import ArithTask
 from posttrain.tasks.code import CodeTask
+from posttrain.tasks.lookup import LookupTask
 from posttrain.tasks.sums import SumsTask
 from posttrain.tasks.word import WordTask
 
@@ -36,7 +39,8 @@ class Task(Protocol):
     def score(self, prompt: str, completion: str, **row) -> float | None: ...
 
 
-_TASKS: dict[str, type] = {"arith": ArithTask, "code": CodeTask, "sums": SumsTask, "word": WordTask}
+_TASKS: dict[str, type] = {"arith": ArithTask, "code": CodeTask, "lookup": LookupTask, "sums": SumsTask,
+                           "word": WordTask}
 
 
 def names() -> list[str]:

@@ -118,3 +118,27 @@ def test_environment_names(tmp_path):
         {"role": "assistant", "content": "hi"}).reward == 1.0
     with pytest.raises(UserError, match="defines no function 'build'"):
         environment_factory(f"{user}:build", max_turns=3, timeout=1.0)
+
+
+def test_bm25_worked_example_and_the_formula():
+    import math
+
+    from posttrain.envs.builtin import BM25
+    index = BM25(["the river Elm", "the river Tarn", "a town"])
+    assert index.top("Elm") == [0] and index.top("nothing here") == []
+    # by hand: N = 3, df(elm) = 1 → idf = ln(2.5 / 1.5 + 1); tf = 1, |d| = 3, avg = 8/3
+    idf = math.log((3 - 1 + 0.5) / (1 + 0.5) + 1)
+    norm = 1.5 * (1 - 0.75 + 0.75 * 3 / (8 / 3))
+    assert index.scores("Elm")[0] == pytest.approx(idf * 2.5 / (1 + norm))
+
+
+def test_search_finds_the_document_that_answers_each_held_out_question():
+    from posttrain import tasks
+    from posttrain.envs.builtin import search
+    task = tasks.get("lookup")
+    rows = task.rows("eval", 50)
+    assert all(row["answer"] in search(row["prompt"]) for row in rows)
+    towns = {split: {town for town, _ in task.problems(split, 500)} for split in ("train", "eval")}
+    assert towns["eval"] and not towns["eval"] & towns["train"]  # a held-out question is about a held-out town
+    assert task.score(rows[0]["prompt"], f"It is {rows[0]['answer']}.", answer=rows[0]["answer"]) == 1.0
+    assert task.score(rows[0]["prompt"], "I do not know.", answer=rows[0]["answer"]) == 0.0
