@@ -34,6 +34,9 @@ def run(cfg: RLConfig) -> RLPlan:
         correction_text = f"{correction_of('vllm')} if rollout.engine=auto chooses vLLM, else {correction_of('hf')}"
     print(f"algorithm             {a.name}: advantage {a.advantage}, policy loss {a.policy_loss}, "
           f"aggregate {a.aggregate}, critic {a.critic}, KL {kl_term}, rollout correction {correction_text}")
+    if cfg.env.name:
+        print(f"episodes              env {cfg.env.name}: up to {cfg.env.max_turns} model turns and {cfg.env.max_tokens} "
+              f"tokens after the prompt per sample; the environment's tokens are masked out of the loss")
     print("\n".join(pieces(cfg)))
     print(plan.describe())
     print("registered")
