@@ -14,16 +14,18 @@ content. Llama-3 style — the whole message one JSON object {"name": …, "para
 that cannot be read (bad JSON, no name, arguments not an object, an unclosed tag, an unknown tool) is not
 dropped: it becomes an error that goes back to the model as a tool message and is counted (`tools/errors`).
 
-Execution: the calls of many samples run concurrently in a thread pool, each with a wall-clock timeout; a tool
-that raises or runs out of time answers "error: …". A thread cannot be killed, so a tool that may hang or that
-runs model-written code must run in the sandbox (posttrain.sandbox), which kills the whole process group.
+Execution: the calls of many samples run concurrently, a daemon thread each, with one wall-clock timeout; a tool
+that raises or runs out of time answers "error: …". A thread cannot be killed — a hung one is abandoned (as a
+daemon it does not keep the process alive) — so a tool that may hang or that runs model-written code must run
+in the sandbox (posttrain.sandbox), which kills the whole process group.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -102,20 +104,24 @@ def call_tool(call: ToolCall, tools: dict[str, Callable]) -> str:
         return f"error: {call.name} failed: {type(e).__name__}: {e}"
 
 
-_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="posttrain-tool")
-
-
 def call_tools(calls: list[ToolCall], tools: dict[str, Callable], timeout: float = 10.0) -> list[str]:
-    """Run `calls` concurrently (all samples' calls of a turn at once); each answer in call order, an error line
-    where a call raised or took longer than `timeout` seconds."""
-    futures = [_POOL.submit(call_tool, call, tools) for call in calls]
-    answers = []
-    for call, future in zip(calls, futures):
-        try:
-            answers.append(future.result(timeout=timeout))
-        except FutureTimeout:
-            answers.append(f"error: {call.name} took longer than {timeout:g} s")
-    return answers
+    """Run `calls` concurrently (all samples' calls of a turn at once), one daemon thread each; each answer in
+    call order, an error line where a call raised or took longer than `timeout` seconds. A call still running
+    then is abandoned: its thread is a daemon, so it never holds up the end of the run."""
+    answers: list[str | None] = [None] * len(calls)
+
+    def work(k: int, call: ToolCall) -> None:
+        answers[k] = call_tool(call, tools)
+
+    threads = [threading.Thread(target=work, args=(k, call), daemon=True, name=f"posttrain-tool-{call.name}")
+               for k, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [answer if answer is not None else f"error: {call.name} took longer than {timeout:g} s"
+            for call, answer in zip(calls, answers)]
 
 
 def is_error(answer: str) -> bool:

@@ -73,6 +73,18 @@ def test_tools_run_concurrently_and_failures_are_answered():
     assert answers[8] == "error: slow took longer than 1 s"
 
 
+def test_a_hung_tool_does_not_keep_the_process_alive():
+    """A tool that never returns is answered with a timeout error, and the process still exits at once."""
+    import subprocess
+    import sys
+    program = ("import time\nfrom posttrain.envs import ToolCall, call_tools\n"
+               "def hang() -> str:\n    time.sleep(1000)\n"
+               "print(call_tools([ToolCall('hang', {})], {'hang': hang}, timeout=0.2)[0])\n")
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "error: hang took longer than 0.2 s" and time.perf_counter() - t0 < 30
+
+
 def test_schema_from_type_hints_and_docstring():
     schema = tool_schema(add)["function"]
     assert schema["name"] == "add" and schema["description"] == "Add two integers."

@@ -118,7 +118,7 @@ def test_score_cases():
 
 
 def test_registry_and_option_errors():
-    assert tasks.names() == ["arith", "code", "sums", "word"]
+    assert tasks.names() == ["arith", "code", "lookup", "sums", "word"]
     task = tasks.get("arith", max_digits=2, ops="+-", steps=True)
     assert (task.max_digits, task.ops, task.steps) == (2, "+-", True)
     with pytest.raises(ConfigError, match=r"Did you mean 'arith'.*Valid tasks: arith"):
