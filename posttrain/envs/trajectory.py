@@ -9,8 +9,8 @@ once, through the model's own chat template, as a delta:
 
 where `base` is a fixed two-message conversation and `after_turn` is what the template writes after an
 assistant turn's end-of-turn token (ChatML: "\\n"), which the model's sample stops before. A template whose
-rendering of `base` is not a prefix of `base + new` cannot be cut this way: ChatDeltas refuses it with the
-template named. A template that knows no tools gets them described in a system message instead (the Hermes
+rendering of `base` is not a prefix of `base + new` cannot be cut this way: ChatDeltas refuses it (a UserError
+saying why). A template that knows no tools gets them described in a system message instead (the Hermes
 format of tools.py).
 
     episodes = run_episodes(engine, envs, rows, chat, params, max_turns=4, seed=, step=)
