@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -84,3 +85,52 @@ def small_policy(tmp_path_factory) -> Path:
                          "log.progress=false", "threads=1"])
         assert code == 0
     return path / "final"
+
+
+class ReplyEngine:
+    """An engine (rollout/backends.Engine) that answers each prompt with reply(decoded prompt, episode id) → text,
+    tokenized and ended by eos — a scripted policy for multi-turn tests (the embedded model never calls tools).
+    reply may return (text, finished): finished False cuts the turn at the length limit (no eos). Records what
+    it was asked (`asked`: (episode, prompt ids)) and what it gave (`given`: episode → list of ids)."""
+    reproducible = True
+
+    def __init__(self, tokenizer, reply):
+        self.tokenizer, self.reply = tokenizer, reply
+        self.asked, self.given = [], {}
+
+    def generate(self, prompts, params, *, seed=0, step=0, example_ids=None, stop_sequence=None):
+        from posttrain.rollout.engine import Generation
+        out = []
+        for i, prompt in enumerate(prompts):
+            episode = i if example_ids is None else example_ids[i]
+            answer = self.reply(self.tokenizer.decode(prompt), episode)
+            text, finished = answer if isinstance(answer, tuple) else (answer, True)
+            ids = text if isinstance(text, list) else self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = ids[:params.max_new_tokens - 1] + ([self.tokenizer.eos_token_id] if finished else [])
+            logprobs = [-0.5] * len(ids)
+            out.append(Generation(i, 0, completion_ids=ids, logprobs=logprobs, sampling_logprobs=logprobs,
+                                  finish_reason="stop" if finished else "length"))
+            self.asked.append((episode, list(prompt)))
+            self.given.setdefault(episode, []).append(ids)
+        return out
+
+    def sync(self, model):
+        return 0
+
+    def close(self):
+        pass
+
+
+def random_turns(tokenizer, rng: random.Random):
+    """A reply for ReplyEngine: a random turn — a tool call, a malformed call, a final answer or random ids, each
+    ended by eos, or a turn cut short without it."""
+    def reply(prompt_text, episode):
+        kind = rng.choice(["call"] * 4 + ["bad", "answer", "noise", "cut"])
+        if kind == "noise":  # ids no tokenizer would produce from text: never re-encoded
+            return [rng.randrange(3, len(tokenizer)) for _ in range(rng.randint(1, 12))]
+        text = {"call": f'<tool_call>{{"name": "add", "arguments": {{"a": {rng.randint(0, 99)}, '
+                        f'"b": {rng.randint(0, 99)}}}}}</tool_call>',
+                "bad": '<tool_call>{"name": "add", "arguments": {"a": </tool_call>',
+                "answer": f"The answer is {rng.randint(0, 200)}."}.get(kind, "abc")
+        return text, kind != "cut"
+    return reply

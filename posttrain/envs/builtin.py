@@ -23,10 +23,13 @@ import math
 import operator
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 from posttrain.envs.base import Environment, ToolEnv
+from posttrain.envs.tools import tool_schema
+from posttrain.envs.trajectory import ChatDeltas
 from posttrain.errors import UserError
 
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -65,11 +68,6 @@ CALCULATOR_SYSTEM = ("You can use a calculator. Call it for every arithmetic ste
                      "a number.")
 
 
-def calculator_env(max_tool_turns: int, timeout: float) -> Callable[[dict], Environment]:
-    return lambda row: ToolEnv([calculator], score=None, system=CALCULATOR_SYSTEM, max_tool_turns=max_tool_turns,
-                               timeout=timeout)
-
-
 OUTPUT_CHARS = 2000  # of a run's stdout and stderr, each, that go back to the model
 
 
@@ -96,12 +94,6 @@ CODE_SYSTEM = ("You can run Python with the run_python tool to try your code. Wh
                "function in a ```python block.")
 
 
-def code_env(max_tool_turns: int, timeout: float) -> Callable[[dict], Environment]:
-    # the sandbox enforces its own 5 s; the call's timeout only has to outlast it
-    return lambda row: ToolEnv([run_python], score=None, system=CODE_SYSTEM, max_tool_turns=max_tool_turns,
-                               timeout=max(timeout, 10.0))
-
-
 class BM25:
     """Okapi BM25 over a list of documents (Robertson & Zaragoza 2009, "The Probabilistic Relevance Framework:
     BM25 and Beyond"): score(q, d) = Σ_{t in q} idf(t) · tf·(k1 + 1) / (tf + k1·(1 − b + b·|d| / avg|d|)),
@@ -112,12 +104,10 @@ class BM25:
 
     def __init__(self, documents, k1: float = 1.5, b: float = 0.75):
         self.documents, self.k1, self.b = list(documents), k1, b
-        self.terms = [self.words(d) for d in self.documents]
-        self.avg = sum(map(len, self.terms)) / max(1, len(self.terms))
-        df: dict[str, int] = {}
-        for words in self.terms:
-            for w in set(words):
-                df[w] = df.get(w, 0) + 1
+        self.counts = [Counter(self.words(d)) for d in self.documents]
+        self.lengths = [sum(c.values()) for c in self.counts]
+        self.avg = sum(self.lengths) / max(1, len(self.lengths))
+        df = Counter(w for counts in self.counts for w in counts)
         n = len(self.documents)
         self.idf = {w: math.log((n - k + 0.5) / (k + 0.5) + 1) for w, k in df.items()}
 
@@ -126,12 +116,11 @@ class BM25:
         return re.findall(r"[a-z0-9]+", text.lower())
 
     def scores(self, query: str) -> list[float]:
-        query = set(self.words(query))
+        query = set(self.words(query)) & self.idf.keys()
         out = []
-        for words in self.terms:
-            tf = {w: words.count(w) for w in query if w in self.idf}
-            norm = self.k1 * (1 - self.b + self.b * len(words) / self.avg)
-            out.append(sum(self.idf[w] * f * (self.k1 + 1) / (f + norm) for w, f in tf.items() if f))
+        for counts, length in zip(self.counts, self.lengths):
+            norm = self.k1 * (1 - self.b + self.b * length / self.avg)
+            out.append(sum(self.idf[w] * counts[w] * (self.k1 + 1) / (counts[w] + norm) for w in query if counts[w]))
         return out
 
     def top(self, query: str, k: int = 3) -> list[int]:
@@ -161,19 +150,19 @@ SEARCH_SYSTEM = ("You can search an encyclopedia of towns with the search tool. 
                  "question in one short sentence.")
 
 
-def search_env(max_tool_turns: int, timeout: float) -> Callable[[dict], Environment]:
-    return lambda row: ToolEnv([search], score=None, system=SEARCH_SYSTEM, max_tool_turns=max_tool_turns,
-                               timeout=timeout)
-
-
-ENVIRONMENTS: dict[str, Callable[..., Callable[[dict], Environment]]] = {"calculator": calculator_env,
-                                                                         "code": code_env, "search": search_env}
+# name → (its tool, the system message, the least timeout a call gets: run_python's sandbox enforces its own 5 s,
+# which the call's timeout has to outlast). Each is a ToolEnv whose answer the run's reward sources score.
+ENVIRONMENTS: dict[str, tuple[Callable, str, float]] = {"calculator": (calculator, CALCULATOR_SYSTEM, 0.0),
+                                                        "code": (run_python, CODE_SYSTEM, 10.0),
+                                                        "search": (search, SEARCH_SYSTEM, 0.0)}
 
 
 def environment_factory(name: str, *, max_turns: int, timeout: float) -> Callable[[dict], Environment]:
     """make(row) for env.name: a built-in environment, or FILE.py:FUNCTION from the user."""
     if name in ENVIRONMENTS:
-        return ENVIRONMENTS[name](max_turns - 1, timeout)  # the last turn is the answer
+        tool, system, least = ENVIRONMENTS[name]
+        return lambda row: ToolEnv([tool], score=None, system=system, max_tool_turns=max_turns - 1,  # the last
+                                   timeout=max(timeout, least))                                     # turn answers
     path, _, function = name.rpartition(":")
     if not path.endswith(".py"):
         raise UserError(f"env.name = {name!r} is neither a built-in environment ({', '.join(ENVIRONMENTS)}) nor "
@@ -192,4 +181,11 @@ def environment_factory(name: str, *, max_turns: int, timeout: float) -> Callabl
     return make
 
 
-__all__ = ["BM25", "ENVIRONMENTS", "calculator", "environment_factory", "run_python", "search"]
+def environment(name: str, tokenizer, row: dict, *, max_turns: int, timeout: float) -> tuple[Callable, ChatDeltas]:
+    """(make(row), the ChatDeltas that render its episodes, tools included — read off the environment `row`
+    makes): what a command needs to run episodes of env.name."""
+    make = environment_factory(name, max_turns=max_turns, timeout=timeout)
+    return make, ChatDeltas(tokenizer, [tool_schema(fn) for fn in getattr(make(row), "tools", [])])
+
+
+__all__ = ["BM25", "ENVIRONMENTS", "calculator", "environment", "environment_factory", "run_python", "search"]

@@ -40,11 +40,11 @@ class ChatDeltas:
         template = tokenizer.chat_template or ""
         self.native_tools = bool(self.tools) and "tools" in template
         self.eos = tokenizer.eos_token
-        base = self.render(BASE)
-        if self.eos is None or self.eos not in base:
+        self.head = self.render(BASE)  # every delta is cut from behind it
+        if self.eos is None or self.eos not in self.head:
             raise UserError("the chat template does not end an assistant turn with the end-of-sequence token "
                             f"{self.eos!r}: multi-turn rollouts cannot tell where the model's turn stops")
-        self.after_turn = base[base.rindex(self.eos) + len(self.eos):]
+        self.after_turn = self.head[self.head.rindex(self.eos) + len(self.eos):]
 
     def render(self, messages: list[dict], generation_prompt: bool = False) -> str:
         if self.tools and not self.native_tools:
@@ -67,12 +67,12 @@ class ChatDeltas:
     def delta_ids(self, messages: list[dict]) -> list[int]:
         """The ids that follow the model's end-of-turn token: the rest of its turn as the template writes it,
         `messages`, and the prompt for the model's next turn."""
-        head, full = self.render(BASE), self.render(BASE + list(messages), generation_prompt=True)
-        if not full.startswith(head):
+        full = self.render(BASE + list(messages), generation_prompt=True)
+        if not full.startswith(self.head):
             raise UserError("the chat template renders a conversation differently once messages follow it (e.g. "
                             "it rewrites earlier assistant turns), so turns cannot be appended as token deltas — "
                             "fix: use a template that only appends")
-        return self.encode(self.after_turn + full[len(head):])
+        return self.encode(self.after_turn + full[len(self.head):])
 
 
 @dataclass

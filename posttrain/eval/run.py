@@ -131,12 +131,12 @@ def greedy_row(policy: Policy, problems: list[dict], verifier: Verifier, chosen:
 def episodes_row(cfg: EvaluateConfig, engine, tokenizer, problems: list[dict], verifier: Verifier,
                  chosen: dict) -> Row:
     """Greedy multi-turn episodes with the environment's tools; the final answers scored by the verifier."""
-    from posttrain.envs import ChatDeltas, run_episodes, tool_schema
-    from posttrain.envs.builtin import environment_factory
+    from posttrain.envs import run_episodes
+    from posttrain.envs.builtin import environment
     from posttrain.rollout import SamplingParams
 
-    make_env = environment_factory(cfg.env.name, max_turns=cfg.env.max_turns, timeout=cfg.env.tool_timeout)
-    chat = ChatDeltas(tokenizer, [tool_schema(fn) for fn in getattr(make_env(problems[0]), "tools", [])])
+    make_env, chat = environment(cfg.env.name, tokenizer, problems[0], max_turns=cfg.env.max_turns,
+                                 timeout=cfg.env.tool_timeout)
     episodes = run_episodes(engine, [make_env(p) for p in problems], problems, chat,
                             SamplingParams(temperature=0.0, max_new_tokens=cfg.search.max_new_tokens),
                             max_turns=cfg.env.max_turns, max_tokens=cfg.env.max_tokens, seed=cfg.seed)

@@ -73,13 +73,12 @@ def load_prompts(cfg: RLConfig, tokenizer) -> PromptData:
     use_template = tokenizer.chat_template is not None
     make_env = chat = None
     if cfg.env.name:
-        from posttrain.envs import ChatDeltas, tool_schema
-        from posttrain.envs.builtin import environment_factory
+        from posttrain.envs.builtin import environment
         if not use_template:
             raise UserError("env.name needs a model with a chat template (its turns are rendered through it) — "
                             "fix: a chat model, or env.name=''")
-        make_env = environment_factory(cfg.env.name, max_turns=cfg.env.max_turns, timeout=cfg.env.tool_timeout)
-        chat = ChatDeltas(tokenizer, [tool_schema(fn) for fn in getattr(make_env(raw[0]), "tools", [])])
+        make_env, chat = environment(cfg.env.name, tokenizer, raw[0], max_turns=cfg.env.max_turns,
+                                     timeout=cfg.env.tool_timeout)
     rows, prompt_ids, report = [], [], DropReport(total=len(raw))
     row_numbers = getattr(raw, "row_numbers", range(1, len(raw) + 1))  # 1-based, as every command counts rows
     for i, row in enumerate(raw):
@@ -282,12 +281,10 @@ def _episodes(cfg, engine, data: PromptData, params, step: int, positions: list[
     """rl.generations episodes per prompt, side by side (envs.run_episodes); episode k of the prompt at stream
     position s has id s·G + k, so its turns are seeded as the single-turn sample (s, k) is. Returns (the
     trajectories, prompt-major; their final answers)."""
-    from dataclasses import replace
-
     from posttrain.envs import run_episodes
     G = params.n
     rows = [data.rows[i] for i in indices for _ in range(G)]
-    episodes = run_episodes(engine, [data.make_env(row) for row in rows], rows, data.chat, replace(params, n=1),
+    episodes = run_episodes(engine, [data.make_env(row) for row in rows], rows, data.chat, params,
                             max_turns=cfg.env.max_turns, max_tokens=cfg.env.max_tokens, seed=cfg.seed, step=step,
                             episode_ids=[p * G + k for p in positions for k in range(G)])
     return episodes, [t.answer for t in episodes]

@@ -4,9 +4,10 @@ the environment's ids are at mask 0, and the trajectory decodes to the template'
 conversation — so no token was re-tokenized and nothing was lost at a turn boundary."""
 
 import random
-from dataclasses import dataclass, field
 
 import pytest
+
+from conftest import ReplyEngine, random_turns
 
 from posttrain.envs import ChatDeltas, ToolEnv, run_episodes
 from posttrain.errors import UserError
@@ -34,37 +35,6 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-@dataclass
-class ScriptedEngine:
-    """Returns, for each request, a random turn: a tool call, a malformed call, a final answer or random ids —
-    each ended by eos (sometimes cut short without it) — and records what it was asked and what it gave."""
-    tokenizer: object
-    rng: random.Random
-    asked: list = field(default_factory=list)
-    given: dict = field(default_factory=dict)  # episode id → ids returned, in order
-
-    def generate(self, prompts, params, *, seed=0, step=0, example_ids=None, stop_sequence=None):
-        from posttrain.rollout.engine import Generation
-        out = []
-        for prompt, episode in zip(prompts, example_ids):
-            kind = self.rng.choice(["call"] * 4 + ["bad", "answer", "noise", "cut"])
-            text = {"call": f'<tool_call>{{"name": "add", "arguments": {{"a": {self.rng.randint(0, 99)}, '
-                            f'"b": {self.rng.randint(0, 99)}}}}}</tool_call>',
-                    "bad": '<tool_call>{"name": "add", "arguments": {"a": </tool_call>',
-                    "answer": f"The answer is {self.rng.randint(0, 200)}."}.get(kind)
-            if kind == "noise":  # ids no tokenizer would produce from text: never re-encoded
-                ids = [self.rng.randrange(3, len(self.tokenizer)) for _ in range(self.rng.randint(1, 12))]
-            else:
-                ids = self.tokenizer(text or "abc", add_special_tokens=False)["input_ids"]
-            ids = ids[:params.max_new_tokens - 1] + ([] if kind == "cut" else [self.tokenizer.eos_token_id])
-            g = Generation(len(out), 0, completion_ids=ids, logprobs=[-self.rng.random() for _ in ids],
-                           finish_reason="length" if kind == "cut" else "stop")
-            self.asked.append((episode, list(prompt)))
-            self.given.setdefault(episode, []).append(ids)
-            out.append(g)
-        return out
-
-
 def tokenizer_with(template):
     tokenizer = load_tokenizer(str(tiny_path()))
     if template is not None:
@@ -78,7 +48,7 @@ def test_trained_ids_are_the_sampled_ids_and_the_mask_marks_them(template):
     env_of = lambda: ToolEnv([add], score=lambda row, answer: float(str(row["answer"]) in answer), max_tool_turns=3)
     chat = ChatDeltas(tokenizer, env_of().schemas())
     assert chat.native_tools == (template is not None)
-    engine = ScriptedEngine(tokenizer, random.Random(0))
+    engine = ReplyEngine(tokenizer, random_turns(tokenizer, random.Random(0)))
     rows = [{"prompt": f"What is {a} + {b}?", "answer": a + b} for a, b in [(i, 2 * i) for i in range(50)]]
     envs = [env_of() for _ in rows]
     episodes = run_episodes(engine, envs, rows, chat, SamplingParams(max_new_tokens=40), max_turns=5)

@@ -3,39 +3,22 @@ answers scored like every row. A scripted policy that always calls the calculato
 solves every problem with tools and none without."""
 
 import json
+import re
 
+from conftest import ReplyEngine
 from posttrain import cli
 from posttrain.models.tiny import save_tiny
 
 
-class CalculatorUser:
-    """Turn 1: call the calculator on the numbers in the question; turn 2: answer with what it said."""
-    reproducible = True
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def generate(self, prompts, params, *, seed=0, step=0, example_ids=None, stop_sequence=None):
-        import re
-
-        from posttrain.rollout.engine import Generation
-        out = []
-        for i, prompt in enumerate(prompts):
-            text = self.tokenizer.decode(prompt)
-            if "<|tool|>" in text:
-                reply = f"The answer is {text.rsplit('<|tool|>', 1)[1].split(self.tokenizer.eos_token)[0].strip()}."
-            else:
-                a, b = re.findall(r"What is (\d+) \+ (\d+)\?", text)[-1]
-                reply = f'<tool_call>{{"name": "calculator", "arguments": {{"expression": "{a} + {b}"}}}}</tool_call>'
-            ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-            out.append(Generation(i, 0, completion_ids=ids, logprobs=[0.0] * len(ids), finish_reason="stop"))
-        return out
-
-    def sync(self, model):
-        return 0
-
-    def close(self):
-        pass
+def calculator_user(eos: str):
+    """A reply for ReplyEngine: call the calculator on the numbers in the question, then answer with what it
+    said."""
+    def reply(text, episode):
+        if "<|tool|>" in text:
+            return f"The answer is {text.rsplit('<|tool|>', 1)[1].split(eos)[0].strip()}."
+        a, b = re.findall(r"What is (\d+) \+ (\d+)\?", text)[-1]
+        return f'<tool_call>{{"name": "calculator", "arguments": {{"expression": "{a} + {b}"}}}}</tool_call>'
+    return reply
 
 
 def test_eval_reports_success_with_tools(tmp_path, monkeypatch):
@@ -44,10 +27,11 @@ def test_eval_reports_success_with_tools(tmp_path, monkeypatch):
     data = tmp_path / "sums.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
                             for a, b in [(12, 30), (7, 95), (250, 250), (3, 4)]))
-    monkeypatch.setattr(eval_run, "inference_engine", lambda rollout, m, tokenizer, d: CalculatorUser(tokenizer))
+    monkeypatch.setattr(eval_run, "inference_engine",
+                        lambda rollout, m, tokenizer, d: ReplyEngine(tokenizer, calculator_user(tokenizer.eos_token)))
     out = tmp_path / "eval"
     assert cli.main(["eval", f"model={model}", f"data_path={data}", "env.name=calculator", "task.name=word",
-                     "strategies=greedy", f"output_dir={out}"]) == 0
+                     "strategies=greedy", "search.max_new_tokens=128", f"output_dir={out}"]) == 0
     rows = {r["strategy"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert rows["greedy"]["accuracy"] == 0.0  # its first message is a tool call, not an answer
     tools = rows["greedy + tools"]

@@ -5,18 +5,14 @@ trajectory's), the trainer's π_old at those tokens equals an independent forwar
 
 import json
 import random
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import ReplyEngine, random_turns
 from posttrain import cli, presets
 from posttrain.models.tiny import save_tiny
 from posttrain.train import rl, rollouts
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "envs"))
-from test_trajectory import ScriptedEngine  # noqa: E402
 
 
 @pytest.mark.parametrize("advantage", ["grpo", "turn_grpo"])
@@ -25,12 +21,8 @@ def test_episodes_train_on_the_models_tokens_only(tmp_path, monkeypatch, advanta
     engines, batches = [], []
 
     def scripted(cfg, model, tokenizer, data):
-        engine = ScriptedEngine(tokenizer, random.Random(1))
-        engine.sync = lambda m: 0
-        engine.close = lambda: None
-        engine.reproducible = True
-        engines.append(engine)
-        return engine
+        engines.append(ReplyEngine(tokenizer, random_turns(tokenizer, random.Random(1))))
+        return engines[-1]
 
     prepare = rl.prepare
 
@@ -84,47 +76,29 @@ def test_episodes_train_on_the_models_tokens_only(tmp_path, monkeypatch, advanta
     assert any("loss" in r for r in records) and (run / "final" / "model.safetensors").is_file()
 
 
-class CodingEngine:
-    """First turn: run a program through the run_python tool; second turn: answer with a function."""
-    reproducible = True
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.tool_answers = tokenizer, []
-
-    def generate(self, prompts, params, *, seed=0, step=0, example_ids=None, stop_sequence=None):
-        from posttrain.rollout.engine import Generation
-        out = []
-        for i, prompt in enumerate(prompts):
-            text = self.tokenizer.decode(prompt)
-            if "tool_response" in text or "<|tool|>" in text:
-                self.tool_answers.append(text.rsplit("<|tool|>", 1)[-1])
-                reply = "Done.\n```python\ndef add(a, b):\n    return a + b\n```"
-            else:
-                reply = '<tool_call>{"name": "run_python", "arguments": {"code": "print(6 * 7)"}}</tool_call>'
-            ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-            out.append(Generation(i, 0, completion_ids=ids, logprobs=[-1.0] * len(ids),
-                                  sampling_logprobs=[-1.0] * len(ids), finish_reason="stop"))
-        return out
-
-    def sync(self, model):
-        return 0
-
-    def close(self):
-        pass
+def coding(tool_answers: list):
+    """A reply for ReplyEngine: first run a program through the run_python tool (its answer is kept in
+    `tool_answers`), then answer with a function."""
+    def reply(text, episode):
+        if "<|tool|>" in text:
+            tool_answers.append(text.rsplit("<|tool|>", 1)[-1])
+            return "Done.\n```python\ndef add(a, b):\n    return a + b\n```"
+        return '<tool_call>{"name": "run_python", "arguments": {"code": "print(6 * 7)"}}</tool_call>'
+    return reply
 
 
 def test_the_code_environment_runs_the_sandbox_in_the_loop_and_leaves_no_process(tmp_path, monkeypatch):
     import psutil
     model_dir = save_tiny(tmp_path / "tiny4k", max_position_embeddings=4096)
-    engines = []
+    tool_answers = []
     monkeypatch.setattr(rollouts, "rollout_engine",
-                        lambda cfg, model, tokenizer, data: engines.append(CodingEngine(tokenizer)) or engines[-1])
+                        lambda cfg, model, tokenizer, data: ReplyEngine(tokenizer, coding(tool_answers)))
     run = tmp_path / "run"
     assert cli.main(["rl", "--algo", "grpo", f"model.name_or_path={model_dir}", "env.name=code", "task.name=code",
                      f"output_dir={run}", "train.max_steps=1", "threads=1", "log.progress=false",
                      "eval.task_accuracy=false", "rl.prompts_per_step=2", "rl.generations=2",
-                     "train.micro_batch_size=2", "sampling.max_new_tokens=64", "env.max_tokens=512"]) == 0
-    assert engines[0].tool_answers and all("42" in a for a in engines[0].tool_answers)  # the sandbox ran it
+                     "train.micro_batch_size=2", "sampling.max_new_tokens=128", "env.max_tokens=512"]) == 0
+    assert tool_answers and all("42" in a for a in tool_answers)  # the sandbox ran it
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["env/turns_mean"] == 2 and record["env/tool_call_rate"] == 1 and record["env/tool_errors_mean"] == 0
     assert "reward/mean" in record  # the answers were scored by the hidden tests
@@ -141,9 +115,7 @@ def test_every_preset_trains_on_episodes(tmp_path, monkeypatch, tiny2k, name):
     """One step of each preset on calculator episodes (a scripted engine that calls tools); remax, whose baseline
     is a greedy single-turn completion, is refused before the run."""
     def scripted(cfg, model, tokenizer, data):
-        engine = ScriptedEngine(tokenizer, random.Random(2))
-        engine.sync, engine.close, engine.reproducible = (lambda m: 0), (lambda: None), True
-        return engine
+        return ReplyEngine(tokenizer, random_turns(tokenizer, random.Random(2)))
 
     monkeypatch.setattr(rollouts, "rollout_engine", scripted)
     reward = tmp_path / "parity.py"
