@@ -51,3 +51,27 @@ $(VLLM_STAMP): pyproject.toml
 
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pytest tests/needs_vllm
+
+# Environments from verifiers and OpenEnv (posttrain/envs/adapters.py), each in its own environment: verifiers 0.4.0
+# pins mcp==2.0.0, OpenEnv 0.10.0 needs fastmcp 3, which needs mcp<2. Neither moves torch off the CPU build.
+.PHONY: setup-agents test-agents
+AGENTS_VENV  ?= .venv-agents
+OPENENV_VENV ?= .venv-openenv
+
+setup-agents: $(AGENTS_VENV)/.installed $(OPENENV_VENV)/.installed
+
+$(AGENTS_VENV)/.installed: pyproject.toml
+	test -x $(AGENTS_VENV)/bin/python || python3 -m venv $(AGENTS_VENV)
+	$(AGENTS_VENV)/bin/pip install -q torch==2.13.0
+	$(AGENTS_VENV)/bin/pip install -q -e '.[dev,verifiers]'
+	touch $@
+
+$(OPENENV_VENV)/.installed: pyproject.toml
+	test -x $(OPENENV_VENV)/bin/python || python3 -m venv $(OPENENV_VENV)
+	$(OPENENV_VENV)/bin/pip install -q torch==2.13.0
+	$(OPENENV_VENV)/bin/pip install -q -e '.[dev,openenv]'
+	touch $@
+
+test-agents: setup-agents
+	$(AGENTS_VENV)/bin/python -m pytest tests/envs/test_adapters.py
+	$(OPENENV_VENV)/bin/python -m pytest tests/envs/test_adapters.py

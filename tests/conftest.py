@@ -87,6 +87,20 @@ def small_policy(tmp_path_factory) -> Path:
     return path / "final"
 
 
+# ChatML with native tools (Qwen 2.5's layout, shortened): tools in the system turn, an assistant's tool_calls as
+# Hermes <tool_call> JSON after its content, tool results as a user turn; turns end with the tokenizer's eos
+CHATML_TOOLS = (
+    "{% if tools %}{{ '<|im_start|>system\\n' }}{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+    "{% endif %}{{ '\\n# Tools\\n' }}{% for t in tools %}{{ t | tojson }}{{ '\\n' }}{% endfor %}{{ eos_token + '\\n' }}"
+    "{% endif %}{% for m in messages %}{% if m['role'] == 'system' and tools %}{% elif m['role'] == 'tool' %}"
+    "{{ '<|im_start|>user\\n<tool_response>\\n' + m['content'] + '\\n</tool_response>' + eos_token + '\\n' }}"
+    "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}{% for c in m.get('tool_calls') or [] %}"
+    "{% if m['content'] or not loop.first %}{{ '\\n' }}{% endif %}{{ '<tool_call>\\n' }}"
+    "{{ {'name': c['function']['name'], 'arguments': c['function']['arguments']} | tojson }}{{ '\\n</tool_call>' }}"
+    "{% endfor %}{{ eos_token + '\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
 class ReplyEngine:
     """An engine (rollout/backends.Engine) that answers each prompt with reply(decoded prompt, episode id) → text,
     tokenized and ended by eos — a scripted policy for multi-turn tests (the embedded model never calls tools).

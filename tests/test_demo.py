@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+
 from conftest import needs_smollm2, run_cli, smollm2_home
 from posttrain import demo, tasks
 from posttrain.demo import pretrained
@@ -79,3 +81,10 @@ def test_quick_real_model_demo_runs_every_stage_and_its_table_adds_up(tmp_path, 
     assert all(r["kl_coef"] == 0.0 for r in records if "kl_coef" in r)
     for name in logged:
         assert (tmp_path / "plots" / "grpo" / f"{name.replace('/', '_')}.png").is_file(), name
+
+
+@pytest.mark.parametrize("args", [["env=calculator"], ["model=smollm2-135m-instruct", "env=browser"]])
+def test_the_tool_use_demo_needs_a_model_and_a_known_environment(tmp_path, args):
+    proc = run_cli("demo", *args, f"output_dir={tmp_path / 'demo'}")
+    assert proc.returncode == 2 and "fix: posttrain demo model=smollm2-135m-instruct env=calculator" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "demo").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from posttrain.config.sections import Config, LLMConfig, ModelConfig, TaskConfig
+from posttrain.config.sections import Config, EnvSection, LLMConfig, ModelConfig, TaskConfig
 
 
 @dataclass
@@ -12,6 +12,10 @@ class SFTConfig(LLMConfig):
     """Supervised fine-tuning: masked next-token cross-entropy on assistant tokens (full or LoRA)."""
 
     output_dir: str = "runs/sft"
+    env: EnvSection = field(default_factory=EnvSection)
+    """env.name=calculator (or search) with the built-in task: train on demonstrations of the environment in use
+    (posttrain.envs.builtin.demonstrations) — the tool-use warm start before `posttrain rl env.name=…`. Task
+    accuracy by single-turn greedy decoding is then not measured (measure with `posttrain eval env.name=…`)."""
 
 
 @dataclass
@@ -35,6 +39,9 @@ class DemoConfig(Config):
     """Unset: the tiny model from random weights (SFT → pairs → RM → DPO → GRPO → PPO). A pretrained instruct
     model (a named model such as smollm2-135m-instruct, a directory or a .gguf file): zero-shot → GRPO with the
     verifier → RFT for the same wall time on arithmetic word problems (about an hour on 2 cores)."""
+    env: str = ""
+    """With model=: calculator, code or search — the model learns to use that tool instead (zero-shot → SFT on
+    demonstrations → GRPO with trajectory vs per-turn credit; posttrain/demo/agent.py, about 20 minutes)."""
     quick: bool = False
     """A reduced demo (about a minute) used by the tests."""
     seed: int = 0

@@ -2,7 +2,7 @@
 
 Canonical schemas (what the rest of posttrain reads):
 
-    messages                    [{"role": "system"|"user"|"assistant", "content": str}, ...]   SFT
+    messages (+ tools)          [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]   SFT
     prompt + completion         strings, or lists of messages                                  SFT
     text                        str                                                            pretraining / SFT
     prompt + chosen + rejected  strings, or lists of messages                                  paired preference
@@ -14,7 +14,13 @@ Foreign formats recognised and converted:
     Alpaca    {"instruction", "input"?, "output", "system"?}
               -> messages [system?] + user(instruction + "\\n\\n" + input if input) + assistant(output)
     ShareGPT  {"conversations": [{"from": "human"|"gpt"|"system"|..., "value": str}, ...]}
-              -> messages with from mapped to role
+              -> messages with from mapped to role; LLaMA-Factory's "function_call" (value: the call's JSON)
+              becomes an assistant message with tool_calls, "observation" a tool message
+
+Tool use (messages and ShareGPT rows): an assistant message may carry "tool_calls" ([{"type": "function",
+"function": {"name": str, "arguments": {...}}}], OpenAI's and transformers' form; arguments written as a JSON
+string are read; its content may then be empty), a tool message a "name" and a "tool_call_id"; the row's "tools"
+(a list of JSON schemas, or that list as a JSON string) are passed to the chat template (posttrain.data.chat).
 
 A file may mix formats; every row is detected and validated on its own. Errors name file, row and field:
 `normalize` raises `DataError`s without a location from the helpers below and adds the location in one place.
@@ -22,14 +28,16 @@ A file may mix formats; every row is detected and validated on its own. Errors n
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from posttrain.errors import DataError
 from posttrain.data.loading import Rows, load_rows
 
-ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user",
-                  "gpt": "assistant", "assistant": "assistant", "model": "assistant"}
+                  "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+                  "function_call": "assistant", "observation": "tool", "tool": "tool"}
 
 # Which row formats each command accepts. "prompt" (online RL) takes any row with a prompt.
 ACCEPTED_FORMATS = {
@@ -114,11 +122,11 @@ def _normalize_row(row: dict, kind: str) -> dict:
     if fmt not in ACCEPTED_FORMATS[kind]:
         raise _wrong_format(row, fmt, kind)
     if fmt == "messages":
-        return {"messages": _with_assistant(_messages(row["messages"], "messages"), "messages")}
+        return _with_tools({"messages": _with_assistant(_messages(row["messages"], "messages"), "messages")}, row)
     if fmt == "sharegpt":
         messages = _messages(row["conversations"], "conversations", role_key="from", content_key="value",
                              roles=SHAREGPT_ROLES)
-        return {"messages": _with_assistant(messages, "conversations")}
+        return _with_tools({"messages": _with_assistant(messages, "conversations")}, row)
     if fmt == "alpaca":
         return {"messages": _alpaca_messages(row)}
     if fmt == "text":
@@ -175,8 +183,59 @@ def _messages(value: Any, field: str, *, role_key: str = "role", content_key: st
                             fix="use one of those roles")
         if roles[role] == "system" and message.get(content_key) in ("", None):
             continue
-        out.append({"role": roles[role], "content": _text(message.get(content_key), f"{where}.{content_key}")})
+        if role == "function_call":  # LLaMA-Factory: the value is the call's JSON
+            out.append({"role": "assistant", "content": "",
+                        "tool_calls": _tool_calls(_json(message.get(content_key), f"{where}.{content_key}"),
+                                                  f"{where}.{content_key}")})
+        elif roles[role] == "assistant" and message.get("tool_calls"):
+            out.append({"role": "assistant", "content": message.get(content_key) or "",
+                        "tool_calls": _tool_calls(message["tool_calls"], f"{where}.tool_calls")})
+        else:
+            out.append({"role": roles[role], "content": _text(message.get(content_key), f"{where}.{content_key}"),
+                        **{k: message[k] for k in ("name", "tool_call_id")
+                           if roles[role] == "tool" and isinstance(message.get(k), str)}})
     return out
+
+
+def _json(value: Any, field: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON ({e.msg} at character {e.pos})", field=field,
+                        fix='write it as JSON, e.g. {"name": "calculator", "arguments": {"expression": "2 + 3"}}') \
+            from None
+
+
+def _tool_calls(value: Any, field: str) -> list[dict]:
+    """Tool calls in the canonical form [{"type": "function", "function": {"name", "arguments": dict}}]; a bare
+    {"name", "arguments"} call, one call not in a list, and arguments written as a JSON string are accepted."""
+    calls = value if isinstance(value, list) else [value]
+    out = []
+    for k, call in enumerate(calls):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        arguments = _json(function.get("arguments", {}), f"{field}[{k}].arguments") if function else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or \
+                not isinstance(arguments, dict):
+            raise DataError("a tool call needs a name and an object of arguments", field=f"{field}[{k}]",
+                            fix='write it as {"type": "function", "function": {"name": "calculator", "arguments": '
+                                '{"expression": "2 + 3"}}}')
+        out.append({"type": "function", "function": {"name": function["name"], "arguments": arguments}})
+    return out
+
+
+def _with_tools(out: dict, row: dict) -> dict:
+    """The row's "tools" (JSON schemas for the chat template), validated, when it has them."""
+    if row.get("tools") in (None, "", []):
+        return out
+    tools = _json(row["tools"], "tools")
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and ("function" in t or "name" in t)
+                                              for t in tools):
+        raise DataError("expected a list of JSON schemas of functions", field="tools",
+                        fix='write it as [{"type": "function", "function": {"name": ..., "description": ..., '
+                            '"parameters": {...}}}], e.g. transformers.utils.get_json_schema(fn)')
+    return {**out, "tools": tools}
 
 
 def _with_assistant(messages: list[dict], field: str) -> list[dict]:

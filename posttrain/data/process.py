@@ -32,7 +32,8 @@ from __future__ import annotations
 
 from posttrain.data.formats import _turns
 from posttrain.data.loading import Rows
-from posttrain.data.tokenize import DropReport, SkipRow, _render, _should_use_template, handle_bad_row, start_rows
+from posttrain.data.chat import render_chat
+from posttrain.data.tokenize import DropReport, SkipRow, _should_use_template, handle_bad_row, start_rows
 from posttrain.errors import ConfigError, DataError
 
 FIELDS = ("prompt", "completions", "labels")
@@ -89,7 +90,7 @@ def step_example(prompt, steps: list[str], tokenizer, *, labels: list[float] | N
             raise ConfigError("a prompt written as chat messages needs a chat template, but the tokenizer has none "
                               "(or use_chat_template is false) — fix: write the prompt as a string")
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        prefix = _render(tokenizer, messages, add_generation_prompt=True)  # the template renders bos itself
+        prefix = render_chat(tokenizer, messages, add_generation_prompt=True)  # the template renders bos itself
     else:
         prefix = prompt
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []

@@ -5,8 +5,9 @@ a token the model must learn to produce, and IGNORE_INDEX (-100) otherwise. Shif
 targets happens once, in `packing.collate`.
 
 Which tokens are trained:
-  messages            every assistant turn, including its end-of-turn token (the model must learn to stop);
-                      never the system/user turns nor the template's "<|assistant|>" header.
+  messages            every assistant turn, including its end-of-turn token (the model must learn to stop), its
+                      tool calls included; never the system/user/tool turns nor the template's "<|assistant|>"
+                      header. The row's tools go to the template (posttrain.data.chat.render_chat).
   prompt + completion the completion (+ eos). With a chat template, it is rendered as a user/assistant chat.
   text                every token except the leading bos.
 
@@ -29,10 +30,12 @@ assistant span. Example with the template "<s><|role|>\\ncontent</s>\\n":
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 
 from posttrain.algos.logprobs import IGNORE_INDEX  # -100, the label of a token not trained on (defined once, there)
+from posttrain.data.chat import render_chat
 from posttrain.data.loading import Rows, load_rows
 from posttrain.errors import ConfigError, DataError
 
@@ -56,7 +59,8 @@ def tokenize_sft(example: dict, tokenizer, *, use_chat_template: bool | None = N
     """
     use_template = _should_use_template(tokenizer, use_chat_template)
     if "messages" in example:
-        return _tokenize_chat(example["messages"], tokenizer, use_template, trained_from=0)
+        return _tokenize_chat(example["messages"], tokenizer, use_template, trained_from=0,
+                              tools=example.get("tools"))
     if "prompt" in example and "completion" in example:
         prompt, completion = example["prompt"], example["completion"]
         if isinstance(prompt, list):  # conversational: train on the completion's assistant turns only
@@ -94,8 +98,10 @@ def _tokenize_plain(tokenizer, prompt_ids: list[int], target_ids: list[int]) -> 
             "labels": [IGNORE_INDEX] * (len(bos) + len(prompt_ids)) + target}
 
 
-def _tokenize_chat(messages: list[dict], tokenizer, use_template: bool, *, trained_from: int) -> dict[str, list[int]]:
-    """Render with the chat template; train on assistant turns at index >= trained_from."""
+def _tokenize_chat(messages: list[dict], tokenizer, use_template: bool, *, trained_from: int,
+                   tools: list[dict] | None = None) -> dict[str, list[int]]:
+    """Render with the chat template (tools and tool calls through posttrain.data.chat); train on assistant turns
+    at index >= trained_from."""
     if not use_template:
         raise ConfigError("conversational data needs a chat template, but the tokenizer has none (or "
                           "use_chat_template is false) — fix: use a chat model's tokenizer, set "
@@ -103,8 +109,9 @@ def _tokenize_chat(messages: list[dict], tokenizer, use_template: bool, *, train
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("assistant-only loss needs a fast tokenizer (for character offsets) — fix: load the "
                           "tokenizer with use_fast=True")
-    full = _render(tokenizer, messages)
-    spans = [_assistant_span(tokenizer, messages, k, full)
+    render = functools.partial(render_chat, tokenizer, tools=tools)
+    full = render(messages)
+    spans = [_assistant_span(render, messages, k, full)
              for k in range(trained_from, len(messages)) if messages[k]["role"] == "assistant"]
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)  # the template renders bos
     labels = [token if any(start <= a and b <= end and a < b for start, end in spans) else IGNORE_INDEX
@@ -112,17 +119,13 @@ def _tokenize_chat(messages: list[dict], tokenizer, use_template: bool, *, train
     return {"input_ids": list(encoded["input_ids"]), "labels": labels}
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def _assistant_span(tokenizer, messages: list[dict], k: int, full: str) -> tuple[int, int]:
+def _assistant_span(render, messages: list[dict], k: int, full: str) -> tuple[int, int]:
     """Character span [start, end) of assistant turn k inside `full` (see the module docstring)."""
     if k == 0:
         raise DataError("the conversation starts with an assistant turn; chat templates need a user (or system) "
                         "message before it", field="messages", fix="add the user turn, or remove the row")
-    before = _render(tokenizer, messages[:k], add_generation_prompt=True)
-    upto = _render(tokenizer, messages[: k + 1])
+    before = render(messages[:k], add_generation_prompt=True)
+    upto = render(messages[: k + 1])
     if not (full.startswith(upto) and upto.startswith(before)):
         raise DataError(f"the chat template renders message {k} differently depending on what follows it, so the "
                         "assistant turn can't be located (some templates rewrite earlier turns, e.g. strip "

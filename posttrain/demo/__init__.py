@@ -25,6 +25,7 @@ from pathlib import Path
 from posttrain.config import (AlgoConfig, CheckpointConfig, DataConfig, DemoConfig, DPOConfig, EvalConfig, KLSection,
                               LogConfig, ModelConfig, PreferenceConfig, RLBatchConfig, RLConfig, RLRewardConfig,
                               RMConfig, SamplingParams, SFTConfig, TaskConfig, TrainConfig)
+from posttrain.errors import ConfigError
 from posttrain.track import plot_metrics, read_metrics
 
 DEMO_LOSS = "orpo"  # the "after DPO" row: the variant that improved greedy accuracy here (see the variant table)
@@ -179,6 +180,13 @@ def seconds_per_step(records: list[dict]) -> float:
 
 
 def run(cfg: DemoConfig) -> dict:
+    if cfg.env:
+        from posttrain.demo import agent
+        if not cfg.model or cfg.env not in agent.ENVIRONMENTS:
+            raise ConfigError(f"demo env={cfg.env}: the tool-use demo needs a pretrained instruct model (model=) and "
+                              f"one of the environments {', '.join(agent.ENVIRONMENTS)} — fix: posttrain demo "
+                              "model=smollm2-135m-instruct env=calculator")
+        return agent.run(cfg)
     if cfg.model:
         from posttrain.demo import pretrained
         return pretrained.run(cfg)

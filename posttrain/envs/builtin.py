@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+from posttrain.data.chat import tool_call_text
 from posttrain.envs.base import Environment, ToolEnv
 from posttrain.envs.tools import tool_schema
 from posttrain.envs.trajectory import ChatDeltas
@@ -181,6 +182,34 @@ def environment_factory(name: str, *, max_turns: int, timeout: float) -> Callabl
     return make
 
 
+def demonstrations(name: str, rows: list[dict], *, max_turns: int, timeout: float = 10.0) -> list[dict]:
+    """SFT rows that show built-in environment `name` in use, for a tool-use warm start (`posttrain sft
+    env.name=calculator`): each row of a task's `tool_rows` (its "calls" per turn and its "final" answer) is played
+    through the environment itself, so the tool results are the tools' own and the system message is the one
+    episodes start from:
+
+        {"messages": [system, user, assistant (tool_calls), tool (result), …, assistant (final)],
+         "tools": [the tool's JSON schema], "answer": …}
+
+    Rendered by posttrain.data.chat like an episode, the assistant turns are the tokens an episode samples."""
+    make = environment_factory(name, max_turns=max_turns, timeout=timeout)
+    out = []
+    for row in rows:
+        if len(row["calls"]) >= max_turns:
+            raise UserError(f"a demonstration of env.name={name} takes {len(row['calls']) + 1} turns, more than "
+                            f"env.max_turns={max_turns} — fix: env.max_turns={len(row['calls']) + 1}")
+        env = make(row)
+        messages = env.reset(row)
+        for calls in row["calls"]:
+            tool_calls = [{"type": "function", "function": call} for call in calls]
+            step = env.step({"role": "assistant", "content": "\n".join(map(tool_call_text, tool_calls))})
+            messages += [{"role": "assistant", "content": "", "tool_calls": tool_calls}, *step.messages]
+        messages.append({"role": "assistant", "content": row["final"]})
+        extra = {k: v for k, v in row.items() if k not in ("prompt", "calls", "final")}
+        out.append({"messages": messages, "tools": [tool_schema(fn) for fn in env.tools], **extra})
+    return out
+
+
 def environment(name: str, tokenizer, row: dict, *, max_turns: int, timeout: float) -> tuple[Callable, ChatDeltas]:
     """(make(row), the ChatDeltas that render its episodes, tools included — read off the environment `row`
     makes): what a command needs to run episodes of env.name."""
@@ -188,4 +217,4 @@ def environment(name: str, tokenizer, row: dict, *, max_turns: int, timeout: flo
     return make, ChatDeltas(tokenizer, [tool_schema(fn) for fn in getattr(make(row), "tools", [])])
 
 
-__all__ = ["BM25", "ENVIRONMENTS", "calculator", "environment", "environment_factory", "run_python", "search"]
+__all__ = ["BM25", "ENVIRONMENTS", "calculator", "demonstrations", "environment", "environment_factory", "run_python", "search"]

@@ -10,8 +10,9 @@ once, through the model's own chat template, as a delta:
 where `base` is a fixed two-message conversation and `after_turn` is what the template writes after an
 assistant turn's end-of-turn token (ChatML: "\\n"), which the model's sample stops before. A template whose
 rendering of `base` is not a prefix of `base + new` cannot be cut this way: ChatDeltas refuses it (a UserError
-saying why). A template that knows no tools gets them described in a system message instead (the Hermes
-format of tools.py).
+saying why). Tools and tool calls are rendered by posttrain.data.chat.render_chat, the same function SFT data
+goes through: a template that knows no tools gets them described in a system message (the Hermes format of
+tools.py).
 
     episodes = run_episodes(engine, envs, rows, chat, params, max_turns=4, seed=, step=)
 
@@ -21,15 +22,13 @@ turn t seeded by (seed, step, turn) and e, as in the engine's contract).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 
+from posttrain.data.chat import render_chat, supports_tools
 from posttrain.envs.base import Environment
 from posttrain.errors import UserError
 
 BASE = [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}]
-TOOLS_PREAMBLE = ("You may call these tools. To call one, write <tool_call>{\"name\": NAME, \"arguments\": "
-                  "{...}}</tool_call>; its answer comes back as a tool message. Tools:\n")
 
 
 class ChatDeltas:
@@ -37,8 +36,7 @@ class ChatDeltas:
 
     def __init__(self, tokenizer, tools: list[dict] | None = None):
         self.tokenizer, self.tools = tokenizer, tools or None
-        template = tokenizer.chat_template or ""
-        self.native_tools = bool(self.tools) and "tools" in template
+        self.native_tools = bool(self.tools) and supports_tools(tokenizer)
         self.eos = tokenizer.eos_token
         self.head = self.render(BASE)  # every delta is cut from behind it
         if self.eos is None or self.eos not in self.head:
@@ -47,16 +45,7 @@ class ChatDeltas:
         self.after_turn = self.head[self.head.rindex(self.eos) + len(self.eos):]
 
     def render(self, messages: list[dict], generation_prompt: bool = False) -> str:
-        if self.tools and not self.native_tools:
-            described = TOOLS_PREAMBLE + "\n".join(json.dumps(t) for t in self.tools)
-            if messages and messages[0]["role"] == "system":
-                messages = [{"role": "system", "content": messages[0]["content"] + "\n\n" + described},
-                            *messages[1:]]
-            else:
-                messages = [{"role": "system", "content": described}, *messages]
-        kwargs = {"tools": self.tools} if self.native_tools else {}
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
-                                                  **kwargs)
+        return render_chat(self.tokenizer, messages, self.tools, add_generation_prompt=generation_prompt)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -24,6 +24,25 @@ def greedy_completions(model, tokenizer, prompts: list[str], *, use_chat_templat
                                               use_chat_template=use_chat_template)]
 
 
+def greedy_episodes(engine, tokenizer, rows: list[dict], env, *, max_new_tokens: int, seed: int = 0) -> list:
+    """One greedy multi-turn episode per row with environment `env` (an EnvSection: name, max_turns, max_tokens,
+    tool_timeout) → the envs.Trajectory of each; its `answer` is the final answer, for the verifier."""
+    from posttrain.envs import run_episodes
+    from posttrain.envs.builtin import environment
+
+    make_env, chat = environment(env.name, tokenizer, rows[0], max_turns=env.max_turns, timeout=env.tool_timeout)
+    return run_episodes(engine, [make_env(r) for r in rows], rows, chat,
+                        SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens), max_turns=env.max_turns,
+                        max_tokens=env.max_tokens, seed=seed)
+
+
+def episode_summary(episodes: list) -> dict[str, float]:
+    """{"tool_call_rate": share of episodes with a tool call, "tool_errors": per episode, "turns": per episode}."""
+    n = max(1, len(episodes))
+    return {"tool_call_rate": sum(t.tool_calls > 0 for t in episodes) / n,
+            "tool_errors": sum(t.tool_errors for t in episodes) / n, "turns": sum(t.turns for t in episodes) / n}
+
+
 def greedy_accuracy(model, tokenizer, rows: list[dict], score, *, use_chat_template: bool,
                     max_new_tokens: int = 32, batch_size: int = 64) -> tuple[float, list[dict]]:
     """Mean verifier score over `rows` ({"prompt", "answer", …}); unscorable rows (None) count as wrong.

@@ -40,6 +40,7 @@ from posttrain import tasks
 from posttrain.config import EvaluateConfig, to_dict
 from posttrain.data import load_rows, normalize
 from posttrain.errors import DataError
+from posttrain.eval.accuracy import episode_summary, greedy_episodes
 from posttrain.eval.metrics import (accuracy, by_group, correct_counts, maj_at_k, mean_over_problems,
                                     paired_sign_test, pass_at_k)
 from posttrain.models.inference import load_for_inference
@@ -131,19 +132,11 @@ def greedy_row(policy: Policy, problems: list[dict], verifier: Verifier, chosen:
 def episodes_row(cfg: EvaluateConfig, engine, tokenizer, problems: list[dict], verifier: Verifier,
                  chosen: dict) -> Row:
     """Greedy multi-turn episodes with the environment's tools; the final answers scored by the verifier."""
-    from posttrain.envs import run_episodes
-    from posttrain.envs.builtin import environment
-    from posttrain.rollout import SamplingParams
-
-    make_env, chat = environment(cfg.env.name, tokenizer, problems[0], max_turns=cfg.env.max_turns,
-                                 timeout=cfg.env.tool_timeout)
-    episodes = run_episodes(engine, [make_env(p) for p in problems], problems, chat,
-                            SamplingParams(temperature=0.0, max_new_tokens=cfg.search.max_new_tokens),
-                            max_turns=cfg.env.max_turns, max_tokens=cfg.env.max_tokens, seed=cfg.seed)
-    n = len(episodes)
-    note = (f"tool calls in {sum(t.tool_calls > 0 for t in episodes) / n:.0%} of episodes, "
-            f"{sum(t.tool_errors for t in episodes) / n:.2f} errors and {sum(t.turns for t in episodes) / n:.1f} "
-            "turns per episode")
+    episodes = greedy_episodes(engine, tokenizer, problems, cfg.env, max_new_tokens=cfg.search.max_new_tokens,
+                               seed=cfg.seed)
+    summary = episode_summary(episodes)
+    note = (f"tool calls in {summary['tool_call_rate']:.0%} of episodes, {summary['tool_errors']:.2f} errors and "
+            f"{summary['turns']:.1f} turns per episode")
     results = [SearchResult(t.answer, sum(t.mask)) for t in episodes]
     return result_row("greedy + tools", cfg.env.name, results, problems, verifier, chosen, note=note)
 

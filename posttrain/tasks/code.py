@@ -265,6 +265,19 @@ class CodeTask:
                  "tests": [f"assert {t}" for t in p[4]]}
                 for p in self.problems(split, n, seed)]
 
+    def tool_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        """Rows with a run of the reference solution on one call (the left side of the first test) before the
+        answer (posttrain.envs.demonstrations): {"prompt", "tests", "calls": [[{"name": "run_python",
+        "arguments": {"code": "def add(a, b):\\n    return a + b\\n\\nprint(add(1, 2))"}}]], "final": the
+        solution in a ```python block}."""
+        out = []
+        for row, (_, signature, _, body, tests) in zip(self.rows(split, n, seed), self.problems(split, n, seed)):
+            probe = re.split(r" (?:==|is) ", tests[0])[0]
+            code = f"def {signature}:\n    {body}\n\nprint({probe})"
+            out.append({**row, "calls": [[{"name": "run_python", "arguments": {"code": code}}]],
+                        "final": f"It works:\n```python\ndef {signature}:\n    {body}\n```"})
+        return out
+
     def text_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
         return [{"text": self.prompt_text(p) + "\n" + self.solution_text(p)} for p in self.problems(split, n, seed)]
 

@@ -89,6 +89,13 @@ class LookupTask:
                               {"role": "assistant", "content": f"The answer is {r['answer']}."}], "answer": r["answer"]}
                 for r in self.rows(split, n, seed)]
 
+    def tool_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        """Rows with the search that answers them (posttrain.envs.demonstrations): {"prompt", "answer",
+        "calls": [[{"name": "search", "arguments": {"query": "Varrow"}}]], "final": "The answer is 1743."}."""
+        return [{**r, "calls": [[{"name": "search", "arguments": {"query": towns()[i]["town"]}}]],
+                 "final": f"The answer is {r['answer']}."}
+                for r, (i, _) in zip(self.rows(split, n, seed), self.problems(split, n, seed))]
+
     def text_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
         return [{"text": document(towns()[i])} for i, _ in self.problems(split, n, seed)]
 

@@ -147,6 +147,7 @@ TEMPLATES: dict[str, list[tuple[str, str]]] = {
 
 
 _APPLY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul}
+_SYMBOL = {"add": "+", "sub": "-", "mul": "*"}
 
 
 def evaluate(kind: str, numbers: tuple[int, ...]) -> tuple[int, int]:
@@ -214,6 +215,14 @@ class WordProblem:
 
     def solution(self, answer: int | None = None) -> str:
         return TEMPLATES[self.kind][self.template][1].format(**self.fields(answer))
+
+    def calculations(self) -> list[str]:
+        """The arithmetic of the solution, one expression a step, each step using the result before it:
+        "mul_sub" (12, 6, 9) → ["12 * 6", "72 - 9"]; "add" (47, 85) → ["47 + 85"]."""
+        first_op, *second_op = self.kind.split("_")
+        first, _ = evaluate(self.kind, self.numbers)
+        steps = [f"{self.numbers[0]} {_SYMBOL[first_op]} {self.numbers[1]}"]
+        return steps + [f"{first} {_SYMBOL[second_op[0]]} {self.numbers[2]}"] if second_op else steps
 
 
 def split_of(problem: WordProblem) -> str:
@@ -283,6 +292,15 @@ class WordTask:
         return [{"messages": [{"role": "user", "content": self.prompt_text(p)},
                               {"role": "assistant", "content": self.solution_text(p)}],
                  "answer": str(p.answer), "level": p.level}
+                for p in self.problems(split, n, seed)]
+
+    def tool_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        """Rows with the calculator calls that solve them, one call a turn (for tool-use demonstrations,
+        posttrain.envs.demonstrations): {"prompt", "answer", "level", "calls": [[{"name": "calculator",
+        "arguments": {"expression": "52 + 19"}}], [{… "71 - 33"}]], "final": "The answer is 38."}."""
+        return [{"prompt": self.prompt_text(p), "answer": str(p.answer), "level": p.level,
+                 "calls": [[{"name": "calculator", "arguments": {"expression": e}}] for e in p.calculations()],
+                 "final": f"The answer is {p.answer}."}
                 for p in self.problems(split, n, seed)]
 
     def text_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:

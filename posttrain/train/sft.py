@@ -22,6 +22,8 @@ from posttrain.algos.aggregate import aggregate
 from posttrain.algos.logprobs import IGNORE_INDEX, LOGITS_CHUNK
 from posttrain.config import SFTConfig
 from posttrain.data import build_sft_examples, collate, load_rows, normalize
+from posttrain.envs.builtin import ENVIRONMENTS, demonstrations
+from posttrain.errors import ConfigError
 from posttrain.eval.accuracy import greedy_accuracy_metrics
 from posttrain.models.loading import load_model, load_tokenizer
 from posttrain.models.logits import device_of, target_logprobs
@@ -125,6 +127,18 @@ def token_losses(model, batch: dict, precision: str, logits_chunk: int) -> tuple
 # Data
 # ---------------------------------------------------------------------------------------------------------------------
 
+def demonstrations_of(cfg: SFTConfig, task):
+    """rows_of(split, n, seed) for env.name: the built-in task's tool-use demonstrations."""
+    if cfg.data.train_path is not None or cfg.task.format != "chat" or not hasattr(task, "tool_rows") or \
+            cfg.env.name not in ENVIRONMENTS:
+        raise ConfigError(f"sft env.name={cfg.env.name} trains on demonstrations of a built-in environment "
+                          f"({', '.join(ENVIRONMENTS)}) made from a built-in task with tool rows (word, lookup, code) in "
+                          "chat format; a data file carries its own tools and tool calls — fix: e.g. "
+                          "task.name=word env.name=calculator, or drop env.name")
+    return lambda split, n, seed: demonstrations(cfg.env.name, task.tool_rows(split, n, seed),
+                                                 max_turns=cfg.env.max_turns, timeout=cfg.env.tool_timeout)
+
+
 class SFTData:
     """Tokenized train/eval examples plus the held-out problems scored for accuracy."""
 
@@ -137,6 +151,8 @@ def load_sft_data(cfg: SFTConfig, tokenizer) -> SFTData:
     """User files when data.train_path is set, else the built-in task. Raises DataError on bad input."""
     task, problems = task_and_problems(cfg)
     rows_of = None if task is None else task.text_rows if cfg.task.format == "text" else task.sft_rows
+    if cfg.env.name:
+        problems, rows_of = [], demonstrations_of(cfg, task)
 
     if cfg.data.train_path is not None:
         train_rows = normalize(load_rows(cfg.data.train_path, columns=cfg.data.columns), kind="sft")

@@ -7,23 +7,13 @@ import random
 
 import pytest
 
-from conftest import ReplyEngine, random_turns
+from conftest import CHATML_TOOLS, ReplyEngine, random_turns
 
 from posttrain.envs import ChatDeltas, ToolEnv, run_episodes
 from posttrain.errors import UserError
 from posttrain.models.loading import load_tokenizer
 from posttrain.models.tiny import tiny_path
 from posttrain.rollout import SamplingParams
-
-# ChatML with native tools (Qwen 2.5's layout, shortened), ending turns with the tokenizer's eos
-CHATML_TOOLS = (
-    "{% if tools %}{{ '<|im_start|>system\\n' }}{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
-    "{% endif %}{{ '\\n# Tools\\n' }}{% for t in tools %}{{ t | tojson }}{{ '\\n' }}{% endfor %}{{ eos_token + '\\n' }}"
-    "{% endif %}{% for m in messages %}{% if m['role'] == 'system' and tools %}{% elif m['role'] == 'tool' %}"
-    "{{ '<|im_start|>user\\n<tool_response>\\n' + m['content'] + '\\n</tool_response>' + eos_token + '\\n' }}"
-    "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + eos_token + '\\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-
 
 def add(a: int, b: int) -> int:
     """Add two integers.

@@ -132,3 +132,33 @@ def test_every_preset_trains_on_episodes(tmp_path, monkeypatch, tiny2k, name):
     assert code == 0 and (run / "final" / "model.safetensors").is_file()
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["env/turns_mean"] >= 1 and "reward/mean" in record
+
+
+def test_sft_on_tool_demonstrations_then_rl_with_the_same_environment(tmp_path):
+    """The warm start a user runs before RL with tools: `posttrain sft env.name=calculator` trains on the word
+    task's demonstrations (system + tools, tool calls, tool results, answer), and `posttrain rl` continues its
+    output with the same environment; the SFT run's examples are the demonstrations (their count and length)."""
+    model_dir = save_tiny(tmp_path / "tiny2k", max_position_embeddings=2048)
+    sft_run, rl_run = tmp_path / "sft", tmp_path / "rl"
+    assert cli.main(["sft", f"model.name_or_path={model_dir}", "task.name=word", "env.name=calculator",
+                     "task.num_train=8", "task.num_eval=4", "train.max_steps=2", "train.micro_batch_size=4",
+                     f"output_dir={sft_run}", "threads=1", "log.progress=false"]) == 0
+    records = [json.loads(line) for line in (sft_run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2 and "eval/accuracy" not in records[-1]  # single-turn accuracy is not measured
+    assert cli.main(["rl", "--algo", "grpo", f"model.name_or_path={sft_run / 'final'}", "task.name=word",
+                     "env.name=calculator", "task.num_train=4", "rl.prompts_per_step=2", "rl.generations=2",
+                     "train.micro_batch_size=4", "train.max_steps=1", "sampling.max_new_tokens=16",
+                     "eval.task_accuracy=false", f"output_dir={rl_run}", "threads=1", "log.progress=false"]) == 0
+    assert "env/turns_mean" in (rl_run / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("args", [["task.name=arith", "env.name=calculator"],    # arith has no tool rows
+                                  ["task.name=word", "env.name=calculator", "data.train_path=DATA"]])
+def test_sft_with_an_environment_it_cannot_demonstrate_is_refused(tmp_path, args, capsys):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "1+1=", "completion": "2"}\n')
+    run = tmp_path / "run"
+    code = cli.main(["sft", *[a.replace("DATA", str(data)) for a in args], f"output_dir={run}", "threads=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "fix: e.g. task.name=word env.name=calculator" in err[0]
+    assert not run.exists()
