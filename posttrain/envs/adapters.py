@@ -7,7 +7,7 @@ OpenEnv (Meta). Each function returns make(row) -> a fresh Environment for one e
 is used with env.name=that_file.py:make. Each imports its package only when called, and a missing package is a
 UserError naming the install command: pip install 'verifiers==0.4.0' / pip install 'openenv==0.10.0'. The two do
 not install into one environment: verifiers 0.4.0 pins mcp==2.0.0, OpenEnv 0.10.0 needs fastmcp 3, which needs
-mcp<2 (the Makefile's setup-agents gives each its own).
+mcp<2 (the Makefile installs verifiers into .venv-vllm, OpenEnv into .venv-openenv).
 
 Token in, token out stays posttrain's: both ecosystems speak chat messages (text), so posttrain samples the ids,
 hands the environment the decoded text, and renders the environment's answer once as a chat-template delta

@@ -199,6 +199,12 @@ def demonstrations(name: str, rows: list[dict], *, max_turns: int, timeout: floa
             raise UserError(f"a demonstration of env.name={name} takes {len(row['calls']) + 1} turns, more than "
                             f"env.max_turns={max_turns} — fix: env.max_turns={len(row['calls']) + 1}")
         env = make(row)
+        offered = {fn.__name__ for fn in env.tools}
+        unknown = sorted({c["name"] for calls in row["calls"] for c in calls} - offered)
+        if unknown:
+            which = next((n for n, (tool, _, _) in ENVIRONMENTS.items() if tool.__name__ == unknown[0]), "…")
+            raise UserError(f"these demonstrations call {', '.join(unknown)}, a tool env.name={name} does not offer "
+                            f"({', '.join(sorted(offered))}) — fix: env.name={which}")
         messages = env.reset(row)
         for calls in row["calls"]:
             tool_calls = [{"type": "function", "function": call} for call in calls]
@@ -217,4 +223,5 @@ def environment(name: str, tokenizer, row: dict, *, max_turns: int, timeout: flo
     return make, ChatDeltas(tokenizer, [tool_schema(fn) for fn in getattr(make(row), "tools", [])])
 
 
-__all__ = ["BM25", "ENVIRONMENTS", "calculator", "demonstrations", "environment", "environment_factory", "run_python", "search"]
+__all__ = ["BM25", "ENVIRONMENTS", "calculator", "demonstrations", "environment", "environment_factory", "run_python",
+           "search"]

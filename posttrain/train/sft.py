@@ -132,8 +132,8 @@ def demonstrations_of(cfg: SFTConfig, task):
     if cfg.data.train_path is not None or cfg.task.format != "chat" or not hasattr(task, "tool_rows") or \
             cfg.env.name not in ENVIRONMENTS:
         raise ConfigError(f"sft env.name={cfg.env.name} trains on demonstrations of a built-in environment "
-                          f"({', '.join(ENVIRONMENTS)}) made from a built-in task with tool rows (word, lookup, code) in "
-                          "chat format; a data file carries its own tools and tool calls — fix: e.g. "
+                          f"({', '.join(ENVIRONMENTS)}) made from a built-in task with tool rows (word, lookup, "
+                          "code) in chat format; a data file carries its own tools and tool calls — fix: e.g. "
                           "task.name=word env.name=calculator, or drop env.name")
     return lambda split, n, seed: demonstrations(cfg.env.name, task.tool_rows(split, n, seed),
                                                  max_turns=cfg.env.max_turns, timeout=cfg.env.tool_timeout)

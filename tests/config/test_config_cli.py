@@ -103,7 +103,7 @@ SHARED_SECTIONS = ["model", "lora", "task", "data", "train", "eval", "checkpoint
 
 
 @pytest.mark.parametrize("cls, own", [
-    (C.SFTConfig, []), (C.DPOConfig, ["preference"]), (C.RMConfig, ["reward"]),
+    (C.SFTConfig, ["env"]), (C.DPOConfig, ["preference"]), (C.RMConfig, ["reward"]),
     (C.RLConfig, ["algo", "kl", "rl", "reward", "env", "sampling", "rollout"]),
 ])
 def test_config_yaml_keys_keep_their_order(cls, own):

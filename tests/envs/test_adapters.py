@@ -1,8 +1,9 @@
 """Environments from verifiers and OpenEnv (envs/adapters.py), each driven by posttrain's run_episodes with a scripted
 engine: the environment's answers land in the trajectory at mask 0 (and reach the policy), its rewards are the
 episode's, its end ends the episode. The packages cannot share one environment (verifiers 0.4.0 pins mcp==2.0.0,
-OpenEnv's fastmcp needs mcp<2), so `make test-agents` runs this file in one venv for each; each group skips where
-its package is missing, and the missing-package errors are checked everywhere."""
+OpenEnv's fastmcp needs mcp<2), so `make test-vllm` runs this file in .venv-vllm (verifiers) and `make
+test-openenv` in .venv-openenv; each group skips where its package is missing, and the missing-package errors are
+checked everywhere."""
 
 import os
 import re

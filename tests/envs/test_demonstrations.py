@@ -30,6 +30,8 @@ def test_demonstrations_are_played_through_the_environment():
         assert task.score(row["prompt"], messages[-1]["content"], answer=row["answer"]) == 1.0
     with pytest.raises(UserError, match="env.max_turns=3"):
         demonstrations("calculator", [r for r in rows if r["level"] == 5][:1], max_turns=2)
+    with pytest.raises(UserError, match="call search, a tool env.name=calculator does not offer .* env.name=search"):
+        demonstrations("calculator", get("lookup").tool_rows("train", 1), max_turns=4)
 
 
 def tokenizer_for(kind):
