@@ -36,7 +36,9 @@ def run(cfg: RLConfig) -> RLPlan:
           f"aggregate {a.aggregate}, critic {a.critic}, KL {kl_term}, rollout correction {correction_text}")
     if cfg.env.name:
         print(f"episodes              env {cfg.env.name}: up to {cfg.env.max_turns} model turns and {cfg.env.max_tokens} "
-              f"tokens after the prompt per sample; the environment's tokens are masked out of the loss")
+              f"tokens after the prompt per sample; the environment's tokens are masked out of the loss"
+              + (f"; {cfg.env.progress_reward:g} per needed value a tool turn finds" if cfg.env.progress_reward
+                 else ""))
     print("\n".join(pieces(cfg)))
     print(plan.describe())
     print("registered")

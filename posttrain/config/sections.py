@@ -279,19 +279,26 @@ class EnvSection(Config):
     """Multi-turn episodes with an environment and tools (posttrain/envs): each sample is a whole episode."""
 
     name: str = ""
-    """"": one completion per sample; calculator: the built-in calculator tool (for task.name=word);
-    FILE.py:FUNCTION: FUNCTION(row) returns a fresh environment (reset(row), step(message)) per episode."""
+    """"": one completion per sample; calculator, code, search: the built-in tools (for task.name=word, code,
+    lookup); FILE.py:FUNCTION: FUNCTION(row) returns a fresh environment (reset(row), step(message)) per episode."""
     max_turns: int = 4
     """Model turns per episode at most (tool calls, then the answer)."""
     max_tokens: int = 512
     """Tokens after the prompt per episode at most: the model's turns and the environment's answers together."""
     tool_timeout: float = 10.0
     """Seconds one tool call may take before it is answered with an error."""
+    progress_reward: float = 0.0
+    """calculator and search: a tool turn earns this for each value the solution needs that its results show
+    first (a word problem's step results; the looked-up answer) — a per-turn reward for turn-level credit
+    (algo.advantage=turn_grpo, or gae with a critic). 0: only the final answer is scored."""
 
     def validate(self) -> EnvSection:
         if self.max_turns < 1 or self.max_tokens < 1 or not self.tool_timeout > 0:
             raise ConfigError(f"env.max_turns = {self.max_turns}, env.max_tokens = {self.max_tokens} and "
                               f"env.tool_timeout = {self.tool_timeout} must be > 0")
+        if self.progress_reward < 0:
+            raise ConfigError(f"env.progress_reward = {self.progress_reward} must be ≥ 0 — fix: "
+                              "env.progress_reward=0.5")
         return self
 
 

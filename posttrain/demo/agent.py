@@ -11,9 +11,11 @@ run_python tool (the sandbox) on the `code` task, env=search with the search too
                 N." — 80 demonstrations, 10 steps, full fine-tuning at lr 5e-5. It teaches the call format and
                 when to answer; it is also wrong in ways RL can fix (it often stops after the first of two calls).
     GRPO        from the SFT model, LoRA (rank 16, all linear layers), 8 problems × 8 episodes a step at T = 0.7,
-                the verifier on the final answer the only reward, no KL term — twice, on the same budget:
-                trajectory-level credit (grpo: one advantage per episode) and per-turn credit (turn_grpo: the
-                discounted return from each turn against the group's mean at that turn, MT-GRPO/GiGPO).
+                no KL term; the reward: the verifier's 1 for a right final answer, plus 0.25 for each tool turn
+                that finds a step's result first (env.progress_reward; calculator and search) — twice, on the
+                same budget and the same rewards: trajectory-level credit (grpo: the episode's total reward,
+                one advantage per episode) and per-turn credit (turn_grpo: the return from each turn against the
+                group's mean at that turn, MT-GRPO/GiGPO), so that only the credit differs.
     after       each model's episodes on the same 300 problems: accuracy, per level, tool-call rate, turns, and
                 the exact sign test against the SFT model and against zero-shot.
 
@@ -31,6 +33,7 @@ from posttrain.config import (AlgoConfig, CheckpointConfig, DemoConfig, EvalConf
                               LoraConfig, ModelConfig, RLBatchConfig, RLConfig, RLRewardConfig, SamplingParams,
                               SFTConfig, TaskConfig, TrainConfig)
 from posttrain.config.sections import EnvSection
+from posttrain.envs.builtin import PROGRESS
 from posttrain.eval.metrics import by_group, paired_sign_test, wins
 
 HELD_OUT = 300  # the code task has 8 held-out problems, the others more than 300
@@ -39,8 +42,11 @@ HELD_OUT = 300  # the code task has 8 held-out problems, the others more than 30
 ENVIRONMENTS = {"calculator": ("word", 64), "search": ("lookup", 64), "code": ("code", 192)}
 
 
-def env_config(cfg: DemoConfig) -> EnvSection:
-    return EnvSection(name=cfg.env, max_turns=4, max_tokens=4 * turn_tokens(cfg))
+PROGRESS_REWARD = 0.25  # GRPO's reward per step result a tool turn finds, where the environment names them
+
+
+def env_config(cfg: DemoConfig, progress_reward: float = 0.0) -> EnvSection:
+    return EnvSection(name=cfg.env, max_turns=4, max_tokens=4 * turn_tokens(cfg), progress_reward=progress_reward)
 
 
 def turn_tokens(cfg: DemoConfig) -> int:
@@ -67,7 +73,8 @@ def grpo_config(cfg: DemoConfig, advantage: str, start: str) -> RLConfig:
         model=ModelConfig(name_or_path=start), lora=LoraConfig(r=16, alpha=32, target_modules=["all-linear"]),
         algo=AlgoConfig(name="grpo", advantage=advantage), kl=KLSection(coef=0.0),
         rl=RLBatchConfig(prompts_per_step=2 if cfg.quick else 8, generations=4 if cfg.quick else 8),
-        reward=RLRewardConfig(verifier=True), env=env_config(cfg),
+        reward=RLRewardConfig(verifier=True),
+        env=env_config(cfg, PROGRESS_REWARD if cfg.env in PROGRESS else 0.0),
         sampling=SamplingParams(temperature=0.7, max_new_tokens=turn_tokens(cfg)),
         task=task_config(cfg, held_out=16),
         train=TrainConfig(lr=2e-4, max_steps=2 if cfg.quick else 8, micro_batch_size=8 if cfg.quick else 16,
@@ -139,6 +146,7 @@ def run(cfg: DemoConfig) -> dict:
                **({"vs_sft": versus(evals["SFT"], e)} if name.startswith("GRPO") else {})}
               for name, e in evals.items()]
     summary = {"model": cfg.model, "env": cfg.env, "task": ENVIRONMENTS[cfg.env][0],
+               "progress_reward": grpo_config(cfg, "grpo", sft_final).env.progress_reward,
                "held_out": len(evals["zero-shot"]["scores"]), "stages": stages,
                "eval_seconds": {name: e["seconds"] for name, e in evals.items()}, "seconds": time.time() - t0}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -149,7 +157,9 @@ def run(cfg: DemoConfig) -> dict:
 def print_table(summary: dict) -> None:
     print(f"\n{summary['model']} with the {summary['env']} tool: greedy episodes on {summary['held_out']} held-out "
           f"{summary['task']} problems (accuracy: the mean verifier score); won/lost and the exact sign test against "
-          "the SFT model (GRPO) or zero-shot (SFT)")
+          "the SFT model (GRPO) or zero-shot (SFT)"
+          + (f"; GRPO's reward: the answer's 1 plus {summary['progress_reward']:g} per step result a tool turn found"
+             if summary["progress_reward"] else ""))
     levels = sorted({k for s in summary["stages"] for k in s["by_level"]})
     print(f"{'stage':<18} {'accuracy':>8} " + "".join(f"{k.replace('_', ' '):>9}" for k in levels)
           + f" {'tool calls':>10} {'turns':>6} {'change':>7} {'won/lost':>9} {'p':>8} {'train (s)':>9}")

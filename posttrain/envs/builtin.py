@@ -156,14 +156,23 @@ SEARCH_SYSTEM = ("You can search an encyclopedia of towns with the search tool. 
 ENVIRONMENTS: dict[str, tuple[Callable, str, float]] = {"calculator": (calculator, CALCULATOR_SYSTEM, 0.0),
                                                         "code": (run_python, CODE_SYSTEM, 10.0),
                                                         "search": (search, SEARCH_SYSTEM, 0.0)}
+# The environments whose rows name the values a solution needs (row["values"], else row["answer"]), so that
+# env.progress_reward can reward the tool turn that finds each: a word problem's step results, a town's fact.
+PROGRESS = ("calculator", "search")
 
 
-def environment_factory(name: str, *, max_turns: int, timeout: float) -> Callable[[dict], Environment]:
-    """make(row) for env.name: a built-in environment, or FILE.py:FUNCTION from the user."""
+def environment_factory(name: str, *, max_turns: int, timeout: float,
+                        progress_reward: float = 0.0) -> Callable[[dict], Environment]:
+    """make(row) for env.name: a built-in environment, or FILE.py:FUNCTION from the user. progress_reward: the
+    reward a tool turn earns per needed value it finds (ToolEnv), for the environments whose rows name them."""
+    if progress_reward and name not in PROGRESS:
+        raise UserError(f"env.progress_reward rewards finding the values a solution needs, which env.name={name} "
+                        f"does not name (only {', '.join(PROGRESS)} do; a user environment returns its own "
+                        "per-turn rewards from step) — fix: env.progress_reward=0")
     if name in ENVIRONMENTS:
         tool, system, least = ENVIRONMENTS[name]
         return lambda row: ToolEnv([tool], score=None, system=system, max_tool_turns=max_turns - 1,  # the last
-                                   timeout=max(timeout, least))                                     # turn answers
+                                   timeout=max(timeout, least), progress_reward=progress_reward)    # turn answers
     path, _, function = name.rpartition(":")
     if not path.endswith(".py"):
         raise UserError(f"env.name = {name!r} is neither a built-in environment ({', '.join(ENVIRONMENTS)}) nor "
@@ -216,10 +225,11 @@ def demonstrations(name: str, rows: list[dict], *, max_turns: int, timeout: floa
     return out
 
 
-def environment(name: str, tokenizer, row: dict, *, max_turns: int, timeout: float) -> tuple[Callable, ChatDeltas]:
+def environment(name: str, tokenizer, row: dict, *, max_turns: int, timeout: float,
+                progress_reward: float = 0.0) -> tuple[Callable, ChatDeltas]:
     """(make(row), the ChatDeltas that render its episodes, tools included — read off the environment `row`
     makes): what a command needs to run episodes of env.name."""
-    make = environment_factory(name, max_turns=max_turns, timeout=timeout)
+    make = environment_factory(name, max_turns=max_turns, timeout=timeout, progress_reward=progress_reward)
     return make, ChatDeltas(tokenizer, [tool_schema(fn) for fn in getattr(make(row), "tools", [])])
 
 

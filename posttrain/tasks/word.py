@@ -224,6 +224,11 @@ class WordProblem:
         steps = [f"{self.numbers[0]} {_SYMBOL[first_op]} {self.numbers[1]}"]
         return steps + [f"{first} {_SYMBOL[second_op[0]]} {self.numbers[2]}"] if second_op else steps
 
+    def values(self) -> list[str]:
+        """The result of each of calculations(): "mul_sub" (12, 6, 9) → ["72", "63"]."""
+        first, answer = evaluate(self.kind, self.numbers)
+        return [str(first), str(answer)] if "_" in self.kind else [str(answer)]
+
 
 def split_of(problem: WordProblem) -> str:
     """"eval" for one problem in ten (blake2b of its key), else "train"."""
@@ -283,8 +288,9 @@ class WordTask:
 
     def rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
         """Online-RL rows: {"prompt": "Maya has 47 stickers. …\\nGive the final answer as a number.", "answer":
-        "132", "level": 1}."""
-        return [{"prompt": self.prompt_text(p), "answer": str(p.answer), "level": p.level}
+        "132", "level": 1, "values": ["132"]} — values: each step's result, which the calculator environment's
+        env.progress_reward looks for in tool results (posttrain.envs.base.ToolEnv)."""
+        return [{"prompt": self.prompt_text(p), "answer": str(p.answer), "level": p.level, "values": p.values()}
                 for p in self.problems(split, n, seed)]
 
     def sft_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
@@ -298,7 +304,7 @@ class WordTask:
         """Rows with the calculator calls that solve them, one call a turn (for tool-use demonstrations,
         posttrain.envs.demonstrations): {"prompt", "answer", "level", "calls": [[{"name": "calculator",
         "arguments": {"expression": "52 + 19"}}], [{… "71 - 33"}]], "final": "The answer is 38."}."""
-        return [{"prompt": self.prompt_text(p), "answer": str(p.answer), "level": p.level,
+        return [{"prompt": self.prompt_text(p), "answer": str(p.answer), "level": p.level, "values": p.values(),
                  "calls": [[{"name": "calculator", "arguments": {"expression": e}}] for e in p.calculations()],
                  "final": f"The answer is {p.answer}."}
                 for p in self.problems(split, n, seed)]

@@ -78,7 +78,7 @@ def load_prompts(cfg: RLConfig, tokenizer) -> PromptData:
             raise UserError("env.name needs a model with a chat template (its turns are rendered through it) — "
                             "fix: a chat model, or env.name=''")
         make_env, chat = environment(cfg.env.name, tokenizer, raw[0], max_turns=cfg.env.max_turns,
-                                     timeout=cfg.env.tool_timeout)
+                                     timeout=cfg.env.tool_timeout, progress_reward=cfg.env.progress_reward)
     rows, prompt_ids, report = [], [], DropReport(total=len(raw))
     row_numbers = getattr(raw, "row_numbers", range(1, len(raw) + 1))  # 1-based, as every command counts rows
     for i, row in enumerate(raw):
@@ -216,7 +216,7 @@ def collect(cfg: RLConfig, engine, tokenizer, data: PromptData, sources, step: i
     guard.check(first_round, step)
     rollout.metrics = reward_metrics(first_round)
     if data.make_env is not None:
-        rollout.metrics.update(episode_metrics([g for group in groups for g in group["gens"]]))
+        rollout.metrics.update(episode_metrics([g for group in groups for g in group["gens"]], rollout.turn_rewards))
     if cfg.rl.generations > 1:  # a group of one has no variance to speak of
         rollout.metrics["rollout/zero_variance_frac"] = first_round_zero
     if cfg.rl.dynamic_sampling:
@@ -290,12 +290,15 @@ def _episodes(cfg, engine, data: PromptData, params, step: int, positions: list[
     return episodes, [t.answer for t in episodes]
 
 
-def episode_metrics(rollout_gens) -> dict:
+def episode_metrics(rollout_gens, turn_rewards: list[list[float]]) -> dict:
     """Multi-turn rollouts: turns per episode, the share of episodes that called a tool, tool calls and errors
-    per episode, and the reward per model turn."""
+    per episode, the reward per model turn (the whole reward, final answer's score included, over all turns),
+    and the environment's own reward per episode (e.g. env.progress_reward's)."""
     n = max(1, len(rollout_gens))
     turns = sum(t.turns for t in rollout_gens)
     return {"env/turns_mean": turns / n,
+            "env/reward_per_turn": sum(map(sum, turn_rewards)) / max(1, turns),
+            "env/env_reward_mean": sum(t.reward or 0.0 for t in rollout_gens) / n,
             "env/tool_call_rate": sum(t.tool_calls > 0 for t in rollout_gens) / n,
             "env/tool_calls_mean": sum(t.tool_calls for t in rollout_gens) / n,
             "env/tool_errors_mean": sum(t.tool_errors for t in rollout_gens) / n}

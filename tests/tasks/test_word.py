@@ -137,7 +137,8 @@ def test_chat_rows_and_their_rendering_through_the_chat_template():
     task = WordTask()
     rows, sft = task.rows("eval", 10), task.sft_rows("eval", 10)
     for row, chat in zip(rows, sft):
-        assert set(row) == {"prompt", "answer", "level"} and set(chat) == {"messages", "answer", "level"}
+        assert set(row) == {"prompt", "answer", "level", "values"} and set(chat) == {"messages", "answer", "level"}
+        assert row["values"][-1] == row["answer"]
         assert row["prompt"].endswith("\n" + INSTRUCTION)
         assert [m["role"] for m in chat["messages"]] == ["user", "assistant"]
         assert chat["messages"][0]["content"] == row["prompt"] and (chat["answer"], chat["level"]) == \

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import ReplyEngine, random_turns
+from posttrain.data.chat import tool_call_text
 from posttrain import cli, presets
 from posttrain.models.tiny import save_tiny
 from posttrain.train import rl, rollouts
@@ -162,3 +163,47 @@ def test_sft_with_an_environment_it_cannot_demonstrate_is_refused(tmp_path, args
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "fix: e.g. task.name=word env.name=calculator" in err[0]
     assert not run.exists()
+
+
+def test_progress_rewards_land_on_the_turns_that_earned_them(tmp_path, monkeypatch, tiny2k):
+    """env.progress_reward=0.5 on the word task: a scripted policy that, in even episodes, makes each of the
+    problem's calculator calls and answers right, and in odd ones answers 0 at once. The rollout's per-turn
+    rewards are 0.5 on each call that found a new value and the verifier's 1 on the answer ([0.5, 0.5, 1.0] for
+    a two-step problem), or [0.0]; env/env_reward_mean and env/reward_per_turn are logged from them."""
+    from posttrain.tasks.word import WordTask
+    rows = WordTask().tool_rows("train", 4)
+
+    def reply(text, episode):
+        row = next(r for r in rows if r["prompt"] in text)
+        done = text.split(row["prompt"], 1)[1].count('"name": "calculator"')
+        if episode % 2 or done == len(row["calls"]):
+            return row["final"] if episode % 2 == 0 else "The answer is 0."
+        return tool_call_text(row["calls"][done][0])
+
+    rollouts_seen = []
+    prepare = rl.prepare
+
+    def recording(cfg, model, reference, critic, tokenizer, rollout, beta):
+        rollouts_seen.append(rollout)
+        return prepare(cfg, model, reference, critic, tokenizer, rollout, beta)
+
+    monkeypatch.setattr(rollouts, "rollout_engine", lambda cfg, model, tokenizer, data: ReplyEngine(tokenizer, reply))
+    monkeypatch.setattr(rl, "prepare", recording)
+    run = tmp_path / "run"
+    assert cli.main(["rl", "--algo", "grpo", "algo.advantage=turn_grpo", f"model.name_or_path={tiny2k}",
+                     "task.name=word", "task.num_train=4", "env.name=calculator", "env.progress_reward=0.5",
+                     f"output_dir={run}", "train.max_steps=1", "threads=1", "log.progress=false",
+                     "eval.task_accuracy=false", "rl.prompts_per_step=4", "rl.generations=2",
+                     "train.micro_batch_size=4", "sampling.max_new_tokens=128", "env.max_tokens=1024"]) == 0
+    (rollout,) = rollouts_seen
+    by_prompt = {r["prompt"]: r for r in rows}
+    for row, turns in zip(rollout.rows, rollout.turn_rewards):
+        calls = by_prompt[row["prompt"]]["calls"]
+        assert turns in ([0.0], [0.5] * len(set(row["values"])) + [1.0]), (row, turns)
+        assert len(turns) in (1, len(calls) + 1)
+    assert sorted(len(t) > 1 for t in rollout.turn_rewards) == [False] * 4 + [True] * 4
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    env_rewards = [sum(t) - t[-1] for t in rollout.turn_rewards]
+    assert record["env/env_reward_mean"] == pytest.approx(sum(env_rewards) / 8)
+    assert record["env/reward_per_turn"] == pytest.approx(sum(map(sum, rollout.turn_rewards))
+                                                          / sum(map(len, rollout.turn_rewards)))
