@@ -47,8 +47,8 @@ class DemoConfig(Config):
     verifier → RFT for the same wall time on arithmetic word problems (about an hour on 2 cores)."""
     env: str = ""
     """With model=: calculator, code or search — the model learns to use that tool instead (zero-shot → SFT on
-    demonstrations → GRPO with trajectory vs per-turn credit; posttrain/demo/agent.py, about 40 minutes on 2
-    cores with vLLM, 16 of them training)."""
+    demonstrations → GRPO with trajectory vs per-turn credit; posttrain/demo/agent.py, about 35 minutes on 2
+    cores with vLLM, 12 of them the zero-shot → SFT → GRPO training)."""
     quick: bool = False
     """A reduced demo (about a minute) used by the tests."""
     seed: int = 0
