@@ -88,3 +88,35 @@ def test_the_tool_use_demo_needs_a_model_and_a_known_environment(tmp_path, args)
     proc = run_cli("demo", *args, f"output_dir={tmp_path / 'demo'}")
     assert proc.returncode == 2 and "fix: posttrain demo model=smollm2-135m-instruct env=calculator" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "demo").exists()
+
+
+def test_the_tool_use_demo_runs_every_stage(tmp_path):
+    """`posttrain demo model=DIR env=calculator --quick` on a tiny chat model (2,048 positions: room for the tool
+    descriptions): zero-shot, SFT on demonstrations and the two GRPO arms each run and are evaluated by greedy
+    episodes on the same held-out problems; summary.json holds the stages with their sign tests, and the GRPO
+    arms differ only in the credit rule (their config.yaml: the same env.progress_reward)."""
+    import yaml
+
+    from posttrain.models.tiny import save_tiny
+    model_dir = save_tiny(tmp_path / "tiny2k", max_position_embeddings=2048)
+    out = tmp_path / "demo"
+    proc = run_cli("demo", f"model={model_dir}", "env=calculator", "--quick", f"output_dir={out}", timeout=600,
+                   check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    stages = {s["stage"]: s for s in summary["stages"]}
+    assert list(stages) == ["zero-shot", "SFT", "GRPO (grpo)", "GRPO (turn_grpo)"] and summary["held_out"] == 8
+    for name, stage in stages.items():
+        assert 0 <= stage["accuracy"] <= 1 and 0 <= stage["tool_call_rate"] <= 1 and stage["turns"] >= 1
+        assert name == "zero-shot" or ("vs_zero_shot" in stage and stage["training_seconds"] > 0)
+        assert name in proc.stdout
+    for name in ["zero-shot", "sft", "grpo", "turn_grpo"]:
+        assert len((out / "eval" / name / "completions.jsonl").read_text().splitlines()) == 8
+    configs = {a: yaml.safe_load((out / a / "config.yaml").read_text()) for a in ["grpo", "turn_grpo"]}
+    assert [c["algo"]["advantage"] for c in configs.values()] == ["grpo", "turn_grpo"]
+    assert [c["env"]["progress_reward"] for c in configs.values()] == [summary["progress_reward"]] * 2 == [0.25] * 2
+    def scores(name):
+        return [json.loads(line)["score"] for line in (out / "eval" / name / "completions.jsonl").open()]
+
+    for arm in ["grpo", "turn_grpo"]:  # the sign test against SFT is the one of the two arms' own verdicts
+        assert stages[f"GRPO ({arm})"]["vs_sft"]["p_value"] == pytest.approx(paired_sign_test(scores("sft"),
+                                                                                             scores(arm)))
