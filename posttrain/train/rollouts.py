@@ -324,7 +324,9 @@ def _assemble(cfg: RLConfig, data: PromptData, groups: list[dict]) -> Rollout:
             if row:
                 row[-1] += total - sum(row)
     return Rollout(
-        rows=[data.rows[i] for i in indices], prompt_ids=[data.prompt_ids[i] for i in indices],
+        rows=[data.rows[i] for i in indices],
+        # episodes: the prompt each was sampled from (its environment's reset may differ from the one at load time)
+        prompt_ids=[g.prompt_ids for g in gens] if masks is not None else [data.prompt_ids[i] for i in indices],
         completion_ids=[g.completion_ids for g in gens], token_masks=masks, token_turns=turns,
         turn_rewards=turn_rewards,
         completions=[t for group in groups for t in group["texts"]],

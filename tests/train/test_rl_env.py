@@ -207,3 +207,35 @@ def test_progress_rewards_land_on_the_turns_that_earned_them(tmp_path, monkeypat
     assert record["env/env_reward_mean"] == pytest.approx(sum(env_rewards) / 8)
     assert record["env/reward_per_turn"] == pytest.approx(sum(map(sum, rollout.turn_rewards))
                                                           / sum(map(len, rollout.turn_rewards)))
+
+
+def test_the_trained_prompt_is_the_one_each_episode_sampled_from(tmp_path, monkeypatch, tiny2k):
+    """An environment whose first messages vary per episode (here a counter in the system message, as a randomly
+    drawn task or seed would): the prompt the trainer scores each sample with is the prompt its episode was
+    sampled from — not the rendering made when the prompts were loaded."""
+    env_file = tmp_path / "varying.py"
+    env_file.write_text("import itertools\nfrom posttrain.envs import ToolEnv\ncount = itertools.count()\n\n"
+                        "class Varying(ToolEnv):\n    def reset(self, row):\n"
+                        "        self.system = f'Episode {next(count)}.'\n        return super().reset(row)\n\n"
+                        "def make(row):\n    return Varying([], score=None)\n")
+    engines, rollouts_seen = [], []
+
+    def scripted(cfg, model, tokenizer, data):
+        engines.append(ReplyEngine(tokenizer, lambda text, episode: f"The answer is {episode % 3}."))
+        return engines[-1]
+
+    prepare = rl.prepare
+
+    def recording(cfg, model, reference, critic, tokenizer, rollout, beta):
+        rollouts_seen.append(rollout)
+        return prepare(cfg, model, reference, critic, tokenizer, rollout, beta)
+
+    monkeypatch.setattr(rollouts, "rollout_engine", scripted)
+    monkeypatch.setattr(rl, "prepare", recording)
+    assert cli.main(["rl", "--algo", "grpo", f"model.name_or_path={tiny2k}", f"env.name={env_file}:make",
+                     f"output_dir={tmp_path / 'run'}", "train.max_steps=1", "threads=1", "log.progress=false",
+                     "eval.task_accuracy=false", "task.num_train=4", "task.max_digits=1", "rl.prompts_per_step=2",
+                     "rl.generations=2", "train.micro_batch_size=4", "sampling.max_new_tokens=24"]) == 0
+    (rollout,) = rollouts_seen
+    sampled_from = sorted(tuple(ids) for _, ids in engines[0].asked)  # one turn each: the episode's prompt
+    assert len(set(sampled_from)) == 4 and sorted(map(tuple, rollout.prompt_ids)) == sampled_from
